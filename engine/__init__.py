@@ -1,0 +1,1 @@
+"""sketchbook: a small, readable PyTorch training engine for image classification."""

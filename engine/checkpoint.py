@@ -1,0 +1,89 @@
+"""Checkpoints: plain dicts of tensors and Python values, written atomically, loaded with weights_only=True.
+
+Keys: model, recipe, classes, epoch, metrics, data (normalisation and crop); last.pt also optimizer,
+scheduler, scaler, ema, rng, early_stopping and progress (step inside the epoch, running sums).
+"""
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from engine.errors import UserError
+
+
+def save_atomic(obj: dict, path: str | Path) -> None:
+    """Write to a temporary file in the same folder, fsync, then rename: a killed write leaves the old file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Load a checkpoint on the CPU; a clear UserError for a missing or foreign file."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint '{path}' not found")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise UserError(f"'{path}' is not a readable sketchbook checkpoint ({type(e).__name__}: {e})") from e
+    if not isinstance(ckpt, dict) or not {"model", "recipe", "classes"} <= set(ckpt):
+        raise UserError(f"'{path}' is not a sketchbook checkpoint (needs model, recipe and classes)")
+    return ckpt
+
+
+def rng_state() -> dict:
+    """Every RNG a run uses (Python, NumPy, torch, CUDA) as weights_only-loadable values."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
+             "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos,
+                       "has_gauss": has_gauss, "cached": cached}}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict) -> None:
+    random.setstate(_as_tuples(state["python"]))
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuples(x):
+    return tuple(_as_tuples(v) for v in x) if isinstance(x, (list, tuple)) else x
+
+
+def resolve_checkpoint(run_or_ckpt: str | Path, name: str = "last.pt", fold: int = 0) -> Path:
+    """A checkpoint file, or a run folder -> its fold<k>/<name>."""
+    p = Path(run_or_ckpt)
+    if p.is_file():
+        return p
+    for candidate in (p / f"fold{fold}" / name, p / name):
+        if candidate.is_file():
+            return candidate
+    raise UserError(f"no {name} in '{p}' (looked in {p}/fold{fold}/); pass a run folder or a .pt file")
+
+
+def newest_run(output_dir: str | Path = "runs") -> Path:
+    """The most recently created run folder under output_dir (one holding recipe.json)."""
+    runs = [p.parent for p in Path(output_dir).glob("*/*/recipe.json")]
+    if not runs:
+        raise UserError(f"no runs under '{output_dir}/'; train one first: python train.py")
+    return max(runs, key=lambda p: (p.joinpath("recipe.json").stat().st_mtime, p.name))

@@ -1,0 +1,91 @@
+"""Datasets, samplers and loaders: uint8 images in, reproducible augmentation, DDP sharding.
+
+Augmentation randomness is a pure function of (seed, epoch, sample index), so a run gives the same
+batches whatever the number of workers, and a run resumed mid-epoch sees exactly what it would have.
+"""
+from __future__ import annotations
+
+import os
+from typing import Callable, Iterator, Sequence
+
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+
+from engine.images import load_image
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """The seed one sample's augmentation uses in one epoch."""
+    return (seed * 1_000_003 + epoch * 2_147_483_647 + index * 97_531) % (2**63 - 1)
+
+
+class ImageDataset(Dataset):
+    """Images and integer targets. Items are requested as (epoch, index) so augmentation is seeded."""
+
+    def __init__(self, paths: Sequence[str], targets: Sequence[int] | None, transform: Callable,
+                 seed: int = 0, loader: Callable[[int], torch.Tensor] | None = None):
+        self.paths = list(paths)
+        self.targets = torch.as_tensor(list(targets) if targets is not None else [-1] * len(self.paths))
+        self.transform = transform
+        self.seed = seed
+        self.loader = loader or (lambda i: load_image(self.paths[i]))  # a cache can stand in here
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        epoch, index = item if isinstance(item, tuple) else (0, item)
+        image = self.loader(index)
+        with torch.random.fork_rng(devices=[]):  # leave the caller's RNG alone
+            torch.manual_seed(sample_seed(self.seed, epoch, index))
+            image = self.transform(image)
+        return image, self.targets[index]
+
+
+class EpochSampler(Sampler):
+    """Shuffled (or not), sharded across DDP ranks; yields (epoch, index); can skip already-seen batches."""
+
+    def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int, rank: int = 0, world: int = 1):
+        self.inner = DistributedSampler(range(n), num_replicas=world, rank=rank, shuffle=shuffle, seed=seed)
+        self.batch_size = batch_size
+        self.epoch = 0
+        self.skip = 0
+
+    def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
+        """Next pass is `epoch`, starting after `skip_batches` batches (mid-epoch resume)."""
+        self.epoch, self.skip = epoch, skip_batches
+        self.inner.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        indices = list(self.inner)[self.skip * self.batch_size:]
+        return iter([(self.epoch, i) for i in indices])
+
+    def __len__(self) -> int:
+        return max(0, len(self.inner) - self.skip * self.batch_size)
+
+
+class ShardSampler(Sampler):
+    """Evaluation sharding without padding: rank r gets rows r, r + world, ... so nothing is counted twice."""
+
+    def __init__(self, n: int, rank: int = 0, world: int = 1):
+        self.indices = list(range(rank, n, world))
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+def default_num_workers(local_world: int = 1) -> int:
+    """Leave one core per process for the training step; at most 8 workers."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(0, min(8, cpus // max(1, local_world) - 1))
+
+
+def make_loader(dataset: Dataset, batch_size: int, sampler: Sampler, num_workers: int, train: bool,
+                pin_memory: bool = False) -> DataLoader:
+    """A DataLoader with the engine's defaults (persistent workers, prefetch, pinned memory on CUDA)."""
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                      drop_last=train and len(sampler) > batch_size, pin_memory=pin_memory,
+                      persistent_workers=num_workers > 0, prefetch_factor=4 if num_workers > 0 else None)

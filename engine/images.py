@@ -1,0 +1,57 @@
+"""Decode any image file to a 3 x H x W uint8 RGB tensor: torchvision.io first, PIL where it cannot.
+
+Grayscale is repeated to 3 channels, 16-bit is scaled to 8, and transparency is composited on white
+paper (a sketch with a transparent background must not turn into black ink on black).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torchvision.io import ImageReadMode, decode_image
+
+from engine.errors import UserError
+
+
+def _to_rgb_uint8(img: torch.Tensor) -> torch.Tensor:
+    if img.dtype == torch.uint16:
+        img = (img.to(torch.int32) >> 8).to(torch.uint8)
+    elif img.dtype != torch.uint8:
+        img = img.clamp(0, 255).to(torch.uint8)
+    channels = img.shape[0]
+    if channels in (2, 4):  # colour + alpha: composite on white
+        colour, alpha = img[:-1].float(), img[-1:].float() / 255
+        img = (colour * alpha + 255 * (1 - alpha)).round().to(torch.uint8)
+    if img.shape[0] == 1:
+        img = img.expand(3, -1, -1)
+    return img.contiguous()
+
+
+def _decode_with_pil(path: str) -> torch.Tensor:
+    from PIL import Image
+    with Image.open(path) as im:
+        if im.mode == "P":
+            im = im.convert("RGBA")
+        elif im.mode in ("I;16", "I;16B", "I;16L", "I"):
+            arr = np.asarray(im, dtype=np.int64)
+            scale = 65535 if arr.max() > 255 else 255
+            return torch.from_numpy((arr * 255 // scale).astype(np.uint8))[None].expand(3, -1, -1).contiguous()
+        elif im.mode not in ("RGB", "RGBA", "L", "LA"):
+            im = im.convert("RGBA" if "A" in im.mode else "RGB")
+        arr = np.asarray(im)
+    arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+    return _to_rgb_uint8(torch.from_numpy(arr.copy()))
+
+
+def load_image(path: str) -> torch.Tensor:
+    """Read and decode `path` to a 3 x H x W uint8 tensor; a clear UserError if it cannot be read."""
+    try:
+        return _to_rgb_uint8(decode_image(path, mode=ImageReadMode.UNCHANGED))
+    except Exception:
+        pass
+    try:
+        return _decode_with_pil(path)
+    except FileNotFoundError:
+        raise UserError(f"image '{path}' not found")
+    except Exception as e:
+        raise UserError(f"image '{path}' could not be decoded ({type(e).__name__}: {e}); "
+                        f"set bad_images='skip' or remove it from the CSV") from e

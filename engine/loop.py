@@ -1,0 +1,148 @@
+"""The training loop: `train_one_epoch`, `evaluate` and `fit` (one fold, set-up to last epoch).
+
+Order of one optimizer update: autocast forward -> fp32 loss -> scaled backward (no_sync on
+accumulation micro-steps) -> unscale -> clip -> finite check -> step -> schedule -> EMA.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from engine import distributed, preempt
+from engine.metrics import classification_metrics
+from engine.mix import Mixer
+from engine.optim import ModelEma
+from engine.runlog import progress
+
+
+@dataclass
+class TrainState:
+    """Everything one fold's training carries from step to step (and into last.pt)."""
+    model: torch.nn.Module  # the bare model (weights to save)
+    forward: torch.nn.Module  # what the loop calls: DDP- and/or compile-wrapped model
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    criterion: torch.nn.Module
+    mixer: Mixer
+    normalize: torch.nn.Module
+    device: torch.device
+    amp_dtype: torch.dtype | None  # None: fp32
+    accumulate: int = 1
+    clip_grad_norm: float | None = None
+    max_bad_steps: int = 10
+    ema: ModelEma | None = None
+    rank: int = 0
+    bad_steps: int = 0  # consecutive non-finite updates
+    skipped_steps: int = 0  # all skipped updates
+    sums: dict = field(default_factory=dict)  # running sums of the current epoch (resumable)
+
+    def autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+
+def optimizer_update(s: TrainState) -> bool:
+    """Unscale, clip, step (unless non-finite), schedule, EMA; returns whether the update was applied."""
+    s.scaler.unscale_(s.optimizer)
+    params = [p for g in s.optimizer.param_groups for p in g["params"] if p.grad is not None]
+    norm = torch.nn.utils.clip_grad_norm_(params, s.clip_grad_norm or math.inf, foreach=True)
+    finite = bool(torch.isfinite(norm))  # grads are already all-reduced, so every rank agrees
+    if finite or s.scaler.is_enabled():
+        s.scaler.step(s.optimizer)  # the GradScaler skips a non-finite step on its own
+    s.scaler.update()
+    s.optimizer.zero_grad(set_to_none=True)
+    s.scheduler.step()
+    if finite and s.ema is not None:
+        s.ema.update(s.model)
+    return finite
+
+
+def train_one_epoch(s: TrainState, loader, epoch: int, start_step: int = 0, mixing: bool = True,
+                    show_progress: bool = True) -> dict:
+    """One pass over the loader from `start_step`; stops early (returning `stopped_at`) on a signal."""
+    s.forward.train()
+    n_steps = start_step + len(loader)
+    sums = s.sums if start_step else {"loss": 0.0, "correct": 0.0, "seen": 0, "wait": 0.0, "time": 0.0}
+    loss_sum = torch.zeros((), device=s.device)
+    correct = torch.zeros((), device=s.device)
+    bar = progress(loader, len(loader), f"epoch {epoch + 1}", show_progress)
+    t_ready = time.perf_counter()
+    for step, (x, y) in enumerate(bar, start=start_step):
+        sums["wait"] += time.perf_counter() - t_ready
+        x = s.normalize(x.to(s.device, non_blocking=True))
+        y = y.to(s.device, non_blocking=True)
+        x, soft, _ = s.mixer(x, y, epoch, step, s.rank, enabled=mixing)
+        window = step - step % s.accumulate
+        window_len = min(s.accumulate, n_steps - window)  # the last window may be shorter
+        is_update = step + 1 == window + window_len
+        no_sync = isinstance(s.forward, DistributedDataParallel) and not is_update
+        with s.forward.no_sync() if no_sync else contextlib.nullcontext():
+            with s.autocast():
+                logits = s.forward(x)
+            loss = s.criterion(logits, soft)
+            s.scaler.scale(loss / window_len).backward()
+        loss_sum += loss.detach() * y.shape[0]
+        correct += (logits.detach().argmax(1) == soft.argmax(1)).sum()  # dominant label under mixing
+        sums["seen"] += y.shape[0]
+        if is_update:
+            applied = optimizer_update(s)
+            s.bad_steps = 0 if applied else s.bad_steps + 1
+            s.skipped_steps += not applied
+            if s.bad_steps > s.max_bad_steps:
+                raise preempt.Diverged(f"{s.bad_steps} consecutive non-finite updates at epoch {epoch + 1}, "
+                                       f"step {step + 1}: lower lr, set clip_grad_norm, or check the data")
+            if distributed.any_true(preempt.requested(), s.device) and step + 1 < n_steps:
+                sums["loss"] += loss_sum.item()
+                sums["correct"] += correct.item()
+                s.sums = sums
+                return {"stopped_at": step + 1}
+        if show_progress and bar is not loader and step % 10 == 0:
+            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{s.optimizer.param_groups[0]['lr']:.2e}", refresh=False)
+        t_ready = time.perf_counter()
+    sums["loss"] += loss_sum.item()
+    sums["correct"] += correct.item()
+    s.sums = {}
+    seen = max(1, sums["seen"])
+    return {"train_loss": sums["loss"] / seen, "train_acc": sums["correct"] / seen, "seen": sums["seen"],
+            "data_wait": sums["wait"]}
+
+
+@torch.inference_mode()
+def evaluate(model: torch.nn.Module, loader, s_device: torch.device, normalize: torch.nn.Module,
+             amp_dtype: torch.dtype | None = None, show_progress: bool = False) -> dict:
+    """Exact metrics over the whole (rank-sharded, unpadded) loader: loss, acc, top5, f1, and the probabilities."""
+    was_training = model.training
+    model.eval()
+    probs, targets, index = [], [], []
+    position = 0
+    indices = list(loader.sampler) if loader.sampler is not None else None
+    for x, y in progress(loader, len(loader), "validate", show_progress):
+        x = normalize(x.to(s_device, non_blocking=True))
+        with torch.autocast(s_device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext():
+            logits = model(x)
+        probs.append(logits.float().softmax(1).cpu())
+        targets.append(y)
+        index.append(torch.as_tensor(indices[position:position + len(y)]))
+        position += len(y)
+    model.train(was_training)
+    p, i = distributed.gather_rows(torch.cat(probs), torch.cat(index))
+    t, _ = distributed.gather_rows(torch.cat(targets), torch.cat(index))
+    loss = -torch.log(p.gather(1, t.view(-1, 1)).clamp_min(1e-12)).mean().item()
+    return {"loss": loss, **classification_metrics(p, t), "probs": p, "targets": t}
+
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """auto: bf16 on CUDA where supported, else fp16 (with a GradScaler); fp32 on CPU."""
+    if precision == "auto":
+        if device.type != "cuda":
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]

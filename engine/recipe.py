@@ -1,0 +1,220 @@
+"""Recipes: every key, its default and its one-line doc, declared once; recipe files and overrides.
+
+A recipe file is a flat Python file of assignments (it may `from recipes.base import *`). Only
+names that are recipe keys count; any other public name is an error, so typos never pass silently.
+"""
+from __future__ import annotations
+
+import ast
+import dataclasses
+import difflib
+import json
+import runpy
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from engine.errors import UserError
+
+
+def key(default: Any, doc: str, choices: tuple = ()) -> Any:
+    """Declare a recipe key: its default, a one-line doc and (optionally) the allowed values."""
+    if isinstance(default, (dict, list)):
+        return field(default_factory=lambda: type(default)(default), metadata={"doc": doc, "choices": choices})
+    return field(default=default, metadata={"doc": doc, "choices": choices})
+
+
+@dataclass
+class Recipe:
+    """Everything a run needs. Field order is the order `train.py --help` prints."""
+    # model
+    model: str = key("resnet18", "timm model name (any of timm.list_models())")
+    pretrained: bool = key(False, "load timm's pretrained weights (needs the network or a warm cache)")
+    pretrained_path: Optional[str] = key(None, "local weights file to start from; the classifier is adapted to num_classes")
+    num_classes: Optional[int] = key(None, "number of classes; None: taken from the data")
+    drop_path: float = key(0.0, "stochastic depth rate, for models that support it")
+    # data
+    data_dir: str = key("data/train", "folder the train.csv image paths are relative to (or a folder of class folders)")
+    train_csv: Optional[str] = key("data/train.csv", "CSV of class_name,image_path,target; None: class folders under data_dir")
+    test_dir: Optional[str] = key("data/test", "folder the test.csv image paths are relative to")
+    test_csv: Optional[str] = key("data/test.csv", "CSV with an image_path column, predicted by predict.py")
+    val_fraction: float = key(0.2, "hold-out share for validation when folds = 1 (stratified)")
+    folds: int = key(1, "K > 1 trains K stratified folds one after another")
+    seed: int = key(42, "seed for splits, sampling, augmentation, mixing and initialisation")
+    image_size: int = key(224, "square input size the model sees")
+    num_workers: Optional[int] = key(None, "dataloader worker processes; None: from the CPU count")
+    cache: str = key("none", "decode images once: in shared memory, or in a reusable file on disk", ("none", "memory", "disk"))
+    bad_images: str = key("skip", "what to do with rows the data audit rejects", ("skip", "error"))
+    augment: str = key("light", "augmentation preset on top of crop, flip and small affine",
+                       ("none", "light", "randaugment", "trivialaugment"))
+    random_erase: float = key(0.0, "probability of random erasing a patch of each training image")
+    # optimisation
+    batch_size: int = key(64, "images per process per micro-batch")
+    epochs: int = key(10, "passes over the training data")
+    optimizer: str = key("AdamW", "optimizer; no weight decay on norms and biases", ("AdamW", "SGD"))
+    lr: float = key(1e-3, "peak learning rate (after warm-up)")
+    weight_decay: float = key(0.05, "decoupled (AdamW) or L2 (SGD) weight decay")
+    momentum: float = key(0.9, "SGD momentum (AdamW: beta1)")
+    scheduler: str = key("cosine", "learning-rate shape after warm-up", ("cosine", "none"))
+    warmup_epochs: float = key(1.0, "linear warm-up length in epochs (fractions allowed)")
+    accumulate_grad_batches: int = key(1, "micro-batches per optimizer update")
+    clip_grad_norm: Optional[float] = key(None, "clip the gradient norm to this value (None: no clipping)")
+    max_bad_steps: int = key(10, "stop after this many consecutive updates with non-finite loss or gradients")
+    # loss and mixing
+    loss: str = key("CE", "loss function", ("CE", "Focal"))
+    label_smoothing: float = key(0.0, "label smoothing folded into the targets")
+    focal_alpha: float = key(1.0, "focal loss weight alpha")
+    focal_gamma: float = key(2.0, "focal loss focusing parameter gamma")
+    mixup_ratio: float = key(0.0, "probability that a batch is mixed up")
+    cutmix_ratio: float = key(0.0, "probability that a batch is cut-mixed (never both)")
+    mix_alpha: float = key(1.0, "lam ~ Beta(mix_alpha, mix_alpha)")
+    mix_off_epochs: int = key(0, "turn mixing off for the last N epochs")
+    # speed and hardware
+    precision: str = key("auto", "auto: bf16 (or fp16 + GradScaler) on CUDA, fp32 on CPU", ("auto", "fp32", "bf16", "fp16"))
+    channels_last: Optional[bool] = key(None, "NHWC memory format; None: on for CUDA, off for CPU")
+    compile: bool = key(False, "torch.compile the model")
+    sync_bn: bool = key(False, "synchronise batch-norm statistics across DDP processes")
+    ema_decay: float = key(0.0, "keep an exponential moving average of the weights (0: off), e.g. 0.999")
+    # run control
+    early_stopping: int = key(0, "stop after this many epochs without improvement of monitor (0: off)")
+    monitor: str = key("val_loss", "metric that picks best.pt and drives early stopping", ("val_loss", "val_acc", "val_f1"))
+    wandb: str = key("disabled", "Weights & Biases logging", ("disabled", "offline", "online"))
+    wandb_project: str = key("sketchbook", "W&B project")
+    wandb_entity: Optional[str] = key(None, "W&B entity (team or user)")
+    output_dir: str = key("runs", "where run folders go: <output_dir>/<recipe>/<time>[-name]/")
+    sweep: dict = key({}, "W&B sweep config (method, metric, parameters, early_terminate) for sweep.py")
+    # not a key users set: the recipe file's stem, for the run folder
+    name: str = key("recipe", "recipe name (the recipe file's stem); names the run folder")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> "Recipe":
+        """A copy with some keys changed, each checked like an override."""
+        return resolve(self.to_dict(), changes)
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(Recipe)}
+_HINTS = typing.get_type_hints(Recipe)
+
+
+def describe() -> str:
+    """Every key with its type, default and doc: the body of `train.py --help`."""
+    lines = []
+    for name, f in FIELDS.items():
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        choices = f" {{{'|'.join(map(str, f.metadata['choices']))}}}" if f.metadata["choices"] else ""
+        lines.append(f"  {name:<24} = {default!r:<16}{choices}\n      {f.metadata['doc']}")
+    return "\n".join(lines)
+
+
+def _type_name(hint: Any) -> str:
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return f"{args[0].__name__} or None" if args else hint.__name__
+
+
+def check_value(name: str, value: Any) -> Any:
+    """Return value converted to the key's type, or raise a one-line UserError."""
+    if name not in FIELDS:
+        close = difflib.get_close_matches(name, FIELDS, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else "; see `python train.py --help`"
+        raise UserError(f"unknown recipe key '{name}'{hint}")
+    hint = _HINTS[name]
+    optional = type(None) in typing.get_args(hint)
+    base = next((a for a in typing.get_args(hint) if a is not type(None)), hint)
+    if value is None and optional:
+        return None
+    ok = (isinstance(value, base) and not (base is int and isinstance(value, bool))) or (
+        base is float and isinstance(value, int) and not isinstance(value, bool))
+    if not ok:
+        raise UserError(f"recipe key '{name}' must be {_type_name(hint)}, got {value!r} ({type(value).__name__})")
+    value = float(value) if base is float else value
+    choices = FIELDS[name].metadata["choices"]
+    if choices and value not in choices:
+        close = difflib.get_close_matches(str(value), map(str, choices), n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise UserError(f"recipe key '{name}' must be one of {', '.join(map(str, choices))}; got {value!r}{hint}")
+    return value
+
+
+def _check_recipe(r: Recipe) -> Recipe:
+    """Checks that involve several keys or ranges."""
+    if r.mixup_ratio + r.cutmix_ratio > 1 + 1e-9:
+        raise UserError(f"mixup_ratio + cutmix_ratio must be <= 1 (a batch is mixed one way or the other); "
+                        f"got {r.mixup_ratio} + {r.cutmix_ratio}")
+    for name in ("val_fraction", "mixup_ratio", "cutmix_ratio", "random_erase", "label_smoothing", "ema_decay"):
+        if not 0 <= getattr(r, name) < 1 + (name in ("mixup_ratio", "cutmix_ratio", "random_erase")):
+            raise UserError(f"recipe key '{name}' must be in [0, 1); got {getattr(r, name)}")
+    for name in ("batch_size", "epochs", "image_size", "accumulate_grad_batches", "folds", "max_bad_steps"):
+        if getattr(r, name) < 1:
+            raise UserError(f"recipe key '{name}' must be >= 1; got {getattr(r, name)}")
+    if r.folds == 1 and not 0 < r.val_fraction < 1:
+        raise UserError(f"val_fraction must be in (0, 1) when folds = 1; got {r.val_fraction}")
+    return r
+
+
+def resolve(base: dict, overrides: dict) -> Recipe:
+    """Build a checked Recipe from a dict of keys plus overrides (both checked)."""
+    values = {}
+    for name, value in {**base, **overrides}.items():
+        values[name] = check_value(name, value)
+    return _check_recipe(Recipe(**values))
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """'lr=3e-4' -> ('lr', 0.0003); values are Python literals, bare words are strings."""
+    if "=" not in text:
+        raise UserError(f"override '{text}' must look like KEY=VALUE, e.g. lr=3e-4")
+    name, raw = text.split("=", 1)
+    try:
+        value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        value = raw
+    return name.strip(), value
+
+
+def read_recipe_file(path: str | Path) -> dict:
+    """Run a recipe file and return its recipe keys; any other public name is an error."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"recipe file '{path}' not found; recipes live in recipes/, e.g. recipes/demo.py")
+    root = str(Path(__file__).resolve().parent.parent)
+    if root not in sys.path:  # so `from recipes.base import *` works from any folder
+        sys.path.insert(0, root)
+    try:
+        namespace = runpy.run_path(str(path))
+    except Exception as e:
+        raise UserError(f"recipe file '{path}' failed to run: {type(e).__name__}: {e}") from e
+    values = {}
+    for name, value in namespace.items():
+        if name.startswith("_") or isinstance(value, (types.ModuleType, types.FunctionType, type)):
+            continue
+        if name not in FIELDS:
+            close = difflib.get_close_matches(name, FIELDS, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise UserError(f"{path}: '{name}' is not a recipe key{hint} (prefix helpers with _)")
+        values[name] = value
+    values.setdefault("name", path.stem)
+    return values
+
+
+def load_recipe(path: str | Path | None, overrides: list[str] | dict | None = None) -> Recipe:
+    """Recipe file (None: the defaults) plus KEY=VALUE overrides -> a checked Recipe."""
+    values = read_recipe_file(path) if path else {}
+    if isinstance(overrides, dict):
+        changes = dict(overrides)
+    else:
+        changes = dict(parse_override(o) for o in overrides or [])
+    return resolve(values, changes)
+
+
+def save_json(recipe: Recipe, path: str | Path) -> None:
+    Path(path).write_text(json.dumps(recipe.to_dict(), indent=2) + "\n")
+
+
+def from_dict(values: dict) -> Recipe:
+    """Recipe from a saved dict (recipe.json or a checkpoint); keys unknown to this version are dropped."""
+    return resolve({k: v for k, v in values.items() if k in FIELDS}, {})

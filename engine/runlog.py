@@ -1,0 +1,70 @@
+"""What a run reports: the console (copied to train.log), metrics.csv and W&B. Rank 0 only.
+
+The loop talks to W&B only through RunLog, so a run with wandb="disabled" never imports it.
+"""
+from __future__ import annotations
+
+import csv
+import os
+import sys
+from pathlib import Path
+
+
+class RunLog:
+    """Console + train.log lines, metrics.csv rows, W&B scalars; silent on ranks other than 0."""
+
+    def __init__(self, run_dir: Path | None, enabled: bool = True, wandb_mode: str = "disabled",
+                 wandb_project: str = "sketchbook", wandb_entity: str | None = None,
+                 wandb_name: str | None = None, config: dict | None = None):
+        self.enabled = enabled
+        self.run_dir = run_dir
+        self.log_file = open(run_dir / "train.log", "a") if enabled and run_dir else None
+        self.wandb = None
+        if enabled and wandb_mode != "disabled":
+            import wandb
+            os.environ.setdefault("WANDB_SILENT", "true")
+            self.wandb = wandb.init(project=wandb_project, entity=wandb_entity, name=wandb_name, config=config,
+                                    mode=wandb_mode, dir=str(run_dir) if run_dir else None, reinit="finish_previous")
+
+    def print(self, *parts, **kwargs) -> None:
+        """Print to the console and append to train.log."""
+        if not self.enabled:
+            return
+        text = " ".join(str(p) for p in parts)
+        print(text, **kwargs, flush=True)
+        if self.log_file:
+            self.log_file.write(text + "\n")
+            self.log_file.flush()
+
+    def metrics(self, csv_path: Path, row: dict, step: int | None = None) -> None:
+        """Append one row to a metrics.csv (header on first write) and send it to W&B."""
+        if not self.enabled:
+            return
+        new = not csv_path.exists()
+        with open(csv_path, "a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(row))
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+        self.scalars(row, step)
+
+    def scalars(self, values: dict, step: int | None = None) -> None:
+        if self.wandb is not None:
+            self.wandb.log({k: v for k, v in values.items() if isinstance(v, (int, float))}, step=step)
+
+    def close(self) -> None:
+        if self.log_file:
+            self.log_file.close()
+            self.log_file = None
+        if self.wandb is not None:
+            self.wandb.finish()
+            self.wandb = None
+
+
+def progress(iterable, total: int, desc: str, enabled: bool):
+    """A tqdm bar on rank 0 (refreshing at most twice a second so it costs nothing); the bare iterable elsewhere."""
+    if not enabled or not sys.stderr.isatty():  # a bar in a log file is noise: the epoch line says it all
+        return iterable
+    from tqdm import tqdm
+    return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True, mininterval=0.5,
+                file=sys.stderr)

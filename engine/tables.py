@@ -1,0 +1,183 @@
+"""Tables of images and labels: read the competition CSV or class folders, audit them, split them.
+
+A table is a pandas DataFrame with `path` (absolute), `image_path` (as written in the CSV),
+`class_name` and `target`. The audit finds every row training cannot use and says why.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from engine.errors import UserError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+TAIL_MARKERS = {b"\xff\xd8": b"\xff\xd9", b"\x89PNG": b"IEND"}  # header -> what a complete file ends with
+
+
+def read_train_table(data_dir: str, csv: str | None) -> pd.DataFrame:
+    """The labelled table: from `csv` (class_name,image_path,target) or from class folders in data_dir."""
+    root = Path(data_dir)
+    if csv is None:
+        if not root.is_dir():
+            raise UserError(f"data_dir '{root}' not found; set data_dir to a folder of class folders")
+        classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+        if not classes:
+            raise UserError(f"data_dir '{root}' has no class folders; expected {root}/<class_name>/<image>")
+        rows = [(c, f"{c}/{f.name}", t) for t, c in enumerate(classes)
+                for f in sorted((root / c).iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
+        table = pd.DataFrame(rows, columns=["class_name", "image_path", "target"])
+    else:
+        table = _read_csv(csv, required=("image_path", "target"))
+        if "class_name" not in table:
+            table["class_name"] = None
+    table["path"] = [str(root / p) for p in table["image_path"].astype(str)]
+    return table
+
+
+def read_test_table(test_dir: str, csv: str) -> pd.DataFrame:
+    """The unlabelled table for prediction, in the CSV's row order."""
+    table = _read_csv(csv, required=("image_path",))
+    table["path"] = [str(Path(test_dir) / p) for p in table["image_path"].astype(str)]
+    return table
+
+
+def _read_csv(csv: str, required: tuple) -> pd.DataFrame:
+    if not Path(csv).is_file():
+        raise UserError(f"CSV '{csv}' not found; check the recipe's *_csv keys (paths are relative to where you run)")
+    try:
+        table = pd.read_csv(csv)
+    except Exception as e:
+        raise UserError(f"CSV '{csv}' could not be read: {e}") from e
+    missing = [c for c in required if c not in table.columns]
+    if missing:
+        raise UserError(f"CSV '{csv}' lacks column(s) {', '.join(missing)}; it has {', '.join(map(str, table.columns))}")
+    return table
+
+
+def check_image_file(path: str) -> str | None:
+    """Cheap integrity check (header, plus tail for JPEG/PNG): None if fine, else the problem."""
+    p = Path(path)
+    if not p.is_file():
+        return "missing"
+    try:
+        size = p.stat().st_size
+        with open(p, "rb") as f:
+            head = f.read(8)
+            f.seek(max(0, size - 16))
+            tail = f.read()
+    except OSError as e:
+        return f"unreadable ({e.strerror})"
+    if size == 0:
+        return "unreadable (empty file)"
+    for magic, end in TAIL_MARKERS.items():
+        if head.startswith(magic) and end not in tail:
+            return "truncated"
+    try:
+        from PIL import Image
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(p) as im:
+                im.verify()
+    except Exception as e:
+        return f"unreadable ({type(e).__name__})"
+    return None
+
+
+@dataclass
+class Audit:
+    """What the audit found: the usable table, the classes, and every rejected row with its reason."""
+    table: pd.DataFrame
+    classes: list[str]
+    problems: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["row", "image_path", "problem"]))
+
+    def summary(self) -> str:
+        n_bad = len(self.problems)
+        head = f"data audit: {len(self.table) + n_bad} rows, {len(self.classes)} classes, {n_bad} rejected"
+        if not n_bad:
+            return head
+        kinds = self.problems["problem"].str.split(" ").str[0].value_counts()
+        return head + " (" + ", ".join(f"{k}: {v}" for k, v in kinds.items()) + ")"
+
+    def examples(self, n: int = 5) -> str:
+        rows = self.problems.head(n).itertuples()
+        more = f" ... and {len(self.problems) - n} more" if len(self.problems) > n else ""
+        return "; ".join(f"row {r.row} {r.image_path}: {r.problem}" for r in rows) + more
+
+
+def audit_table(table: pd.DataFrame, num_classes: int | None = None, check_files: bool = True) -> Audit:
+    """Find rows training cannot use: NaN / out-of-range / inconsistent labels, duplicates, bad files."""
+    problems: dict[int, str] = {}
+    target = pd.to_numeric(table["target"], errors="coerce")
+    for i in table.index[target.isna()]:
+        problems[i] = "nan_target"
+    whole = target.notna() & (target == np.floor(target.fillna(0)))
+    names = table["class_name"]
+    # the class list: each class_name's most common target defines the mapping
+    known = table[whole & names.notna()]
+    mapping = (known.assign(t=target[known.index].astype(int)).groupby("class_name")["t"]
+               .agg(lambda s: s.value_counts().idxmax()))
+    n = num_classes or (len(mapping) if len(mapping) else int(target[whole].max()) + 1)
+    for i in table.index[target.notna() & (~whole | (target < 0) | (target >= n))]:
+        problems.setdefault(i, f"target_out_of_range ({table.at[i, 'target']} not in 0..{n - 1})")
+    for i in known.index:
+        if int(target[i]) != mapping[names[i]] and i not in problems:
+            problems[i] = f"label_mismatch (class_name {names[i]} is target {mapping[names[i]]}, row says {int(target[i])})"
+    for i in table.index[table.duplicated("image_path", keep="first")]:
+        problems.setdefault(i, "duplicate_row")
+    if check_files:
+        for i, path in zip(table.index, table["path"]):
+            if i not in problems and (problem := check_image_file(path)):
+                problems[i] = problem
+    classes = [str(i) for i in range(n)]
+    for name, t in mapping.items():
+        if 0 <= t < n:
+            classes[t] = str(name)
+    bad = pd.DataFrame([(i, table.at[i, "image_path"], p) for i, p in sorted(problems.items())],
+                       columns=["row", "image_path", "problem"])
+    good = table.drop(index=list(problems)).copy()
+    good["target"] = pd.to_numeric(good["target"]).astype(int)
+    good["class_name"] = [classes[t] for t in good["target"]]
+    return Audit(good.reset_index(drop=True), classes, bad)
+
+
+def apply_audit_policy(audit: Audit, policy: str, log=print) -> pd.DataFrame:
+    """`skip`: warn and drop the rejected rows; `error`: stop with the list."""
+    if len(audit.problems) and policy == "error":
+        raise UserError(f"{audit.summary()}: {audit.examples()}; fix the data or set bad_images='skip'")
+    log(audit.summary())
+    if len(audit.problems):
+        log(f"warning: skipping {len(audit.problems)} rows: {audit.examples()}")
+    if audit.table.empty:
+        raise UserError("no usable rows left after the data audit; check data_dir and train_csv")
+    return audit.table
+
+
+def assign_folds(targets: np.ndarray, folds: int, val_fraction: float, seed: int) -> np.ndarray:
+    """Stratified, seeded fold index per row. folds = 1: validation rows get 0, training rows -1."""
+    from sklearn.model_selection import StratifiedKFold, train_test_split
+    n = len(targets)
+    fold = np.full(n, -1, dtype=int)
+    counts = np.bincount(targets)
+    stratify = targets if counts[counts > 0].min() >= max(2, folds) else None
+    if folds == 1:
+        n_val = max(1, math.ceil(n * val_fraction))
+        if stratify is not None and n_val < len(np.unique(targets)):
+            stratify = None  # too few validation rows to hold every class
+        _, val = train_test_split(np.arange(n), test_size=n_val, random_state=seed, stratify=stratify)
+        fold[val] = 0
+        return fold
+    if n < folds:
+        raise UserError(f"folds = {folds} needs at least {folds} rows; the data has {n}")
+    if stratify is None:
+        warnings.warn(f"some class has fewer than {folds} rows: folds are not stratified")
+        splitter = StratifiedKFold(folds, shuffle=True, random_state=seed).split(np.zeros(n), np.zeros(n))
+    else:
+        splitter = StratifiedKFold(folds, shuffle=True, random_state=seed).split(np.zeros(n), targets)
+    for k, (_, val) in enumerate(splitter):
+        fold[val] = k
+    return fold

@@ -1,0 +1,55 @@
+"""Train and eval transforms on uint8 tensors (torchvision v2); normalisation happens on the device.
+
+Sketches are ink on white paper, so everything that fills (affine, augment ops, erasing) fills with
+white: a black border would be a stroke the model learns from.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torchvision.transforms import v2
+
+PAPER = 255  # fill value: white paper
+DEFAULT_CROP_PCT = 0.875
+
+
+def eval_resize(image_size: int, crop_pct: float = DEFAULT_CROP_PCT) -> int:
+    """Shorter-side size before the centre crop (the usual 256 -> 224 at crop_pct 0.875)."""
+    return int(math.floor(image_size / crop_pct))
+
+
+def build_train_transform(image_size: int, augment: str = "light", random_erase: float = 0.0) -> v2.Compose:
+    """Random resized crop + flip, then the `augment` preset, then optional random erasing."""
+    ops = [v2.RandomResizedCrop(image_size, scale=(0.35, 1.0), antialias=True), v2.RandomHorizontalFlip()]
+    if augment == "light":
+        ops.append(v2.RandomAffine(degrees=10, translate=(0.06, 0.06), scale=(0.9, 1.1), shear=5, fill=PAPER))
+    elif augment == "randaugment":
+        ops.append(v2.RandAugment(num_ops=2, magnitude=9, fill=PAPER))
+    elif augment == "trivialaugment":
+        ops.append(v2.TrivialAugmentWide(fill=PAPER))
+    elif augment != "none":
+        raise ValueError(f"unknown augment preset {augment!r}")
+    if random_erase > 0:
+        ops.append(v2.RandomErasing(p=random_erase, scale=(0.02, 0.15), value=PAPER))
+    return v2.Compose(ops)
+
+
+def build_eval_transform(image_size: int, crop_pct: float = DEFAULT_CROP_PCT) -> v2.Compose:
+    """Resize the shorter side, then centre-crop image_size (the standard eval view)."""
+    return v2.Compose([v2.Resize(eval_resize(image_size, crop_pct), antialias=True), v2.CenterCrop(image_size)])
+
+
+class Normalize(torch.nn.Module):
+    """uint8 batch on the device -> float, normalised, optionally channels_last (one fused pass)."""
+
+    def __init__(self, mean: tuple, std: tuple, channels_last: bool = False):
+        super().__init__()
+        self.register_buffer("scale", 1.0 / (255.0 * torch.tensor(std).view(1, -1, 1, 1)), persistent=False)
+        self.register_buffer("shift", -torch.tensor(mean).view(1, -1, 1, 1) / torch.tensor(std).view(1, -1, 1, 1),
+                             persistent=False)
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(memory_format=self.memory_format)
+        return torch.addcmul(self.shift, x.float(), self.scale)

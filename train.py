@@ -1,0 +1,62 @@
+"""Train a timm image classifier from a recipe.
+
+    python train.py [RECIPE] [KEY=VALUE ...] [--fold K] [--resume RUN_OR_CKPT] [--name NAME] [--dry-run]
+    torchrun --nproc_per_node=4 train.py recipes/resnext.py
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from torch.distributed.elastic.multiprocessing.errors import record
+
+from engine import preempt
+from engine.errors import UserError
+from engine.recipe import describe, load_recipe
+
+DEFAULT_RECIPE = "recipes/demo.py"
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description="Train a timm image classifier from a flat Python recipe.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="recipe keys (set in the recipe file or as KEY=VALUE):\n" + describe())
+    p.add_argument("items", nargs="*", metavar="RECIPE | KEY=VALUE",
+                   help=f"a recipe file (default {DEFAULT_RECIPE}) and overrides such as lr=3e-4")
+    p.add_argument("--fold", type=int, help="train only this fold (folds can run on different machines)")
+    p.add_argument("--resume", metavar="RUN_OR_CKPT", help="continue a run folder or last.pt exactly where it stopped")
+    p.add_argument("--name", help="suffix of the run folder; an existing run of that name is added to")
+    p.add_argument("--dry-run", action="store_true", help="show recipe, data audit, model size, steps; train nothing")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (logs and CI)")
+    return p.parse_args(argv)
+
+
+@record  # under torchrun, the failing rank's traceback is the one reported
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    files = [i for i in args.items if "=" not in i]
+    overrides = [i for i in args.items if "=" in i]
+    if len(files) > 1:
+        print(f"error: one recipe at a time, got {', '.join(files)}", file=sys.stderr)
+        return 2
+    try:
+        if args.resume and (files or overrides):
+            raise UserError("--resume continues the saved recipe exactly; drop the recipe and KEY=VALUE arguments")
+        from engine.run import train
+        recipe = None if args.resume else load_recipe(files[0] if files else DEFAULT_RECIPE, overrides)
+        train(recipe, fold=args.fold, name=args.name, resume=args.resume, dry_run=args.dry_run,
+              show_progress=not args.no_progress)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except preempt.Preempted as e:
+        return e.exit_code
+    except preempt.Diverged as e:
+        print(f"error: {e} (last good checkpoint kept)", file=sys.stderr)
+        return 3
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
