@@ -16,11 +16,15 @@ def smooth_targets(targets: torch.Tensor, num_classes: int, smoothing: float = 0
     return soft.scatter_(1, targets.view(-1, 1).long(), 1.0 - smoothing + off)
 
 
+def _at_least_fp32(logits: torch.Tensor) -> torch.Tensor:
+    return logits.to(torch.promote_types(logits.dtype, torch.float32))  # fp16/bf16 -> fp32, fp64 stays
+
+
 class SoftTargetCrossEntropy(torch.nn.Module):
     """CE = -sum_c t_c log p_c, averaged over the batch."""
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        log_p = F.log_softmax(logits.float(), dim=-1)
+        log_p = F.log_softmax(_at_least_fp32(logits), dim=-1)
         return -(targets * log_p).sum(dim=-1).mean()
 
 
@@ -32,7 +36,7 @@ class FocalLoss(torch.nn.Module):
         self.alpha, self.gamma = alpha, gamma
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        log_p = F.log_softmax(logits.float(), dim=-1)
+        log_p = F.log_softmax(_at_least_fp32(logits), dim=-1)
         weight = (1 - log_p.exp()).clamp(min=0).pow(self.gamma)  # clamp: p can round to 1 + eps
         return -(self.alpha * targets * weight * log_p).sum(dim=-1).mean()
 

@@ -1,0 +1,146 @@
+"""Data: tables from CSV or class folders, the audit of every kind of bad row, image modes, splits."""
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from engine.data import EpochSampler, ImageDataset, ShardSampler
+from engine.errors import UserError
+from engine.images import load_image
+from engine.tables import apply_audit_policy, assign_folds, audit_table, read_train_table
+from engine.transforms import build_train_transform
+
+
+def sketch(path, value=0, size=(20, 16), mode="L"):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arr = np.full(size[::-1], 255, np.uint8)
+    arr[4:12, 5:9] = value
+    Image.fromarray(arr).convert(mode).save(path)
+
+
+@pytest.fixture
+def messy(tmp_path):
+    """A CSV with one row of each problem the audit must find, plus good rows."""
+    root = tmp_path / "train"
+    rows = []
+    for cls, t in (("cat", 0), ("dog", 1)):
+        for i in range(4):
+            sketch(root / cls / f"{i}.png")
+            rows.append((cls, f"{cls}/{i}.png", t))
+    rows += [("cat", "cat/missing.png", 0),  # missing file
+             ("cat", "cat/broken.png", 0),  # not an image
+             ("dog", "dog/cut.png", 1),  # truncated PNG
+             ("dog", "dog/0.png", 1),  # duplicate row
+             ("cat", "cat/nan.png", None),  # NaN target
+             ("dog", "dog/big.png", 7),  # out of range
+             ("dog", "dog/swap.png", 0)]  # class_name says dog (1), target says 0
+    (root / "cat" / "broken.png").write_bytes(b"this is not an image")
+    sketch(root / "dog" / "cut.png")
+    data = (root / "dog" / "cut.png").read_bytes()
+    (root / "dog" / "cut.png").write_bytes(data[: len(data) // 2])
+    for name in ("cat/nan.png", "dog/big.png", "dog/swap.png"):
+        sketch(root / name)
+    pd.DataFrame(rows, columns=["class_name", "image_path", "target"]).to_csv(tmp_path / "train.csv", index=False)
+    return tmp_path
+
+
+def test_audit_finds_each_problem_once(messy):
+    audit = audit_table(read_train_table(str(messy / "train"), str(messy / "train.csv")))
+    found = dict(zip(audit.problems["image_path"], audit.problems["problem"].str.split(" ").str[0]))
+    assert found == {"cat/missing.png": "missing", "cat/broken.png": "unreadable", "dog/cut.png": "truncated",
+                     "dog/0.png": "duplicate_row", "cat/nan.png": "nan_target",
+                     "dog/big.png": "target_out_of_range", "dog/swap.png": "label_mismatch"}
+    assert len(audit.table) == 8 and audit.classes == ["cat", "dog"]
+    assert "7 rejected" in audit.summary()
+
+
+def test_skip_warns_with_examples_and_error_stops_with_the_list(messy):
+    audit = audit_table(read_train_table(str(messy / "train"), str(messy / "train.csv")))
+    lines = []
+    table = apply_audit_policy(audit, "skip", lines.append)
+    assert len(table) == 8 and "skipping 7 rows" in lines[-1] and "cat/missing.png: missing" in lines[-1]
+    with pytest.raises(UserError, match="7 rejected.*cat/missing.png: missing.*bad_images='skip'"):
+        apply_audit_policy(audit, "error")
+
+
+def test_csv_errors_are_clear(tmp_path):
+    with pytest.raises(UserError, match="CSV .* not found"):
+        read_train_table(str(tmp_path), str(tmp_path / "train.csv"))
+    (tmp_path / "bad.csv").write_text("name,file\na,b\n")
+    with pytest.raises(UserError, match="lacks column\\(s\\) image_path, target"):
+        read_train_table(str(tmp_path), str(tmp_path / "bad.csv"))
+
+
+def test_class_folders_without_csv(tmp_path):
+    for cls in ("owl", "ant"):
+        for i in range(2):
+            sketch(tmp_path / cls / f"{i}.jpg")
+    audit = audit_table(read_train_table(str(tmp_path), None))
+    assert audit.classes == ["ant", "owl"] and len(audit.table) == 4 and audit.problems.empty
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "RGBA", "P", "I;16", "RGB", "CMYK"])
+def test_every_image_mode_becomes_rgb_uint8(tmp_path, mode):
+    path = tmp_path / ("x.jpg" if mode == "CMYK" else "x.png")
+    if mode == "I;16":
+        arr = np.full((16, 20), 65535, np.uint16)
+        arr[4:12, 5:9] = 0
+        Image.fromarray(arr).save(path)
+    else:
+        sketch(path, mode=mode)
+    img = load_image(str(path))
+    assert img.shape == (3, 16, 20) and img.dtype == torch.uint8
+    assert img[:, 0, 0].min() > 240 and img[:, 6, 6].max() < 40  # paper stays white, ink dark (JPEG: lossy)
+
+
+def test_transparent_background_becomes_white_paper(tmp_path):
+    arr = np.zeros((8, 8, 4), np.uint8)  # black, fully transparent...
+    arr[2:4, 2:4] = [0, 0, 0, 255]  # ...except one opaque black stroke
+    Image.fromarray(arr).save(tmp_path / "t.png")
+    img = load_image(str(tmp_path / "t.png"))
+    assert img[:, 0, 0].tolist() == [255, 255, 255] and img[:, 2, 2].tolist() == [0, 0, 0]
+
+
+def test_unreadable_image_is_a_clear_error(tmp_path):
+    (tmp_path / "x.png").write_bytes(b"junk")
+    with pytest.raises(UserError, match="could not be decoded.*bad_images='skip'"):
+        load_image(str(tmp_path / "x.png"))
+
+
+def test_holdout_split_is_stratified_seeded_and_complete():
+    targets = np.repeat(np.arange(5), 20)
+    fold = assign_folds(targets, 1, 0.2, seed=3)
+    assert (fold == 0).sum() == 20 and all((targets[fold == 0] == c).sum() == 4 for c in range(5))
+    assert (assign_folds(targets, 1, 0.2, seed=3) == fold).all()
+    assert not (assign_folds(targets, 1, 0.2, seed=4) == fold).all()
+
+
+def test_augmentation_is_a_function_of_seed_epoch_and_index(tmp_path):
+    paths = []
+    for i in range(4):
+        sketch(tmp_path / f"{i}.png", size=(40, 40))
+        paths.append(str(tmp_path / f"{i}.png"))
+    ds = ImageDataset(paths, [0, 1, 0, 1], build_train_transform(24, "light"), seed=1)
+    a, b = ds[(0, 2)][0], ds[(0, 2)][0]
+    assert torch.equal(a, b) and a.shape == (3, 24, 24)
+    assert any(not torch.equal(ds[(1, i)][0], ds[(0, i)][0]) for i in range(4))  # new epoch, new views
+    torch.manual_seed(0)
+    before = torch.rand(1)
+    torch.manual_seed(0)
+    ds[(0, 1)]
+    assert torch.equal(torch.rand(1), before)  # the caller's RNG is untouched
+
+
+def test_samplers_shard_without_loss_and_skip_for_resume():
+    train = [EpochSampler(10, 2, True, seed=0, rank=r, world=2) for r in range(2)]
+    for s in train:
+        s.set_epoch(3)
+    seen = [i for s in train for _, i in s]
+    assert sorted(seen) == list(range(10))
+    full = [i for _, i in train[0]]
+    train[0].set_epoch(3, skip_batches=1)
+    assert [i for _, i in train[0]] == full[2:]  # resume after one batch of 2
+    assert all(epoch == 3 for epoch, _ in train[0])
+    val = [list(ShardSampler(7, r, 3)) for r in range(3)]
+    assert sorted(sum(val, [])) == list(range(7))  # no padding, nothing twice

@@ -1,0 +1,138 @@
+"""The loop: it learns, accumulation equals a big batch, the LR schedule, bf16 on CPU, checkpoints."""
+import math
+
+import pandas as pd
+import pytest
+import torch
+
+from engine import checkpoint
+from engine.data import EpochSampler, make_loader
+from engine.loop import TrainState, evaluate, train_one_epoch
+from engine.losses import SoftTargetCrossEntropy
+from engine.mix import Mixer
+from engine.models import build_model
+from engine.optim import build_optimizer, build_scheduler, lr_factor
+from engine.recipe import from_dict
+from engine.tables import read_train_table
+from engine.transforms import Normalize, build_eval_transform
+from engine.data import ImageDataset, ShardSampler
+
+
+class TensorImages(torch.utils.data.Dataset):
+    """Deterministic uint8 images; items requested as (epoch, index) like the engine's dataset."""
+
+    def __init__(self, n=24, size=8, classes=3):
+        g = torch.Generator().manual_seed(0)
+        self.x = torch.randint(0, 256, (n, 3, size, size), generator=g, dtype=torch.uint8)
+        self.y = torch.arange(n) % classes
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, item):
+        _, i = item
+        return self.x[i], self.y[i]
+
+
+def tiny_state(accumulate=1, precision=None, lr=0.1, optimizer="SGD"):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+                                torch.nn.Linear(4 * 6 * 6, 3))  # no batch-norm: micro-batches are exact
+    opt = build_optimizer(model, optimizer, lr, 0.0, momentum=0.0)
+    return TrainState(model=model, forward=model, optimizer=opt, scheduler=build_scheduler(opt, 100, 0, "none"),
+                      scaler=torch.amp.GradScaler("cpu", enabled=False), criterion=SoftTargetCrossEntropy(),
+                      mixer=Mixer(3), normalize=Normalize((0.5,) * 3, (0.25,) * 3), device=torch.device("cpu"),
+                      amp_dtype=precision, accumulate=accumulate)
+
+
+def run_epoch(state, batch_size, n=24):
+    sampler = EpochSampler(n, batch_size, True, seed=0)
+    loader = make_loader(TensorImages(n), batch_size, sampler, 0, train=True)
+    return train_one_epoch(state, loader, epoch=0, show_progress=False)
+
+
+def test_accumulating_micro_batches_equals_one_big_batch():
+    big, small = tiny_state(accumulate=1), tiny_state(accumulate=3)
+    run_epoch(big, batch_size=12)  # 2 updates of 12
+    run_epoch(small, batch_size=4)  # 2 updates of 3 x 4
+    for a, b in zip(big.model.parameters(), small.model.parameters()):
+        assert torch.allclose(a, b, atol=1e-6)
+    assert big.scheduler.last_epoch == small.scheduler.last_epoch == 2
+
+
+def test_last_partial_window_is_divided_by_its_true_length():
+    state = tiny_state(accumulate=4)
+    run_epoch(state, batch_size=4, n=24)  # 6 micro-batches: a window of 4, then a partial window of 2
+    ref = tiny_state()
+    data = TensorImages(24)
+    sampler = EpochSampler(24, 4, True, seed=0)
+    sampler.set_epoch(0)
+    order = [i for _, i in sampler]
+    for window in (order[:16], order[16:]):  # by hand: the mean loss over each window's samples
+        x, y = data.x[window], data.y[window]
+        loss = ref.criterion(ref.model(ref.normalize(x)), torch.eye(3)[y])
+        loss.backward()
+        ref.optimizer.step()
+        ref.optimizer.zero_grad()
+    for a, b in zip(state.model.parameters(), ref.model.parameters()):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_lr_warms_up_linearly_then_follows_a_cosine():
+    total, warm = 110, 10
+    assert lr_factor(0, total, warm) == pytest.approx(1 / 11)
+    assert lr_factor(9, total, warm) == pytest.approx(10 / 11)
+    assert lr_factor(10, total, warm) == pytest.approx(1.0)
+    assert lr_factor(60, total, warm) == pytest.approx(0.5)
+    assert lr_factor(110, total, warm) == pytest.approx(0.0)
+    assert lr_factor(60, total, warm, "none") == 1.0
+
+
+def test_bf16_on_cpu_runs_the_forward_in_bf16_and_learns():
+    state = tiny_state(precision=torch.bfloat16, lr=0.5)
+    dtypes = []
+    state.model[0].register_forward_hook(lambda m, i, o: dtypes.append(o.dtype))
+    first = run_epoch(state, 8)["train_loss"]
+    for _ in range(6):
+        last = run_epoch(state, 8)["train_loss"]
+    assert dtypes[0] == torch.bfloat16 and last < first * 0.7
+
+
+def test_a_short_run_learns_the_digits(trained_run):
+    metrics = pd.read_csv(trained_run / "fold0" / "metrics.csv")
+    assert len(metrics) == 2 and metrics["val_acc"].iloc[-1] > 0.5  # 10 classes: chance is 0.1
+    assert (trained_run / "recipe.json").is_file() and (trained_run / "train.log").read_text().count("epoch") >= 2
+
+
+def test_checkpoint_round_trip_with_weights_only(trained_run):
+    raw = torch.load(trained_run / "fold0" / "best.pt", map_location="cpu", weights_only=True)
+    assert {"model", "recipe", "classes", "epoch", "metrics"} <= set(raw)
+    last = torch.load(trained_run / "fold0" / "last.pt", map_location="cpu", weights_only=True)
+    assert {"optimizer", "scheduler", "scaler", "rng", "early_stopping"} <= set(last)
+    recipe = from_dict(raw["recipe"])
+    model = build_model(recipe.model, len(raw["classes"]))
+    model.load_state_dict(raw["model"])
+    table = read_train_table(recipe.data_dir, recipe.train_csv)
+    val = pd.read_csv(trained_run / "fold0" / "val_predictions.csv")
+    rows = table.set_index("image_path").loc[val["image_path"]]
+    ds = ImageDataset(rows["path"], rows["target"], build_eval_transform(recipe.image_size, raw["data"]["crop_pct"]))
+    loader = make_loader(ds, 64, ShardSampler(len(ds)), 0, train=False)
+    result = evaluate(model, loader, torch.device("cpu"), Normalize(raw["data"]["mean"], raw["data"]["std"]))
+    assert result["acc"] == pytest.approx(raw["metrics"]["val_acc"])
+    assert (result["probs"].argmax(1).numpy() == val["pred"].to_numpy()).all()
+
+
+def test_a_killed_checkpoint_write_keeps_the_previous_file(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    checkpoint.save_atomic({"epoch": 1}, path)
+
+    def dies_half_way(obj, f):
+        f.write(b"half a checkpoint")
+        raise KeyboardInterrupt  # the process is killed mid-write
+
+    monkeypatch.setattr(torch, "save", dies_half_way)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.save_atomic({"epoch": 2}, path)
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=True) == {"epoch": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temp file left behind
