@@ -88,4 +88,5 @@ def make_loader(dataset: Dataset, batch_size: int, sampler: Sampler, num_workers
     """A DataLoader with the engine's defaults (persistent workers, prefetch, pinned memory on CUDA)."""
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
                       drop_last=train and len(sampler) > batch_size, pin_memory=pin_memory,
+                      generator=torch.Generator(),  # its own: starting an epoch must not draw from the global RNG
                       persistent_workers=num_workers > 0, prefetch_factor=4 if num_workers > 0 else None)
