@@ -1,0 +1,180 @@
+"""Exploratory plots as PNG files (matplotlib, Agg), readable at 500 classes, train and test side by side.
+
+Each function takes the per-image table (split, class_name, width, height, format, file_bytes,
+is_colour, ink) and writes one figure; `write_plots` writes them all and returns (title, path) pairs.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+SPLIT_COLOURS = {"train": "#1f77b4", "test": "#ff7f0e"}
+NAMED_BARS = 60  # up to this many classes every bar is labelled; beyond, only the extremes are named
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _splits(images: pd.DataFrame):
+    return [(s, images[images["split"] == s]) for s in ("train", "test") if (images["split"] == s).any()]
+
+
+def class_counts_plot(counts: pd.Series, path: Path) -> Path:
+    """Images per class, sorted, with the imbalance ratio; at many classes only the extremes are named."""
+    counts = counts.sort_values(ascending=False)
+    ratio = counts.max() / max(1, counts.min())
+    fig, ax = plt.subplots(figsize=(12, 4.5))
+    x = np.arange(len(counts))
+    ax.bar(x, counts.to_numpy(), width=1.0 if len(counts) > NAMED_BARS else 0.8, color=SPLIT_COLOURS["train"])
+    ax.axhline(counts.mean(), color="k", lw=1, ls="--", label=f"mean {counts.mean():.1f}")
+    if len(counts) <= NAMED_BARS:
+        ax.set_xticks(x, counts.index.astype(str), rotation=90, fontsize=max(5, 10 - len(counts) // 10))
+    else:
+        ax.set_xlabel("classes, most to fewest images")
+        few = "\n".join(f"{n}: {c}" for n, c in counts.tail(5).items())
+        many = "\n".join(f"{n}: {c}" for n, c in counts.head(5).items())
+        ax.text(0.99, 0.97, f"fewest\n{few}", transform=ax.transAxes, ha="right", va="top", fontsize=8,
+                bbox=dict(fc="white", alpha=0.8))
+        ax.text(0.30, 0.97, f"most\n{many}", transform=ax.transAxes, ha="left", va="top", fontsize=8,
+                bbox=dict(fc="white", alpha=0.8))
+    ax.set_ylabel("training images")
+    ax.set_title(f"images per class: {len(counts)} classes, {counts.min()}..{counts.max()} per class, "
+                 f"imbalance ratio {ratio:.1f}")
+    ax.legend(loc="upper center")
+    return _save(fig, path)
+
+
+def sizes_plot(images: pd.DataFrame, path: Path) -> Path:
+    """Width against height, and the aspect-ratio histogram, train vs test."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    aspect = np.log2(images["width"] / images["height"])
+    bins = np.linspace(min(-2.0, aspect.min()), max(2.0, aspect.max()), 41)
+    for split, part in _splits(images):
+        left.scatter(part["width"], part["height"], s=4, alpha=0.3, color=SPLIT_COLOURS[split],
+                     label=f"{split} ({len(part)})", rasterized=True)
+        right.hist(np.log2(part["width"] / part["height"]), bins=bins, density=True, alpha=0.5,
+                   color=SPLIT_COLOURS[split], label=split)
+    left.set(xlabel="width (px)", ylabel="height (px)", title="image sizes")
+    left.legend()
+    ticks = [-2, -1, 0, 1, 2]
+    right.set_xticks(ticks, ["1:4", "1:2", "1:1", "2:1", "4:1"])
+    right.set(xlabel="aspect ratio (width : height, log scale)", ylabel="share of images (density)",
+              title="aspect ratios")
+    right.legend()
+    return _save(fig, path)
+
+
+def files_plot(images: pd.DataFrame, path: Path) -> Path:
+    """File sizes (log scale) and file formats, train vs test."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    kb = images["file_bytes"].astype(float) / 1024
+    bins = np.logspace(np.log10(max(kb.min(), 0.01)), np.log10(max(kb.max(), 0.02)) + 1e-3, 41)
+    for split, part in _splits(images):
+        left.hist(part["file_bytes"].astype(float) / 1024, bins=bins, alpha=0.5, density=True,
+                  color=SPLIT_COLOURS[split], label=split)
+    left.set_xscale("log")
+    left.set(xlabel="file size (KiB)", ylabel="share of images (density)", title="file sizes")
+    left.legend()
+    table = images.groupby(["format", "split"]).size().unstack(fill_value=0)
+    share = table / table.sum(axis=0)
+    _grouped_bars(right, share, "share of the split's images", "file formats")
+    return _save(fig, path)
+
+
+def _grouped_bars(ax, share: pd.DataFrame, ylabel: str, title: str) -> None:
+    share = share[[s for s in SPLIT_COLOURS if s in share.columns]]
+    x = np.arange(len(share.index))
+    width = 0.8 / max(1, len(share.columns))
+    for k, split in enumerate(share.columns):
+        ax.bar(x + k * width, share[split], width, color=SPLIT_COLOURS.get(split), label=split)
+        for xi, v in zip(x, share[split]):
+            ax.text(xi + k * width, v, f"{100 * v:.1f}%", ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(x + width * (len(share.columns) - 1) / 2, share.index.astype(str))
+    ax.set(ylabel=ylabel, title=title, ylim=(0, 1.12), xlim=(-0.5, max(2, len(x)) - 0.5))
+    ax.legend()
+
+
+def colour_ink_plot(images: pd.DataFrame, path: Path) -> Path:
+    """Colour vs grayscale share, and ink density (share of non-paper pixels), train vs test."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    kind = images["is_colour"].astype(bool).map({True: "colour", False: "grayscale"})
+    table = pd.crosstab(kind, images["split"])
+    _grouped_bars(left, table / table.sum(axis=0), "share of the split's images", "colour vs grayscale content")
+    bins = np.linspace(0, max(0.05, float(images["ink"].max())), 51)
+    for split, part in _splits(images):
+        right.hist(part["ink"], bins=bins, alpha=0.5, density=True, color=SPLIT_COLOURS[split],
+                   label=f"{split} (median {100 * part['ink'].median():.1f}%)")
+    right.xaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
+    right.set(xlabel="ink density (pixels that are not paper)", ylabel="share of images (density)",
+              title="ink density: a few strokes to dense shading")
+    right.legend()
+    return _save(fig, path)
+
+
+def ink_by_class_plot(images: pd.DataFrame, path: Path) -> Path:
+    """Median ink density per class, sorted: classes drawn much lighter or darker than the rest stand out."""
+    train = images[images["split"] == "train"]
+    median = train.groupby("class_name")["ink"].median().sort_values()
+    fig, ax = plt.subplots(figsize=(12, 4))
+    x = np.arange(len(median))
+    ax.plot(x, median.to_numpy(), marker="." if len(median) <= NAMED_BARS else None)
+    if len(median) <= NAMED_BARS:
+        ax.set_xticks(x, median.index.astype(str), rotation=90, fontsize=max(5, 10 - len(median) // 10))
+    else:
+        for i in (*range(3), *range(len(median) - 3, len(median))):
+            ax.annotate(str(median.index[i]), (i, median.iloc[i]), fontsize=7, rotation=30)
+        ax.set_xlabel("classes, lightest to darkest")
+    ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
+    ax.set(ylabel="median ink density", title="ink density per class (training images)")
+    return _save(fig, path)
+
+
+def samples_plot(images: pd.DataFrame, classes: Sequence[str], path: Path, per_class: int = 8,
+                 seed: int = 0, thumb: int = 96) -> Path:
+    """A grid: one row per chosen class, `per_class` random training images each."""
+    from PIL import Image
+    from engine.images import load_image
+    rng = np.random.default_rng(seed)
+    fig, axes = plt.subplots(len(classes), per_class, figsize=(1.3 * per_class, 1.35 * len(classes)),
+                             squeeze=False)
+    train = images[images["split"] == "train"]
+    for r, name in enumerate(classes):
+        paths = train.loc[train["class_name"] == name, "path"].to_numpy()
+        chosen = rng.choice(paths, size=min(per_class, len(paths)), replace=False) if len(paths) else []
+        for c, ax in enumerate(axes[r]):
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c < len(chosen):
+                pixels = Image.fromarray(load_image(chosen[c]).permute(1, 2, 0).numpy())
+                pixels.thumbnail((thumb, thumb))
+                ax.imshow(np.asarray(pixels))
+            else:
+                ax.axis("off")
+        axes[r][0].set_ylabel(str(name), rotation=0, ha="right", va="center", fontsize=9)
+    fig.suptitle("samples per class")
+    return _save(fig, path)
+
+
+def write_plots(images: pd.DataFrame, counts: pd.Series, sample_classes: Sequence[str], out_dir: Path,
+                seed: int = 0) -> list[tuple[str, Path]]:
+    """Every EDA figure as a PNG in out_dir; returns (title, path) in report order."""
+    out_dir = Path(out_dir)
+    plots = [("Images per class", class_counts_plot(counts, out_dir / "class_counts.png")),
+             ("Image sizes and aspect ratios", sizes_plot(images, out_dir / "sizes.png")),
+             ("File sizes and formats", files_plot(images, out_dir / "files.png")),
+             ("Colour and ink density", colour_ink_plot(images, out_dir / "colour_ink.png")),
+             ("Ink density per class", ink_by_class_plot(images, out_dir / "ink_by_class.png"))]
+    if len(sample_classes):
+        plots.append(("Samples per class", samples_plot(images, sample_classes, out_dir / "samples.png", seed=seed)))
+    return plots

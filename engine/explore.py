@@ -1,0 +1,57 @@
+"""Explore a recipe's data before training: EDA plots, data audit and repair, one HTML report.
+
+    python -m engine.explore [RECIPE] [KEY=VALUE ...] [--write-clean PATH] [--out DIR] [--classes A B ...]
+    python -m engine.explore [RECIPE] --augment      # a grid of what the model sees after augmentation and mixing
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from engine.errors import UserError
+
+DEFAULT_RECIPE = "recipes/demo.py"
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m engine.explore",
+                                description="EDA plots, data audit and repair of a recipe's data, as one HTML report.")
+    p.add_argument("items", nargs="*", metavar="RECIPE | KEY=VALUE",
+                   help=f"a recipe file (default {DEFAULT_RECIPE}) and overrides such as data_dir=data/train")
+    p.add_argument("--out", metavar="DIR", help="output folder (default <output_dir>/explore/<recipe>/)")
+    p.add_argument("--write-clean", metavar="PATH", help="also write a cleaned train.csv training can use")
+    p.add_argument("--classes", nargs="+", metavar="CLASS", help="classes for the sample grid (default: 8 at random)")
+    p.add_argument("--augment", action="store_true",
+                   help="only write augment.png: one batch through the training transforms and mixing")
+    p.add_argument("--workers", type=int, help="decoding processes (default: one per CPU core)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    files = [i for i in args.items if "=" not in i]
+    overrides = [i for i in args.items if "=" in i]
+    if len(files) > 1:
+        print(f"error: one recipe at a time, got {', '.join(files)}", file=sys.stderr)
+        return 2
+    try:
+        from engine.exploration import default_out_dir, explore
+        from engine.recipe import load_recipe
+        recipe = load_recipe(files[0] if files else DEFAULT_RECIPE, overrides)
+        out = args.out or default_out_dir(recipe)
+        if args.augment:
+            from pathlib import Path
+            from engine.augment_preview import write_augment_preview
+            print(f"wrote {write_augment_preview(recipe, Path(out) / 'augment.png')}")
+            return 0
+        result = explore(recipe, out, args.classes, args.write_clean, args.workers, not args.no_progress)
+        print(f"report: {result.report}")
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
