@@ -106,7 +106,7 @@ def train(recipe: Recipe, fold: int | None = None, name: str | None = None, resu
             train_rows, val_rows = table[table["fold"] != k], table[table["fold"] == k]
             results[k] = fit(recipe, k, train_rows, val_rows, classes, fold_dir, d, log, state, show_progress, on_epoch)
         if d.is_main:
-            finish_folds(run_dir, recipe, results, log)
+            finish_folds(run_dir, recipe, results, log, classes)
         log.print(f"done. run folder: {run_dir}\nnext: python predict.py {run_dir}"
                   f"{' --kfold' if recipe.folds > 1 else ''}   |   python cam.py IMAGE --ckpt {run_dir}/fold0/best.pt")
     except preempt.Preempted as e:
@@ -131,5 +131,8 @@ def describe_dry_run(recipe: Recipe, table: pd.DataFrame, classes: list[str], d:
     say(f"data: {len(table)} usable rows, {len(classes)} classes ({counts.min()}..{counts.max()} per class), "
         f"fold 0: {n_train} train / {len(table) - n_train} val")
     say(f"model: {recipe.model}, {count_parameters(model) / 1e6:.2f}M parameters")
+    from engine.cache import cache_summary  # what cache="memory"/"disk" will take, from image headers
+    from engine.models import data_config
+    say(cache_summary(recipe, list(table["path"]), data_config(model)["crop_pct"]))
     say(f"steps per epoch: {n_train // per_step} (batch {recipe.batch_size} x {d.world} process(es)), "
         f"updates per epoch: {-(-(n_train // per_step) // recipe.accumulate_grad_batches)}")

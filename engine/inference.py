@@ -1,0 +1,202 @@
+"""Prediction: checkpoints -> models, class probabilities over a table of images, TTA and ensembles.
+
+An ensemble's probabilities are the mean of the softmax of every (model, view) pair: the views are
+the eval crop, its horizontal flip (TTA) and the same at other scales (multi-scale TTA). Models whose
+eval transform is the same share one pass over the images, so K folds decode each image once.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from engine import checkpoint
+from engine.data import ImageDataset, default_num_workers
+from engine.errors import UserError
+from engine.models import build_model
+from engine.recipe import Recipe, from_dict
+from engine.runlog import progress
+from engine.transforms import Normalize, build_eval_transform
+
+
+@dataclass
+class Member:
+    """One checkpoint of an ensemble, ready to run: the model on its device and how it sees images."""
+    path: Path
+    model: torch.nn.Module
+    normalize: Normalize
+    recipe: Recipe
+    classes: list[str]
+    crop_pct: float
+
+
+def pick_device(name: str | None = None) -> torch.device:
+    """`name` if given, else CUDA when available, else the CPU."""
+    if name:
+        try:
+            device = torch.device(name)
+        except RuntimeError as e:
+            raise UserError(f"--device {name!r} is not a device name (cpu, cuda, cuda:1)") from e
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise UserError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+        return device
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_member(path: str | Path, device: torch.device) -> Member:
+    """Rebuild a checkpoint's model (eval mode, channels_last on CUDA) from the checkpoint alone."""
+    ckpt = checkpoint.load_checkpoint(path)
+    recipe = from_dict(ckpt["recipe"])
+    classes = list(ckpt["classes"])
+    model = build_model(recipe.model, len(classes))
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise UserError(f"'{path}': weights do not fit {recipe.model} with {len(classes)} classes ({e})") from e
+    channels_last = device.type == "cuda" if recipe.channels_last is None else recipe.channels_last
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(device, memory_format=memory_format).eval()
+    data = ckpt.get("data") or {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225), "crop_pct": 0.875}
+    normalize = Normalize(data["mean"], data["std"], channels_last).to(device)
+    return Member(Path(path), model, normalize, recipe, classes, float(data["crop_pct"]))
+
+
+def load_ensemble(paths: Sequence[str | Path], device: torch.device) -> list[Member]:
+    """Every checkpoint as a Member; their class lists must be identical (same names, same order)."""
+    if not paths:
+        raise UserError("no checkpoints to predict with")
+    members = [load_member(p, device) for p in paths]
+    first = members[0]
+    for m in members[1:]:
+        if m.classes != first.classes:
+            diff = next((i for i, (a, b) in enumerate(zip(first.classes, m.classes)) if a != b), None)
+            where = (f"{len(first.classes)} vs {len(m.classes)} classes" if diff is None
+                     else f"class {diff} is '{first.classes[diff]}' vs '{m.classes[diff]}'")
+            raise UserError(f"cannot ensemble {first.path} and {m.path}: their classes differ ({where}); "
+                            f"ensemble only models trained on the same class list")
+    return members
+
+
+def parse_scales(text: str | None) -> tuple[float, ...]:
+    """'0.9,1.1' -> (0.9, 1.1): extra TTA scales of the image size."""
+    if not text:
+        return ()
+    try:
+        scales = tuple(float(s) for s in text.split(",") if s.strip())
+    except ValueError as e:
+        raise UserError(f"--tta-scales {text!r}: expected numbers separated by commas, e.g. 0.9,1.1") from e
+    if any(s <= 0 for s in scales):
+        raise UserError(f"--tta-scales {text!r}: scales must be positive")
+    return scales
+
+
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """bf16 (fp16 where unsupported) on CUDA; full precision elsewhere."""
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def view_groups(members: Sequence[Member], scales: Sequence[float]) -> dict[tuple[int, float], list[Member]]:
+    """(image size, crop_pct) -> the members that see the images through that eval transform."""
+    groups: dict[tuple[int, float], list[Member]] = {}
+    for m in members:
+        for scale in (1.0, *scales):
+            size = max(8, round(m.recipe.image_size * scale))
+            groups.setdefault((size, m.crop_pct), []).append(m)
+    return groups
+
+
+@torch.inference_mode()
+def predict_probs(members: Sequence[Member], image_paths: Sequence[str], batch_size: int = 128, flip: bool = False,
+                  scales: Sequence[float] = (), num_workers: int | None = None,
+                  show_progress: bool = True) -> torch.Tensor:
+    """Mean softmax (N x C, float32, CPU) of every member over every view of every image, in input order."""
+    if not members:
+        raise UserError("no checkpoints to predict with")
+    device = next(members[0].model.parameters()).device
+    n, num_classes = len(image_paths), len(members[0].classes)
+    workers = default_num_workers() if num_workers is None else num_workers
+    amp = autocast_dtype(device)
+    groups = view_groups(members, scales)
+    total = torch.zeros(n, num_classes, device=device)
+    views = 0
+    for (size, crop_pct), group in groups.items():
+        dataset = ImageDataset(image_paths, None, build_eval_transform(size, crop_pct))
+        loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
+                                             pin_memory=device.type == "cuda",
+                                             prefetch_factor=4 if workers > 0 else None)
+        start = 0
+        for x, _ in progress(loader, len(loader), f"predict {size}px", show_progress):
+            x = x.to(device, non_blocking=True)
+            rows = slice(start, start + x.shape[0])
+            for m in group:
+                xn = m.normalize(x)
+                for view in (xn, xn.flip(3)) if flip else (xn,):
+                    total[rows] += run_model(m, view, amp, size)
+            start += x.shape[0]
+        views += len(group) * (2 if flip else 1)
+    return (total / views).cpu()
+
+
+def run_model(m: Member, x: torch.Tensor, amp: torch.dtype | None, size: int) -> torch.Tensor:
+    """Softmax of one model on one normalised batch; a clear error if the model cannot take this size."""
+    with torch.autocast(x.device.type, dtype=amp) if amp else contextlib.nullcontext():
+        try:
+            logits = m.model(x)
+        except (RuntimeError, AssertionError) as e:
+            if size == m.recipe.image_size:
+                raise
+            raise UserError(f"{m.recipe.model} ({m.path}) cannot take {size}px images for multi-scale TTA "
+                            f"({type(e).__name__}); drop --tta-scales for this model") from e
+    return logits.float().softmax(1)
+
+
+def check_images_exist(paths: Sequence[str], what: str, root_hint: str) -> None:
+    """Every image must exist before the long pass starts; name the missing ones."""
+    missing = [p for p in paths if not Path(p).is_file()]
+    if missing:
+        raise UserError(f"{len(missing)} of {len(paths)} {what} images not found (first: {missing[0]}); "
+                        f"{root_hint}")
+
+
+def fold_checkpoints(run_dir: Path, kfold: bool) -> list[Path]:
+    """A run folder's fold0/best.pt, or with `kfold` every fold's best.pt (an error lists missing folds)."""
+    import json
+    recipe_file = run_dir / "recipe.json"
+    if not recipe_file.is_file():
+        raise UserError(f"'{run_dir}' is not a run folder (no recipe.json); pass a run folder under runs/ or a .pt file")
+    folds = int(json.loads(recipe_file.read_text()).get("folds", 1)) if kfold else 1
+    paths = [run_dir / f"fold{k}" / "best.pt" for k in range(folds)]
+    missing = [p.parent.name for p in paths if not p.is_file()]
+    if missing:
+        raise UserError(f"{run_dir} lacks best.pt for {', '.join(missing)} of {folds} fold(s); train them with "
+                        f"python train.py --resume {run_dir}  (or --fold K on each machine)")
+    return paths
+
+
+def resolve_targets(targets: Sequence[str], kfold: bool, runs_dir: str | Path = "runs") -> list[Path]:
+    """Run folders and/or checkpoint files -> checkpoint paths; none given: the newest run under runs_dir."""
+    if not targets:
+        targets = [str(checkpoint.newest_run(runs_dir))]
+    paths: list[Path] = []
+    for t in targets:
+        p = Path(t)
+        if p.is_dir():
+            paths += fold_checkpoints(p, kfold)
+        elif p.is_file():
+            paths.append(p)
+        else:
+            raise UserError(f"'{t}' not found; pass a run folder (runs/<recipe>/<time>) or a checkpoint (.pt)")
+    return paths
+
+
+def run_folder_of(path: Path) -> Path:
+    """Where outputs go: the run folder a checkpoint belongs to, else the checkpoint's own folder."""
+    for folder in (path.parent, path.parent.parent):
+        if (folder / "recipe.json").is_file():
+            return folder
+    return path.parent

@@ -1,0 +1,95 @@
+"""K-fold training: stratified folds, folds trained separately into one run folder, out-of-fold results."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import digits_recipe
+from engine.errors import UserError
+from engine.tables import assign_folds
+
+
+def test_folds_are_stratified_disjoint_and_cover_every_row_once():
+    targets = np.repeat(np.arange(7), [50, 31, 12, 9, 64, 5, 23])
+    fold = assign_folds(targets, 5, 0.2, seed=3)
+    assert fold.shape == targets.shape and set(fold) == set(range(5))  # one fold per row: disjoint, covering
+    for c in range(7):  # every class spread evenly: fold sizes within one of each other
+        per_fold = np.bincount(fold[targets == c], minlength=5)
+        assert per_fold.max() - per_fold.min() <= 1, (c, per_fold)
+    assert (assign_folds(targets, 5, 0.2, seed=3) == fold).all()  # seeded: every machine agrees
+    assert (assign_folds(targets, 5, 0.2, seed=4) != fold).any()
+
+
+@pytest.fixture(scope="module")
+def split_run(digits_dir, tmp_path_factory):
+    """A 2-fold run trained as two machines would: --fold 0, then --fold 1 into the same --name folder."""
+    from engine.inference import fold_checkpoints
+    from engine.run import train
+    out = tmp_path_factory.mktemp("folds")
+    rows = pd.read_csv(digits_dir / "train.csv").groupby("target").head(30)  # 300 rows keep it quick
+    rows.to_csv(out / "train.csv", index=False)
+    recipe = digits_recipe(digits_dir, out, folds=2, epochs=1, batch_size=32, train_csv=str(out / "train.csv"))
+    run_dir = train(recipe, fold=0, name="split", show_progress=False)
+    after_first = {"oof": (run_dir / "oof.csv").exists()}
+    with pytest.raises(UserError) as missing:
+        fold_checkpoints(run_dir, kfold=True)
+    after_first["error"] = str(missing.value)
+    assert train(recipe, fold=1, name="split", show_progress=False) == run_dir
+    return run_dir, after_first
+
+
+def test_out_of_fold_results_appear_when_the_last_fold_finishes(split_run):
+    run_dir, after_first = split_run
+    assert not after_first["oof"]
+    assert "fold1" in after_first["error"] and "fold0" not in after_first["error"]
+    assert (run_dir / "oof.csv").is_file() and (run_dir / "oof_metrics.json").is_file()
+    for name in ("report_confusion.png", "report_per_class.png", "report_curves.png", "report_mistakes.png",
+                 "confused_pairs.csv"):
+        assert (run_dir / name).stat().st_size > 0, name
+
+
+def test_oof_predictions_cover_every_training_row_once(split_run):
+    run_dir, _ = split_run
+    oof = pd.read_csv(run_dir / "oof.csv")
+    train_rows = pd.read_csv(json.loads((run_dir / "recipe.json").read_text())["train_csv"])
+    assert len(oof) == len(train_rows)
+    assert sorted(oof["image_path"]) == sorted(train_rows["image_path"])
+    truth = dict(zip(train_rows["image_path"], train_rows["target"]))
+    assert (oof["target"] == oof["image_path"].map(truth)).all()
+    for k in (0, 1):  # each row comes from the fold that validated (never trained on) it
+        val = pd.read_csv(run_dir / f"fold{k}" / "val_predictions.csv")
+        part = oof[oof["fold"] == k]
+        assert list(part["image_path"]) == list(val["image_path"]) and list(part["pred"]) == list(val["pred"])
+    assert {"image_path", "target", "pred", "confidence", "top5"} <= set(oof.columns)
+
+
+def test_oof_metrics_match_the_predictions(split_run):
+    run_dir, _ = split_run
+    oof = pd.read_csv(run_dir / "oof.csv")
+    metrics = json.loads((run_dir / "oof_metrics.json").read_text())
+    assert metrics["accuracy"] == pytest.approx((oof["pred"] == oof["target"]).mean())
+    top5 = [str(t) in s.split() for t, s in zip(oof["target"], oof["top5"])]
+    assert metrics["top5"] == pytest.approx(np.mean(top5))
+    per_class = metrics["per_class_accuracy"]
+    assert len(per_class) == 10
+    six = oof[oof["class_name"] == "six"]
+    assert per_class["six"] == pytest.approx((six["pred"] == six["target"]).mean())
+    assert 0 <= metrics["macro_f1"] <= 1 and set(metrics["folds"]) == {"0", "1"}
+
+
+def test_kfold_prediction_averages_both_folds(split_run, tmp_path):
+    import torch
+
+    from engine.inference import fold_checkpoints, load_ensemble, predict_probs
+    run_dir, _ = split_run
+    paths = fold_checkpoints(run_dir, kfold=True)
+    assert [p.parent.name for p in paths] == ["fold0", "fold1"]
+    test_dir = json.loads((run_dir / "recipe.json").read_text())["test_dir"]
+    images = [f"{test_dir}/{name}" for name in ("00000.png", "00001.png", "00002.png")]
+    members = load_ensemble(paths, torch.device("cpu"))
+    both = predict_probs(members, images, num_workers=0, show_progress=False)
+    alone = [predict_probs([m], images, num_workers=0, show_progress=False) for m in members]
+    torch.testing.assert_close(both, (alone[0] + alone[1]) / 2)
