@@ -103,32 +103,54 @@ def near_pairs(hashes: list[str], max_bits: int) -> list[tuple[int, int, int]]:
     return pairs
 
 
+def duplicate_groups(hashes: list[str], max_bits: int) -> list[list[int]]:
+    """Images linked by chains of close pHashes, each group sorted (its first member is its anchor)."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+    pairs = near_pairs(hashes, max_bits)
+    if not pairs:
+        return []
+    a, b, _ = zip(*pairs)
+    graph = coo_matrix((np.ones(len(a)), (a, b)), shape=(len(hashes), len(hashes)))
+    _, label = connected_components(graph, directed=False)
+    linked = np.unique(np.concatenate([a, b]))
+    groups: dict[int, list[int]] = {}
+    for i in linked:
+        groups.setdefault(int(label[i]), []).append(int(i))
+    return [sorted(g) for g in groups.values()]
+
+
 def _duplicate_findings(images: pd.DataFrame, max_bits: int) -> tuple[list[dict], set[int]]:
-    """Exact (same bytes) and near (close pHash) duplicate pairs; returns findings and train rows to drop."""
+    """Exact (same bytes) and near (close pHash) duplicates, one row per image against its group's first
+    (training images come first, so a test image is compared with a training one); and train rows to drop."""
     out, drop = [], set()
-    for a, b, dist in near_pairs(list(images["phash"]), max_bits):
-        x, y = images.iloc[a], images.iloc[b]
-        if x["split"] == "test" and y["split"] == "train":
-            x, y = y, x
-        exact = x["sha1"] == y["sha1"]
-        kinds = {("train", "test"): "leakage_train_test", ("test", "test"): "duplicate_within_test"}
-        kind = kinds.get((x["split"], y["split"]))
-        if kind is None:
-            kind = "duplicate_within_class" if x["class_name"] == y["class_name"] else "duplicate_across_classes"
-        action = "kept"
-        if exact and kind == "duplicate_within_class":
-            action = "dropped (a copy)"
-            drop.add(y["row"])
-        elif exact and kind == "duplicate_across_classes":
-            action = "dropped (same image, two labels)"
-            drop.update((x["row"], y["row"]))
-        elif kind == "duplicate_across_classes":
-            action = "kept (check the labels)"
-        elif kind == "leakage_train_test":
-            action = "kept (validation overstates test accuracy)"
-        detail = "identical files" if exact else f"near duplicate: pHash differs in {dist} of 255 bits"
-        out.append(_finding(kind, y["split"], y["row"], y["image_path"], y["class_name"], x["image_path"],
-                            x["class_name"], detail, action))
+    words = hash_words(list(images["phash"]))
+    for group in duplicate_groups(list(images["phash"]), max_bits):
+        x = images.iloc[group[0]]
+        for member in group[1:]:
+            y = images.iloc[member]
+            exact = x["sha1"] == y["sha1"]
+            kinds = {("train", "test"): "leakage_train_test", ("test", "test"): "duplicate_within_test"}
+            kind = kinds.get((x["split"], y["split"]))
+            if kind is None:
+                kind = "duplicate_within_class" if x["class_name"] == y["class_name"] else "duplicate_across_classes"
+            action = "kept"
+            if exact and kind == "duplicate_within_class":
+                action = "dropped (a copy)"
+                drop.add(y["row"])
+            elif exact and kind == "duplicate_across_classes":
+                action = "dropped (same image, two labels)"
+                drop.update((x["row"], y["row"]))
+            elif kind == "duplicate_across_classes":
+                action = "kept (check the labels)"
+            elif kind == "leakage_train_test":
+                action = "kept (validation overstates test accuracy)"
+            bits = int(np.bitwise_count(words[group[0]] ^ words[member]).sum())
+            detail = "identical files" if exact else f"near duplicate: pHash differs in {bits} of 255 bits"
+            if len(group) > 2:
+                detail += f" (a group of {len(group)})"
+            out.append(_finding(kind, y["split"], y["row"], y["image_path"], y["class_name"], x["image_path"],
+                                x["class_name"], detail, action))
     return out, drop
 
 

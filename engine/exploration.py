@@ -95,8 +95,10 @@ def explore(recipe: Recipe, out_dir: str | Path | None = None, classes: Sequence
     train, test = _read_tables(recipe, log)
     paths = list(train["path"]) + ([] if test is None else list(test["path"]))
     facts, decoded = scan_images(paths, out / "image_facts.csv", workers, progress)
-    log(f"scanned {len(facts)} images ({decoded} decoded, {len(facts) - decoded} from the cache)")
+    log(f"scanned {len(facts)} images ({decoded} decoded, {len(facts) - decoded} from the cache) "
+        f"in {time.perf_counter() - start:.1f} s")
     found = find_problems(train, test, facts, recipe.num_classes)
+    log(f"audit, repair and duplicate search done at {time.perf_counter() - start:.1f} s")
     usable = found.audit.table.assign(split="train")[["split", "path", "class_name"]]
     if test is not None:
         usable = pd.concat([usable, test.assign(split="test", class_name=None)[["split", "path", "class_name"]]])

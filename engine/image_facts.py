@@ -50,22 +50,30 @@ def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def decode_for_facts(path: str) -> tuple[str, str, int, int, np.ndarray]:
-    """(format, mode, width, height, H x W x 3 uint8 pixels at most ~ANALYSIS_SIDE): the one decode per file."""
+    """(format, mode, width, height, pixels at most ~ANALYSIS_SIDE): the one decode per file.
+
+    Pixels are H x W uint8 for grayscale files, H x W x 3 otherwise.
+    """
     from PIL import Image
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with Image.open(path) as im:
             fmt, mode, (width, height) = im.format or "?", im.mode, im.size
             if mode in ("RGB", "L", "CMYK", "YCbCr"):
-                im.draft("RGB" if mode != "L" else "L", (ANALYSIS_SIDE, ANALYSIS_SIDE))  # JPEG: decode at 1/2..1/8
-                rgb = np.asarray(im.convert("RGB"))
+                im.draft("L" if mode == "L" else "RGB", (ANALYSIS_SIDE, ANALYSIS_SIDE))  # JPEG: decode at 1/2..1/8
+                image = im.convert("L" if mode == "L" else "RGB")
             else:  # alpha, palette, 16-bit: the training decoder knows how to put these on white paper
                 from engine.images import load_image
-                rgb = load_image(path).permute(1, 2, 0).numpy()
-    factor = max(1, max(rgb.shape[:2]) // ANALYSIS_SIDE)
-    if factor > 1:
-        rgb = np.asarray(Image.fromarray(rgb).reduce(factor))
-    return fmt, mode, width, height, rgb
+                image = Image.fromarray(load_image(path).permute(1, 2, 0).numpy())
+    factor = max(1, max(image.size) // ANALYSIS_SIDE)
+    return fmt, mode, width, height, np.asarray(image.reduce(factor) if factor > 1 else image)
+
+
+def colour_share(rgb: np.ndarray) -> float:
+    """Share of pixels whose channels differ by more than JPEG chroma noise does."""
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    spread = np.maximum(np.maximum(r, g), b) - np.minimum(np.minimum(r, g), b)
+    return float((spread > 24).mean())
 
 
 def ink_share(gray: np.ndarray) -> float:
@@ -83,17 +91,17 @@ def facts_of_file(path: str) -> dict:
         row.update(file_bytes=stat.st_size, mtime_ns=stat.st_mtime_ns)
         with open(path, "rb") as f:
             row["sha1"] = hashlib.sha1(f.read()).hexdigest()
-        fmt, mode, width, height, rgb = decode_for_facts(path)
+        fmt, mode, width, height, pixels = decode_for_facts(path)
     except FileNotFoundError:
         row["error"] = "missing"
         return row
     except Exception as e:  # any decoder failure is a finding, not a crash
         row["error"] = f"unreadable ({type(e).__name__})"
         return row
-    spread = rgb.max(axis=2).astype(np.int16) - rgb.min(axis=2)
-    gray = np.asarray(rgb.mean(axis=2).round(), dtype=np.uint8)
+    from PIL import Image
+    gray = pixels if pixels.ndim == 2 else np.asarray(Image.fromarray(pixels).convert("L"))
     row.update(format=fmt, mode=mode, width=width, height=height,
-               is_colour=bool(np.percentile(spread, 99.5) > 24),  # JPEG chroma noise is not colour
+               is_colour=pixels.ndim == 3 and colour_share(pixels) > 0.005,
                ink=ink_share(gray), phash=perceptual_hash(gray))
     return row
 
