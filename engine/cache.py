@@ -138,9 +138,9 @@ def cache_summary(recipe, paths: Sequence[str], crop_pct: float) -> str:
     short_side = cache_short_side(recipe.image_size, crop_pct)
     size, exact = estimate_bytes(paths, short_side)
     amount = f"{'' if exact else '~'}{size / 2**30:.2f} GiB" if size >= 2**28 else f"{size / 2**20:.1f} MiB"
-    what = f"{len(paths)} images at shorter side <= {short_side} px take {amount}"
+    what = f"{len(paths)} images at shorter side <= {short_side} px: {amount}"
     if recipe.cache == "none":
-        return f"cache: none (decoding every epoch); cache='memory' or 'disk' would hold {what}"
+        return f"cache: none (decoding every epoch); cache='memory' or 'disk' would take {what}"
     root = memory_cache_root() if recipe.cache == "memory" else disk_cache_root()
     probe = next((p for p in (root, *root.parents) if p.exists()), Path("/"))
     free = shutil.disk_usage(probe).free
