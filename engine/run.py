@@ -134,8 +134,5 @@ def describe_dry_run(recipe: Recipe, table: pd.DataFrame, classes: list[str], d:
     from engine.cache import cache_summary  # what cache="memory"/"disk" will take, from image headers
     from engine.models import data_config
     say(cache_summary(recipe, list(table["path"]), data_config(model)["crop_pct"]))
-    from engine.cache import cache_summary  # what cache="memory"/"disk" will take, from image headers
-    from engine.models import data_config
-    say(cache_summary(recipe, list(table["path"]), data_config(model)["crop_pct"]))
     say(f"steps per epoch: {n_train // per_step} (batch {recipe.batch_size} x {d.world} process(es)), "
         f"updates per epoch: {-(-(n_train // per_step) // recipe.accumulate_grad_batches)}")
