@@ -208,6 +208,19 @@ def _targets(targets, logits: torch.Tensor, top_k: int) -> torch.Tensor:
     return t
 
 
+def _class_gradients(scores: torch.Tensor, leaf: torch.Tensor) -> torch.Tensor:
+    """d scores[:, k] / d leaf for every k as (B, K, ...): one batched backward (images are independent in eval)."""
+    k = scores.shape[1]
+    if k == 1:
+        return torch.autograd.grad(scores.sum(), leaf)[0][:, None]
+    picks = torch.eye(k, device=scores.device, dtype=scores.dtype)[:, None, :].expand(k, *scores.shape)
+    try:
+        grads = torch.autograd.grad(scores, leaf, picks, retain_graph=True, is_grads_batched=True)[0]
+    except RuntimeError:  # an op without a vmap rule: one backward per class instead
+        grads = torch.stack([torch.autograd.grad(scores[:, j].sum(), leaf, retain_graph=True)[0] for j in range(k)])
+    return grads.movedim(0, 1)
+
+
 def compute_cams(model: torch.nn.Module, images: torch.Tensor, targets=None, method: str = "gradcam",
                  layer: str | None = None, top_k: int = 1) -> CamResult:
     """Maps for a normalised batch: for `targets` (an index, one per image, or B x K), else the top_k predictions.
@@ -239,11 +252,7 @@ def compute_cams(model: torch.nn.Module, images: torch.Tensor, targets=None, met
                 raise UserError(f"layer '{layer}' ran {len(kept)} times in one forward pass; pick another layer")
             chosen = _targets(targets, logits.detach(), top_k)
             scores = logits.gather(1, chosen)  # (B, K)
-            k = scores.shape[1]
-            picks = torch.eye(k, device=scores.device, dtype=scores.dtype)[:, None, :].expand(k, *scores.shape)
-            grads, = torch.autograd.grad(scores, kept[0], grad_outputs=picks if k > 1 else picks[0],
-                                         is_grads_batched=k > 1)
-            grads = grads.movedim(0, 1) if k > 1 else grads[:, None]  # (B, K, ...)
+            grads = _class_gradients(scores, kept[0])
             size = tuple(images.shape[-2:])
             acts = _to_nchw(kept[0].detach(), model, layer, size)
             grads = _to_nchw(grads.flatten(0, 1), model, layer, size).unflatten(0, scores.shape)

@@ -60,6 +60,16 @@ def test_no_side_effects_frozen_train_mode_channels_last_inplace_under_no_grad()
     assert hooks(model) == 0
 
 
+def test_fp32_maps_under_outer_autocast_and_inference_mode():
+    torch.manual_seed(0)
+    model, x = timm.create_model("test_resnet", num_classes=4), torch.randn(2, 3, 64, 64)
+    reference = compute_cams(model, x, top_k=2).maps
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        torch.testing.assert_close(compute_cams(model, x, top_k=2).maps, reference)
+    with torch.inference_mode():
+        torch.testing.assert_close(compute_cams(model, x.clone(), top_k=2).maps, reference)
+
+
 def test_hooks_removed_and_mode_restored_after_an_error_inside():
     class Broken(nn.Module):
         def forward(self, x):
