@@ -21,6 +21,9 @@ NEAR_DUPLICATE_BITS = 30  # of 255: resized, re-encoded copies land under ~28; u
 BLANK_INK = 0.001  # less than 0.1% of the pixels differ from the paper
 EXTREME_SIDE_FACTOR = 4  # a side 4x smaller (or larger) than the data set's median side
 EXTREME_ASPECT = 3.0  # longer side / shorter side
+AUDIT_DETAILS = {"nan_target": "target is empty and class_name cannot repair it",
+                 "duplicate_row": "the same image_path appears on an earlier row", "missing": "file not found",
+                 "truncated": "the file ends early (an interrupted copy or download)"}
 
 
 @dataclass
@@ -73,7 +76,7 @@ def _audit_findings(audit: Audit, table: pd.DataFrame) -> list[dict]:
         kind, _, detail = r.problem.partition(" ")
         name = table.at[r.row, "class_name"]
         rows.append(_finding(kind, "train", r.row, r.image_path, None if pd.isna(name) else name,
-                             detail=detail.strip("()") or "training would reject this row", action="dropped"))
+                             detail=detail.strip("()") or AUDIT_DETAILS.get(kind, ""), action="dropped"))
     return rows
 
 
@@ -84,7 +87,7 @@ def _file_findings(test: pd.DataFrame | None) -> list[dict]:
     for i, image_path, path in zip(test.index, test["image_path"], test["path"]):
         if problem := check_image_file(path):
             kind, _, detail = problem.partition(" ")
-            out.append(_finding(kind, "test", i, image_path, detail=detail.strip("()") or "cannot be predicted"))
+            out.append(_finding(kind, "test", i, image_path, detail=detail.strip("()") or AUDIT_DETAILS.get(kind, "")))
     return out
 
 
@@ -94,8 +97,8 @@ def near_pairs(hashes: list[str], max_bits: int) -> list[tuple[int, int, int]]:
         return []
     bits = np.unpackbits(hash_words(hashes).view(np.uint8), axis=1).astype(np.float32) * 2 - 1
     n_bits, pairs = bits.shape[1], []
-    for start in range(0, len(bits), 2048):  # +-1 codes: a dot product is n_bits - 2 * distance (BLAS-fast)
-        dot = bits[start:start + 2048] @ bits[start:].T
+    for start in range(0, len(bits), 1024):  # +-1 codes: a dot product is n_bits - 2 * distance (BLAS-fast)
+        dot = bits[start:start + 1024] @ bits[start:].T
         i, j = np.nonzero(dot >= n_bits - 2 * max_bits)
         keep = j > i  # upper triangle only: each pair once, never an image with itself
         for a, b, d in zip(i[keep] + start, j[keep] + start, dot[i[keep], j[keep]]):
@@ -169,11 +172,11 @@ def _image_findings(images: pd.DataFrame, blank_ink: float) -> tuple[list[dict],
             if dropped:
                 drop.add(r.row)
         if short.iloc[k] * EXTREME_SIDE_FACTOR < median_short or long.iloc[k] > EXTREME_SIDE_FACTOR * median_long:
-            out.append(_finding("extreme_size", *where, detail=f"{r.width}x{r.height}; the median image is "
+            out.append(_finding("extreme_size", *where, detail=f"{r.width:.0f}x{r.height:.0f}; the median image is "
                                 f"{median_short:.0f} px on its shorter side, {median_long:.0f} on its longer"))
         if long.iloc[k] > EXTREME_ASPECT * short.iloc[k]:
             out.append(_finding("extreme_aspect", *where,
-                                detail=f"{r.width}x{r.height}: aspect ratio {long.iloc[k] / short.iloc[k]:.1f}"))
+                                detail=f"{r.width:.0f}x{r.height:.0f}: aspect ratio {long.iloc[k] / short.iloc[k]:.1f}"))
     return out, drop
 
 

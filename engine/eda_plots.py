@@ -30,6 +30,13 @@ def _splits(images: pd.DataFrame):
     return [(s, images[images["split"] == s]) for s in ("train", "test") if (images["split"] == s).any()]
 
 
+def _hist(ax, values: pd.Series, bins, split: str, label: str | None = None) -> None:
+    """Histogram as each bin's share of the split (train and test compare whatever their sizes)."""
+    values = values.astype(float).to_numpy()
+    ax.hist(values, bins=bins, weights=np.full(len(values), 1 / max(1, len(values))), alpha=0.5,
+            color=SPLIT_COLOURS[split], label=label or split)
+
+
 def class_counts_plot(counts: pd.Series, path: Path) -> Path:
     """Images per class, sorted, with the imbalance ratio; at many classes only the extremes are named."""
     counts = counts.sort_values(ascending=False)
@@ -63,13 +70,12 @@ def sizes_plot(images: pd.DataFrame, path: Path) -> Path:
     for split, part in _splits(images):
         left.scatter(part["width"], part["height"], s=4, alpha=0.3, color=SPLIT_COLOURS[split],
                      label=f"{split} ({len(part)})", rasterized=True)
-        right.hist(np.log2(part["width"] / part["height"]), bins=bins, density=True, alpha=0.5,
-                   color=SPLIT_COLOURS[split], label=split)
+        _hist(right, np.log2(part["width"] / part["height"]), bins, split)
     left.set(xlabel="width (px)", ylabel="height (px)", title="image sizes")
     left.legend()
     ticks = [-2, -1, 0, 1, 2]
     right.set_xticks(ticks, ["1:4", "1:2", "1:1", "2:1", "4:1"])
-    right.set(xlabel="aspect ratio (width : height, log scale)", ylabel="share of images (density)",
+    right.set(xlabel="aspect ratio (width : height, log scale)", ylabel="share of the split's images",
               title="aspect ratios")
     right.legend()
     return _save(fig, path)
@@ -81,10 +87,9 @@ def files_plot(images: pd.DataFrame, path: Path) -> Path:
     kb = images["file_bytes"].astype(float) / 1024
     bins = np.logspace(np.log10(max(kb.min(), 0.01)), np.log10(max(kb.max(), 0.02)) + 1e-3, 41)
     for split, part in _splits(images):
-        left.hist(part["file_bytes"].astype(float) / 1024, bins=bins, alpha=0.5, density=True,
-                  color=SPLIT_COLOURS[split], label=split)
+        _hist(left, part["file_bytes"] / 1024, bins, split)
     left.set_xscale("log")
-    left.set(xlabel="file size (KiB)", ylabel="share of images (density)", title="file sizes")
+    left.set(xlabel="file size (KiB)", ylabel="share of the split's images", title="file sizes")
     left.legend()
     table = images.groupby(["format", "split"]).size().unstack(fill_value=0)
     share = table / table.sum(axis=0)
@@ -113,10 +118,9 @@ def colour_ink_plot(images: pd.DataFrame, path: Path) -> Path:
     _grouped_bars(left, table / table.sum(axis=0), "share of the split's images", "colour vs grayscale content")
     bins = np.linspace(0, max(0.05, float(images["ink"].max())), 51)
     for split, part in _splits(images):
-        right.hist(part["ink"], bins=bins, alpha=0.5, density=True, color=SPLIT_COLOURS[split],
-                   label=f"{split} (median {100 * part['ink'].median():.1f}%)")
+        _hist(right, part["ink"], bins, split, f"{split} (median {100 * part['ink'].median():.1f}%)")
     right.xaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
-    right.set(xlabel="ink density (pixels that are not paper)", ylabel="share of images (density)",
+    right.set(xlabel="ink density (pixels that are not paper)", ylabel="share of the split's images",
               title="ink density: a few strokes to dense shading")
     right.legend()
     return _save(fig, path)
@@ -132,8 +136,12 @@ def ink_by_class_plot(images: pd.DataFrame, path: Path) -> Path:
     if len(median) <= NAMED_BARS:
         ax.set_xticks(x, median.index.astype(str), rotation=90, fontsize=max(5, 10 - len(median) // 10))
     else:
-        for i in (*range(3), *range(len(median) - 3, len(median))):
-            ax.annotate(str(median.index[i]), (i, median.iloc[i]), fontsize=7, rotation=30)
+        light = "\n".join(f"{n}: {100 * v:.2f}%" for n, v in median.head(5).items())
+        dark = "\n".join(f"{n}: {100 * v:.2f}%" for n, v in median.tail(5).items())
+        ax.text(0.01, 0.97, f"lightest\n{light}", transform=ax.transAxes, va="top", fontsize=8,
+                bbox=dict(fc="white", alpha=0.8))
+        ax.text(0.99, 0.03, f"darkest\n{dark}", transform=ax.transAxes, ha="right", va="bottom", fontsize=8,
+                bbox=dict(fc="white", alpha=0.8))
         ax.set_xlabel("classes, lightest to darkest")
     ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
     ax.set(ylabel="median ink density", title="ink density per class (training images)")
@@ -161,6 +169,27 @@ def samples_plot(images: pd.DataFrame, classes: Sequence[str], path: Path, per_c
     ax.set_yticks([r * cell + cell / 2 for r in range(len(classes))], [str(c) for c in classes], fontsize=9)
     ax.set_xticks([])
     ax.set_title(f"samples per class ({per_class} random images of each)")
+    return _save(fig, path)
+
+
+def duplicates_plot(pairs: Sequence[tuple[str, str, str]], path: Path, thumb: int = 110) -> Path:
+    """Each duplicate pair side by side (copy | its original) with what kind of duplicate it is."""
+    from PIL import Image
+    from engine.image_facts import decode_for_facts
+    columns = min(3, len(pairs))
+    rows = -(-len(pairs) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, 2.1 * rows), squeeze=False)
+    for ax, (copy, original, caption) in zip(axes.ravel(), pairs):
+        canvas = Image.new("RGB", (2 * thumb + 8, thumb), (235, 235, 235))
+        for k, image_path in enumerate((copy, original)):
+            pixels = Image.fromarray(decode_for_facts(image_path)[4]).convert("RGB")
+            pixels.thumbnail((thumb, thumb))
+            canvas.paste(pixels, (k * (thumb + 8) + (thumb - pixels.width) // 2, (thumb - pixels.height) // 2))
+        ax.imshow(np.asarray(canvas))
+        ax.set_title(caption, fontsize=8)
+    for ax in axes.ravel():
+        ax.axis("off")
+    fig.suptitle("duplicates: the flagged image (left) and the image it copies (right)")
     return _save(fig, path)
 
 

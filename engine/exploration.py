@@ -14,7 +14,7 @@ import pandas as pd
 
 from engine.data_findings import Findings, find_problems, write_clean_csv
 from engine.demo import ensure_demo_data
-from engine.eda_plots import write_plots
+from engine.eda_plots import duplicates_plot, write_plots
 from engine.errors import UserError
 from engine.html_report import write_report
 from engine.image_facts import save_csv_atomic, scan_images
@@ -22,6 +22,8 @@ from engine.recipe import Recipe
 from engine.tables import read_test_table, read_train_table
 
 SAMPLE_CLASSES = 8  # rows of the sample grid when no classes are named
+DUPLICATE_PAIRS_SHOWN = 12
+DUPLICATE_KINDS = ("leakage_train_test", "duplicate_across_classes", "duplicate_within_class", "duplicate_within_test")
 
 
 @dataclass
@@ -60,6 +62,22 @@ def _pick_classes(counts: pd.Series, chosen: Sequence[str] | None, seed: int) ->
     present = counts[counts > 0].index.to_numpy()
     k = min(SAMPLE_CLASSES, len(present))
     return sorted(np.random.default_rng(seed).choice(present, size=k, replace=False).tolist())
+
+
+def _duplicate_pairs(findings: pd.DataFrame, train: pd.DataFrame, test: pd.DataFrame | None) -> list:
+    """(copy path, original path, caption) for the first duplicates of each kind, leakage first."""
+    where = {("train", p): q for p, q in zip(train["image_path"], train["path"])}
+    if test is not None:
+        where.update({("test", p): q for p, q in zip(test["image_path"], test["path"])})
+    dups = findings[findings["kind"].isin(DUPLICATE_KINDS)].copy()
+    dups["order"] = dups["kind"].map(DUPLICATE_KINDS.index)
+    pairs = []
+    for r in dups.sort_values("order", kind="stable").head(DUPLICATE_PAIRS_SHOWN).itertuples():
+        other_split = "test" if r.kind == "duplicate_within_test" else "train"
+        labels = "" if r.kind in ("leakage_train_test", "duplicate_within_test") else f" ({r.class_name} | {r.other_class_name})"
+        pairs.append((where[(r.split, r.image_path)], where[(other_split, r.other_image_path)],
+                      f"{r.kind}{labels}\n{r.detail}"))
+    return pairs
 
 
 def _summary(train: pd.DataFrame, test: pd.DataFrame | None, f: Findings, images: pd.DataFrame,
@@ -107,6 +125,8 @@ def explore(recipe: Recipe, out_dir: str | Path | None = None, classes: Sequence
     counts = found.clean["class_name"].value_counts().reindex(found.audit.classes, fill_value=0)
     counts.index.name = "class_name"
     plots = write_plots(readable, counts, _pick_classes(counts, classes, recipe.seed), out, recipe.seed)
+    if pairs := _duplicate_pairs(found.findings, train, test):
+        plots.append(("Duplicates and leakage", duplicates_plot(pairs, out / "duplicates.png")))
     save_csv_atomic(found.findings, out / "findings.csv")
     save_csv_atomic(counts.rename("images").reset_index(), out / "class_counts.csv")
     notes = []

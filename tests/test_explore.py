@@ -43,12 +43,12 @@ def planted_data(root: Path) -> tuple[Path, set]:
         (root / "train" / name).mkdir(parents=True)
         for k in range(12):
             rel = f"{name}/{name[0]}{k}.png"
-            sketch(rng, int(rng.integers(64, 97)), int(rng.integers(64, 97))).save(root / "train" / rel)
+            sketch(rng, int(rng.integers(96, 161)), int(rng.integers(96, 161))).save(root / "train" / rel)
             rows.append([name, rel, t])
     (root / "test").mkdir()
     test_rows = []
     for k in range(6):
-        sketch(rng, 80, 80).save(root / "test" / f"t{k}.png")
+        sketch(rng, 120, 120).save(root / "test" / f"t{k}.png")
         test_rows.append(f"t{k}.png")
     train = root / "train"
     table = pd.DataFrame(rows, columns=["class_name", "image_path", "target"]).astype({"target": object})
