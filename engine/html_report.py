@@ -10,6 +10,8 @@ from typing import Sequence
 
 import pandas as pd
 
+from engine.image_facts import make_readable
+
 ROWS_PER_KIND = 100  # the page stays light; the CSV beside it has every row
 STYLE = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222}
 table{border-collapse:collapse;font-size:13px;margin:0.5em 0 1.5em}td,th{border:1px solid #ccc;padding:3px 8px;
@@ -57,6 +59,7 @@ def write_report(path: str | Path, title: str, summary: Sequence[tuple[str, obje
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(page)
+        make_readable(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -106,6 +106,13 @@ def facts_of_file(path: str) -> dict:
     return row
 
 
+def make_readable(path: str) -> None:
+    """Give a temporary file the permissions a plain open() would have (mkstemp makes it owner-only)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
 def save_csv_atomic(frame: pd.DataFrame, path: str | Path) -> None:
     """Write a CSV through a temporary file and a rename: readers never see half a file."""
     path = Path(path)
@@ -114,6 +121,7 @@ def save_csv_atomic(frame: pd.DataFrame, path: str | Path) -> None:
     try:
         with os.fdopen(fd, "w") as f:
             frame.to_csv(f, index=False)
+        make_readable(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
