@@ -52,7 +52,16 @@ def _first_tensor(out):
 
 
 def _is_token_model(model: torch.nn.Module) -> bool:
-    return hasattr(model, "patch_embed") and isinstance(getattr(model, "blocks", None), torch.nn.Sequential)
+    return hasattr(model, "patch_embed") and isinstance(getattr(model, "blocks", None),
+                                                        (torch.nn.Sequential, torch.nn.ModuleList))
+
+
+def _wide(output: torch.Tensor, model: torch.nn.Module) -> bool:
+    """A 4-d feature map wider than 1x1 (NHWC for models like Swin that say so)."""
+    if output.ndim != 4:
+        return False
+    h, w = output.shape[1:3] if getattr(model, "output_fmt", "NCHW") == "NHWC" else output.shape[2:]
+    return h * w > 1
 
 
 def _probe(model: torch.nn.Module, size: int) -> list[tuple[str, torch.nn.Module, torch.Tensor]]:
@@ -76,12 +85,11 @@ def _default_size(model: torch.nn.Module) -> int:
     return int(getattr(model, "pretrained_cfg", {}).get("input_size", (3, 224, 224))[-1])
 
 
-def _last_map(outputs: list, stages: set, before: str | None = None) -> str | None:
+def _last_map(model: torch.nn.Module, outputs: list, stages: set, before: str | None = None) -> str | None:
     """Name of the last non-Identity module output wider than 1x1 (finishing before `before`), or None."""
     names = [n for n, _, _ in outputs]
     outputs = outputs[:names.index(before)] if before in names else outputs
-    spatial = [(n, m, o) for n, m, o in outputs
-               if o.ndim == 4 and o.shape[-1] * o.shape[-2] > 1 and not isinstance(m, torch.nn.Identity)]
+    spatial = [(n, m, o) for n, m, o in outputs if _wide(o, model) and not isinstance(m, torch.nn.Identity)]
     if not spatial:
         return None
     last = spatial[-1][2]
@@ -103,17 +111,18 @@ def find_target_layer(model: torch.nn.Module, image_size: int | None = None) -> 
         return f"blocks.{last}"
     stages = {f.get("module") for f in getattr(model, "feature_info", None) or [] if isinstance(f, dict)}
     size = image_size or _default_size(model)
+    at_size = _probe(model, size)
     try:  # big enough that the last stage is wider than 1x1, so it differs from the pooled output
-        layer = _last_map(_probe(model, max(size, 128)), stages)
+        big = at_size if size >= 128 else _probe(model, 128)
     except Exception:  # models with a fixed input size
-        layer = _last_map(_probe(model, size), stages)
+        big = at_size
+    layer = _last_map(model, big, stages)
     if layer is None:
         raise UserError(f"no spatial feature map found in {type(model).__name__}; pass --layer (see --list-layers)")
-    at_size = _probe(model, size)
-    shape = next((o.shape for n, _, o in at_size if n == layer), None)
-    if shape is not None and shape[-1] * shape[-2] == 1:
-        wide = [n for n, _, o in at_size if n in stages and o.ndim == 4 and o.shape[-1] * o.shape[-2] > 1]
-        return wide[-1] if wide else _last_map(at_size, stages, before=layer) or layer
+    output = next((o for n, _, o in at_size if n == layer), None)
+    if output is not None and not _wide(output, model):
+        wide = [n for n, _, o in at_size if n in stages and _wide(o, model)]
+        return wide[-1] if wide else _last_map(model, at_size, stages, before=layer) or layer
     return layer
 
 

@@ -94,11 +94,11 @@ def test_many_calls_leave_no_hooks_behind():
 @pytest.mark.parametrize("method", ["gradcam", "gradcam++", "layercam"])
 def test_batch_maps_equal_per_image_maps_and_topk_from_one_pass(method):
     torch.manual_seed(0)
-    model, x = timm.create_model("test_resnet", num_classes=6), torch.randn(3, 3, 64, 64)
-    batch = compute_cams(model, x, method=method, top_k=3)
-    assert batch.maps.shape == (3, 3, 64, 64) and batch.layer == "layer4" and batch.grid == (2, 2)
-    for i in range(3):
-        for k in range(3):
+    model, x = timm.create_model("test_resnet", num_classes=6), torch.randn(2, 3, 64, 64)
+    batch = compute_cams(model, x, method=method, top_k=2)
+    assert batch.maps.shape == (2, 2, 64, 64) and batch.layer == "layer4" and batch.grid == (2, 2)
+    for i in range(2):
+        for k in range(2):
             one = compute_cams(model, x[i:i + 1], targets=int(batch.targets[i, k]), method=method)
             torch.testing.assert_close(one.maps[0, 0], batch.maps[i, k], atol=1e-5, rtol=1e-4)
     assert batch.maps.min() >= 0 and batch.maps.max() <= 1
