@@ -188,9 +188,10 @@ def find_problems(train: pd.DataFrame, test: pd.DataFrame | None, facts: pd.Data
     audit = audit_table(repaired, num_classes)
     rows += _audit_findings(audit, repaired)
     rows += _file_findings(test)
-    clean = audit.table
+    clean = audit.table.copy()
     # the audit renumbers the rows it keeps; findings speak of the rows of the user's CSV
-    clean["row"] = [i for i in repaired.index if i not in set(audit.problems["row"])]
+    rejected = set(audit.problems["row"])
+    clean["row"] = [i for i in repaired.index if i not in rejected]
     parts = [clean.assign(split="train")[["split", "row", "image_path", "path", "class_name"]]]
     if test is not None:
         parts.append(test.assign(split="test", row=test.index, class_name=None)[

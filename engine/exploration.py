@@ -122,6 +122,9 @@ def explore(recipe: Recipe, out_dir: str | Path | None = None, classes: Sequence
         usable = pd.concat([usable, test.assign(split="test", class_name=None)[["split", "path", "class_name"]]])
     images = usable.join(facts.drop(columns="path"), on="path")
     readable = images[images["error"].fillna("x") == ""]
+    if readable.empty or found.clean.empty:
+        raise UserError(f"none of the {len(train)} training rows is usable (see the audit: "
+                        f"{found.audit.summary()}); check data_dir and train_csv")
     counts = found.clean["class_name"].value_counts().reindex(found.audit.classes, fill_value=0)
     counts.index.name = "class_name"
     plots = write_plots(readable, counts, _pick_classes(counts, classes, recipe.seed), out, recipe.seed)
