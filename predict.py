@@ -46,6 +46,24 @@ def write_csv(frame: pd.DataFrame, path: Path) -> None:
     tmp.replace(path)
 
 
+def check_labels(table: pd.DataFrame, classes: list[str], csv: str) -> None:
+    """--val needs integer targets of the model's classes; a class_name column must agree with them."""
+    if "target" not in table:
+        raise UserError(f"--val {csv}: needs a target column (class_name,image_path,target)")
+    targets = pd.to_numeric(table["target"], errors="coerce")
+    bad = table.index[targets.isna() | (targets < 0) | (targets >= len(classes))]
+    if len(bad):
+        raise UserError(f"--val {csv}: row {bad[0]} has target {table.at[bad[0], 'target']!r}; "
+                        f"the model knows targets 0..{len(classes) - 1}")
+    if "class_name" in table:
+        named = [(i, n, int(t)) for i, n, t in zip(table.index, table["class_name"], targets)
+                 if isinstance(n, str) and n != classes[int(t)]]
+        if named:
+            i, n, t = named[0]
+            raise UserError(f"--val {csv}: row {i} says target {t} is '{n}' but the model's class {t} is "
+                            f"'{classes[t]}' ({len(named)} such rows); was it labelled with another class list?")
+
+
 def run(args: argparse.Namespace) -> None:
     from engine import inference
     from engine.metrics import macro_f1, topk_accuracy
@@ -61,8 +79,8 @@ def run(args: argparse.Namespace) -> None:
     if csv is None or image_dir is None:
         raise UserError("the checkpoint's recipe names no test_csv/test_dir; pass --test-csv and --test-dir")
     table = read_test_table(image_dir, csv)
-    if args.val and "target" not in table:
-        raise UserError(f"--val {csv}: needs a target column (class_name,image_path,target)")
+    if args.val:
+        check_labels(table, members[0].classes, csv)
     inference.check_images_exist(table["path"].tolist(), Path(csv).name,
                                  f"image paths are relative to '{image_dir}'; set --test-dir")
     print(f"predicting {len(table)} images of {csv} with {len(members)} model(s)"

@@ -169,7 +169,10 @@ def fold_checkpoints(run_dir: Path, kfold: bool) -> list[Path]:
     recipe_file = run_dir / "recipe.json"
     if not recipe_file.is_file():
         raise UserError(f"'{run_dir}' is not a run folder (no recipe.json); pass a run folder under runs/ or a .pt file")
-    folds = int(json.loads(recipe_file.read_text()).get("folds", 1)) if kfold else 1
+    trained_folds = int(json.loads(recipe_file.read_text()).get("folds", 1))
+    folds = trained_folds if kfold else 1
+    if trained_folds > 1 and not kfold:
+        print(f"note: {run_dir.name} has {trained_folds} folds; using fold0 only (--kfold averages all of them)")
     paths = [run_dir / f"fold{k}" / "best.pt" for k in range(folds)]
     missing = [p.parent.name for p in paths if not p.is_file()]
     if missing:

@@ -142,3 +142,12 @@ def test_no_runs_and_bad_paths_are_clear_errors(tmp_path, capsys):
     junk = tmp_path / "junk.pt"
     junk.write_text("not a checkpoint")
     assert "not a readable sketchbook checkpoint" in error_of([str(junk)], capsys)
+
+
+def test_val_labels_from_another_class_list_are_refused(trained_run, digits_dir, tmp_path, capsys):
+    labels = pd.read_csv(digits_dir / "test_labels.csv").head(20)
+    labels["class_name"] = labels["class_name"].replace({"six": "seven"})
+    labels.to_csv(tmp_path / "relabelled.csv", index=False)
+    err = error_of([str(trained_run), "--val", str(tmp_path / "relabelled.csv"),
+                    "--test-dir", str(digits_dir / "test")], capsys)
+    assert "'seven' but the model's class 6 is 'six'" in err
