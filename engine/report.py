@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure  # figures without pyplot: no GUI backend, no global state
+from matplotlib.ticker import MaxNLocator
 
 from engine.errors import UserError
 from engine.oof import class_names
@@ -138,13 +139,14 @@ def plot_curves(run_dir: Path, path: Path) -> Path | None:
         m = pd.read_csv(f)
         color = f"C{i % 10}"
         fold = f.parent.name
-        loss_ax.plot(m["epoch"], m["train_loss"], "--", color=color, alpha=0.7)
+        loss_ax.plot(m["epoch"], m["train_loss"], "--x", color=color, alpha=0.7, markersize=3)
         loss_ax.plot(m["epoch"], m["val_loss"], "-o", color=color, markersize=3, label=fold)
-        acc_ax.plot(m["epoch"], m["train_acc"], "--", color=color, alpha=0.7)
+        acc_ax.plot(m["epoch"], m["train_acc"], "--x", color=color, alpha=0.7, markersize=3)
         acc_ax.plot(m["epoch"], m["val_acc"], "-o", color=color, markersize=3, label=fold)
     loss_ax.set(title="loss (dashed: train, solid: validation)", xlabel="epoch", ylabel="loss")
     acc_ax.set(title="accuracy (dashed: train, solid: validation)", xlabel="epoch", ylabel="accuracy")
     for ax in (loss_ax, acc_ax):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, ncol=2)
     return save(fig, path)
