@@ -93,3 +93,18 @@ def test_kfold_prediction_averages_both_folds(split_run, tmp_path):
     both = predict_probs(members, images, num_workers=0, show_progress=False)
     alone = [predict_probs([m], images, num_workers=0, show_progress=False) for m in members]
     torch.testing.assert_close(both, (alone[0] + alone[1]) / 2)
+
+
+def test_report_counts_the_most_confused_pairs(split_run, capsys):
+    from engine.report import main
+    run_dir, _ = split_run
+    oof = pd.read_csv(run_dir / "oof.csv")
+    wrong = oof[oof["pred"] != oof["target"]]
+    counts = wrong.groupby(["class_name", "pred_name"]).size()
+    pairs = pd.read_csv(run_dir / "confused_pairs.csv")
+    assert len(pairs) == min(20, len(counts)) and pairs["count"].iloc[0] == counts.max()
+    for r in pairs.itertuples():
+        assert r.count == counts[(r.true, r.predicted)]
+    fold_csv = run_dir / "fold1" / "val_predictions.csv"  # any predictions CSV: the report goes next to it
+    assert main([str(fold_csv)]) == 0 and (fold_csv.parent / "report_per_class.png").is_file()
+    assert main([str(run_dir / "nothing.csv")]) == 2 and "not found" in capsys.readouterr().err
