@@ -1,0 +1,61 @@
+"""Run under torchrun by tests/test_ddp.py: evaluate a checkpoint on N ranks, or fail on one rank."""
+import json
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+
+from engine import distributed  # noqa: E402
+
+
+def evaluate_checkpoint(ckpt_path: str, out: str) -> None:
+    """Validation metrics of a checkpoint over the sharded (unpadded) validation rows of its run."""
+    from engine.checkpoint import load_checkpoint
+    from engine.data import ImageDataset, ShardSampler, make_loader
+    from engine.loop import evaluate
+    from engine.models import build_model
+    from engine.recipe import from_dict
+    from engine.run import load_data
+    from engine.transforms import Normalize, build_eval_transform
+    d = distributed.setup()
+    ckpt = load_checkpoint(ckpt_path)
+    recipe = from_dict(ckpt["recipe"])
+    table, classes, _ = load_data(recipe, d, lambda *a: None)
+    val = table[table["fold"] == 0]
+    model = build_model(recipe.model, len(classes))
+    model.load_state_dict(ckpt["model"])
+    ds = ImageDataset(val["path"], val["target"], build_eval_transform(recipe.image_size, ckpt["data"]["crop_pct"]))
+    loader = make_loader(ds, 7, ShardSampler(len(ds), d.rank, d.world), 0, train=False)  # 7: uneven shards
+    result = evaluate(model, loader, d.device, Normalize(ckpt["data"]["mean"], ckpt["data"]["std"]))
+    if d.is_main:
+        Path(out).write_text(json.dumps({"n": len(result["targets"]), "loss": result["loss"], "acc": result["acc"],
+                                         "probs": result["probs"].tolist()}))
+    distributed.cleanup()
+
+
+def fail_on_rank_1(argv: list[str]) -> None:
+    """Train normally, except that rank 1 raises inside its third training step."""
+    from engine.mix import Mixer
+    if os.environ.get("RANK") == "1":
+        real = Mixer.__call__
+        calls = {"n": 0}
+
+        def boom(self, *args, **kwargs):
+            calls["n"] += 1
+            if calls["n"] == 3:
+                raise RuntimeError("boom from rank 1")
+            return real(self, *args, **kwargs)
+        Mixer.__call__ = boom
+    import train
+    sys.exit(train.main(argv))
+
+
+if __name__ == "__main__":
+    mode, rest = sys.argv[1], sys.argv[2:]
+    if mode == "evaluate":
+        evaluate_checkpoint(*rest)
+    elif mode == "fail":
+        fail_on_rank_1(rest)
