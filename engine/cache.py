@@ -33,7 +33,7 @@ from engine.transforms import DEFAULT_CROP_PCT, eval_resize
 def cache_short_side(image_size: int, crop_pct: float) -> int:
     """Shorter side images are kept at: the eval resize, and at least the classic 256-for-224 view.
 
-    RandomResizedCrop takes 35-100% of the area, so smaller crops are upsampled a little; a larger
+    RandomResizedCrop takes crop_scale (default 35%) to 100% of the area, so small crops are upsampled; a larger
     size would keep more detail for them but costs memory quadratically.
     """
     return max(eval_resize(image_size, crop_pct), eval_resize(image_size, DEFAULT_CROP_PCT))
@@ -94,6 +94,9 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+_REMOVE_AT_EXIT: set[Path] = set()  # this process's memory stores (local rank 0 removes them)
+
+
 def memory_store_folder(settings: dict) -> Path:
     """This run's shared-memory folder; clears folders of dead runs and this run's other settings.
 
@@ -106,7 +109,8 @@ def memory_store_folder(settings: dict) -> Path:
         pid = other.name.split("-")[1]
         if pid.isdigit() and other != folder and (int(pid) == owner or not _pid_alive(int(pid))):
             shutil.rmtree(other, ignore_errors=True)  # a finished trial's or a killed run's memory
-    if int(os.environ.get("LOCAL_RANK", 0)) == 0 and not folder.exists():
+    if int(os.environ.get("LOCAL_RANK", 0)) == 0 and folder not in _REMOVE_AT_EXIT:
+        _REMOVE_AT_EXIT.add(folder)
         atexit.register(shutil.rmtree, folder, True)
     return folder
 
