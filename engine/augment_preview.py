@@ -56,8 +56,8 @@ def write_augment_preview(recipe: Recipe, path: str | Path, columns: int = MAX_C
     classes = {int(t): c for t, c in zip(table["target"], table["class_name"])}
     names = [classes.get(i, str(i)) for i in range(max(classes) + 1)]
     seen = ImageDataset(rows["path"], rows["target"], build_eval_transform(recipe.image_size), recipe.seed)
-    trained = ImageDataset(rows["path"], rows["target"],
-                           build_train_transform(recipe.image_size, recipe.augment, recipe.random_erase), recipe.seed)
+    train_tf = build_train_transform(recipe.image_size, recipe.augment, recipe.random_erase, recipe.crop_scale)
+    trained = ImageDataset(rows["path"], rows["target"], train_tf, recipe.seed)
     normalize = Normalize(MEAN, STD)
     y = torch.tensor(rows["target"].tolist())
     mixer = Mixer(len(names), recipe.mixup_ratio, recipe.cutmix_ratio, recipe.mix_alpha, recipe.label_smoothing,

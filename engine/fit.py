@@ -30,7 +30,7 @@ BETTER = {"val_loss": lambda new, best: new < best, "val_acc": lambda new, best:
 def build_datasets(recipe: Recipe, train: pd.DataFrame, val: pd.DataFrame, crop_pct: float, fold: int):
     """Training and validation datasets of one fold (uint8 images, seeded augmentation)."""
     from engine.cache import image_loader  # the decode-once cache, when the recipe asks for it
-    train_tf = build_train_transform(recipe.image_size, recipe.augment, recipe.random_erase)
+    train_tf = build_train_transform(recipe.image_size, recipe.augment, recipe.random_erase, recipe.crop_scale)
     eval_tf = build_eval_transform(recipe.image_size, crop_pct)
     seed = recipe.seed + 7919 * fold
     return (ImageDataset(train["path"], train["target"], train_tf, seed, image_loader(recipe, train["path"], crop_pct)),

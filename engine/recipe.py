@@ -48,7 +48,8 @@ class Recipe:
     num_workers: Optional[int] = key(None, "dataloader worker processes; None: from the CPU count")
     cache: str = key("none", "decode images once: in shared memory, or in a reusable file on disk", ("none", "memory", "disk"))
     bad_images: str = key("skip", "what to do with rows the data audit rejects", ("skip", "error"))
-    augment: str = key("light", "augmentation preset on top of crop, flip and small affine",
+    crop_scale: float = key(0.35, "smallest area share a random-resized crop keeps (1.0: whole image, no crop)")
+    augment: str = key("light", "augmentation on top of random-resized crop and flip: none, light (small affine), ...",
                        ("none", "light", "randaugment", "trivialaugment"))
     random_erase: float = key(0.0, "probability of random erasing a patch of each training image")
     # optimisation
@@ -148,6 +149,8 @@ def _check_recipe(r: Recipe) -> Recipe:
     for name in ("val_fraction", "mixup_ratio", "cutmix_ratio", "random_erase", "label_smoothing", "ema_decay"):
         if not 0 <= getattr(r, name) < 1 + (name in ("mixup_ratio", "cutmix_ratio", "random_erase")):
             raise UserError(f"recipe key '{name}' must be in [0, 1); got {getattr(r, name)}")
+    if not 0 < r.crop_scale <= 1:
+        raise UserError(f"recipe key 'crop_scale' must be in (0, 1]; got {r.crop_scale}")
     for name in ("batch_size", "epochs", "image_size", "accumulate_grad_batches", "folds", "max_bad_steps"):
         if getattr(r, name) < 1:
             raise UserError(f"recipe key '{name}' must be >= 1; got {getattr(r, name)}")

@@ -19,9 +19,10 @@ def eval_resize(image_size: int, crop_pct: float = DEFAULT_CROP_PCT) -> int:
     return int(math.floor(image_size / crop_pct))
 
 
-def build_train_transform(image_size: int, augment: str = "light", random_erase: float = 0.0) -> v2.Compose:
-    """Random resized crop + flip, then the `augment` preset, then optional random erasing."""
-    ops = [v2.RandomResizedCrop(image_size, scale=(0.35, 1.0), antialias=True), v2.RandomHorizontalFlip()]
+def build_train_transform(image_size: int, augment: str = "light", random_erase: float = 0.0,
+                          crop_scale: float = 0.35) -> v2.Compose:
+    """Random resized crop (area share crop_scale..1) + flip, the `augment` preset, optional random erasing."""
+    ops = [v2.RandomResizedCrop(image_size, scale=(crop_scale, 1.0), antialias=True), v2.RandomHorizontalFlip()]
     if augment == "light":
         ops.append(v2.RandomAffine(degrees=10, translate=(0.06, 0.06), scale=(0.9, 1.1), shear=5, fill=PAPER))
     elif augment == "randaugment":
