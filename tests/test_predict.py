@@ -29,14 +29,14 @@ def convnext_checkpoint(trained_run, path, classes=None):
     return path
 
 
-def by_hand(ckpt_path, image_paths, flip=False):
-    """Softmax of one checkpoint, computed without engine.inference."""
+def by_hand(ckpt_path, image_paths, flip=False, size=None):
+    """Softmax of one checkpoint (at `size` px, default the recipe's), computed without engine.inference."""
     ckpt = load_checkpoint(ckpt_path)
     recipe = from_dict(ckpt["recipe"])
     model = build_model(recipe.model, len(ckpt["classes"]))
     model.load_state_dict(ckpt["model"])
     model.eval()
-    tf = build_eval_transform(recipe.image_size, ckpt["data"]["crop_pct"])
+    tf = build_eval_transform(size or recipe.image_size, ckpt["data"]["crop_pct"])
     x = torch.stack([tf(load_image(p)) for p in image_paths]).float() / 255
     mean, std = (torch.tensor(ckpt["data"][k]).view(1, 3, 1, 1) for k in ("mean", "std"))
     x = (x - mean) / std
@@ -65,6 +65,15 @@ def test_ensemble_is_the_mean_of_the_softmaxes(trained_run, digits_dir, tmp_path
     members = load_ensemble(paths, torch.device("cpu"))
     got = predict_probs(members, images, batch_size=5, flip=flip, num_workers=0, show_progress=False)
     expected = (by_hand(paths[0], images, flip) + by_hand(paths[1], images, flip)) / 2
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+
+
+def test_multi_scale_tta_averages_the_scales(trained_run, digits_dir):
+    path = trained_run / "fold0" / "best.pt"
+    images = [str(digits_dir / "test" / f) for f in pd.read_csv(digits_dir / "test.csv")["image_path"][:8]]
+    members = load_ensemble([path], torch.device("cpu"))
+    got = predict_probs(members, images, scales=(0.75,), num_workers=0, show_progress=False)
+    expected = (by_hand(path, images) + by_hand(path, images, size=24)) / 2
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
 
 
