@@ -13,3 +13,21 @@ augment = "light"
 folds = 5
 early_stopping, monitor = 5, "val_acc"
 cache = "memory"
+
+# python sweep.py recipes/resnext.py --count 30: the original project's W&B bayes sweep (each trial trains fold 0)
+sweep = {
+    "method": "bayes",
+    "metric": {"name": "val_acc", "goal": "maximize"},
+    "early_terminate": {"type": "hyperband", "min_iter": 3, "eta": 3},
+    "parameters": {
+        "lr": {"distribution": "log_uniform_values", "min": 1e-5, "max": 3e-3},
+        "batch_size": {"values": [32, 64, 128]},
+        "optimizer": {"values": ["AdamW", "SGD"]},
+        "loss": {"values": ["CE", "Focal"]},
+        "label_smoothing": {"values": [0.0, 0.1, 0.2]},
+        "focal_alpha": {"min": 0.25, "max": 1.0},
+        "focal_gamma": {"min": 1.0, "max": 3.0},
+        "cutmix_ratio": {"min": 0.0, "max": 0.5},
+        "mixup_ratio": {"min": 0.0, "max": 0.5},
+    },
+}
