@@ -109,6 +109,8 @@ def fit(recipe: Recipe, fold: int, train: pd.DataFrame, val: pd.DataFrame, class
     better = BETTER[recipe.monitor]
     for epoch in range(start_epoch, recipe.epochs):
         sampler.set_epoch(epoch, start_step)
+        if on_cuda:
+            torch.cuda.reset_peak_memory_stats(d.device)
         t0 = time.perf_counter()
         mixing = epoch < recipe.epochs - recipe.mix_off_epochs
         stats = train_one_epoch(s, train_loader, epoch, start_step, mixing, show_progress and d.is_main)
@@ -127,7 +129,8 @@ def fit(recipe: Recipe, fold: int, train: pd.DataFrame, val: pd.DataFrame, class
                        "val_loss": res["loss"], "val_acc": res["acc"], "val_top5": res["top5"], "val_f1": res["f1"],
                        "lr": s.optimizer.param_groups[0]["lr"], "img_per_s": world_seen / train_time,
                        "data_wait": stats["data_wait"] / train_time, "skipped_steps": s.skipped_steps,
-                       "time_s": time.perf_counter() - t0}
+                       "time_s": time.perf_counter() - t0,
+                       "gpu_mem_gb": torch.cuda.max_memory_allocated(d.device) / 2**30 if on_cuda else 0.0}
         value = metrics_row[recipe.monitor]
         improved = math.isfinite(value) and (early["best"] is None or better(value, early["best"]))
         if improved:
@@ -144,8 +147,9 @@ def fit(recipe: Recipe, fold: int, train: pd.DataFrame, val: pd.DataFrame, class
             log.metrics(fold_dir / "metrics.csv", metrics_row)
             log.print(epoch_line(metrics_row, recipe.epochs, improved))
             if metrics_row["data_wait"] > 0.1:
+                fix = "a lighter augment" if recipe.cache != "none" else "cache='memory'"
                 log.print(f"warning: the step waited for data {metrics_row['data_wait']:.0%} of the epoch; raise "
-                          f"num_workers (now {workers}) or set cache='memory'")
+                          f"num_workers (now {workers}) or use {fix}")
             if improved:
                 best = {**base, "model": eval_model.state_dict(), "epoch": epoch + 1, "metrics": metrics_row}
                 checkpoint.save_atomic(best, fold_dir / "best.pt")
@@ -182,7 +186,7 @@ def epoch_line(m: dict, epochs: int, improved: bool) -> str:
     return (f"epoch {m['epoch']:>3}/{epochs}  train loss {m['train_loss']:.4f} acc {m['train_acc']:.3f}  |  "
             f"val loss {m['val_loss']:.4f} acc {m['val_acc']:.3f} top5 {m['val_top5']:.3f} f1 {m['val_f1']:.3f}  |  "
             f"lr {m['lr']:.2e}  {m['img_per_s']:.0f} img/s  data {m['data_wait']:.0%}  {m['time_s']:.1f}s"
-            + ("  * best" if improved else ""))
+            + (f"  mem {m['gpu_mem_gb']:.1f}G" if m.get("gpu_mem_gb") else "") + ("  * best" if improved else ""))
 
 
 def write_val_predictions(path: Path, table: pd.DataFrame, probs: torch.Tensor, classes: list[str]) -> None:
