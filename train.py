@@ -29,7 +29,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--name", help="suffix of the run folder; an existing run of that name is added to")
     p.add_argument("--dry-run", action="store_true", help="show recipe, data audit, model size, steps; train nothing")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (logs and CI)")
-    return p.parse_args(argv)
+    return p.parse_intermixed_args(argv)  # flags may stand between KEY=VALUE overrides
 
 
 @record  # under torchrun, the failing rank's traceback is the one reported

@@ -23,6 +23,7 @@ from engine.recipe import Recipe
 from engine.runlog import RunLog
 from engine.transforms import Normalize, build_eval_transform, build_train_transform
 
+PRECISION_NAMES = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16 + GradScaler"}
 BETTER = {"val_loss": lambda new, best: new < best, "val_acc": lambda new, best: new > best,
           "val_f1": lambda new, best: new > best}
 
@@ -93,7 +94,7 @@ def fit(recipe: Recipe, fold: int, train: pd.DataFrame, val: pd.DataFrame, class
     if start_step == 0 and start_epoch == 0:
         log.print(f"fold {fold}: {recipe.model} ({count_parameters(model) / 1e6:.2f}M params), {len(train_ds)} train / "
                   f"{len(val_ds)} val images, {steps_per_epoch} steps per epoch, {d.device.type}"
-                  f"{' x' + str(d.world) if d.enabled else ''}, precision {amp_dtype or 'fp32'}, {workers} workers")
+                  f"{' x' + str(d.world) if d.enabled else ''}, precision {PRECISION_NAMES[amp_dtype]}, {workers} workers")
         if s.mixer.active:
             log.print("note: under mixup/cutmix, train acc is measured against each sample's dominant label")
 
