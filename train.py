@@ -12,7 +12,7 @@ from torch.distributed.elastic.multiprocessing.errors import record
 
 from engine import preempt
 from engine.errors import UserError
-from engine.recipe import describe, load_recipe
+from engine.recipe import describe, load_recipe_args
 
 DEFAULT_RECIPE = "recipes/demo.py"
 
@@ -35,16 +35,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 @record  # under torchrun, the failing rank's traceback is the one reported
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    files = [i for i in args.items if "=" not in i]
-    overrides = [i for i in args.items if "=" in i]
-    if len(files) > 1:
-        print(f"error: one recipe at a time, got {', '.join(files)}", file=sys.stderr)
-        return 2
     try:
-        if args.resume and (files or overrides):
+        if args.resume and args.items:
             raise UserError("--resume continues the saved recipe exactly; drop the recipe and KEY=VALUE arguments")
         from engine.run import train
-        recipe = None if args.resume else load_recipe(files[0] if files else DEFAULT_RECIPE, overrides)
+        recipe = None if args.resume else load_recipe_args(args.items, DEFAULT_RECIPE)
         train(recipe, fold=args.fold, name=args.name, resume=args.resume, dry_run=args.dry_run,
               show_progress=not args.no_progress)
     except UserError as e:

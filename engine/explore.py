@@ -25,20 +25,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="only write augment.png: one batch through the training transforms and mixing")
     p.add_argument("--workers", type=int, help="decoding processes (default: one per CPU core)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return p.parse_args(argv)
+    return p.parse_intermixed_args(argv)  # flags may stand between KEY=VALUE overrides
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    files = [i for i in args.items if "=" not in i]
-    overrides = [i for i in args.items if "=" in i]
-    if len(files) > 1:
-        print(f"error: one recipe at a time, got {', '.join(files)}", file=sys.stderr)
-        return 2
     try:
         from engine.exploration import default_out_dir, explore
-        from engine.recipe import load_recipe
-        recipe = load_recipe(files[0] if files else DEFAULT_RECIPE, overrides)
+        from engine.recipe import load_recipe_args
+        recipe = load_recipe_args(args.items, DEFAULT_RECIPE)
         out = args.out or default_out_dir(recipe)
         if args.augment:
             from pathlib import Path

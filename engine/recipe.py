@@ -214,6 +214,14 @@ def load_recipe(path: str | Path | None, overrides: list[str] | dict | None = No
     return resolve(values, changes)
 
 
+def load_recipe_args(items: list[str], default: str | None = None) -> Recipe:
+    """Command-line words `[RECIPE] [KEY=VALUE ...]` -> a Recipe (RECIPE defaults to `default`)."""
+    files = [i for i in items if "=" not in i]
+    if len(files) > 1 or (not files and default is None):
+        raise UserError(f"give exactly one recipe file, got {', '.join(files) or 'none'}")
+    return load_recipe(files[0] if files else default, [i for i in items if "=" in i])
+
+
 def save_json(recipe: Recipe, path: str | Path) -> None:
     Path(path).write_text(json.dumps(recipe.to_dict(), indent=2) + "\n")
 
