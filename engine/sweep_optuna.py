@@ -138,7 +138,7 @@ def run_optuna(recipe: Recipe, spec: SweepSpec, name: str, sweep_dir: Path, coun
     start = time.time()
     if count:
         study.optimize(objective, n_trials=count, catch=(Exception,), callbacks=[after], gc_after_trial=True)
-    log(f"sweep '{name}': {len(study.trials) - done} trials in {(time.time() - start) / 60:.1f} min")
+    log(f"sweep '{name}': {len(errors)} trials in {(time.time() - start) / 60:.1f} min")
     return trial_rows(study, spec), importances(study)
 
 

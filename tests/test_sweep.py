@@ -247,3 +247,14 @@ def test_wandb_backend_sends_the_config_and_trains_what_wandb_config_says(tmp_pa
     table = trials(sweep_dir)
     assert table["state"].tolist() == ["complete", "complete"] and table["wandb_id"].tolist() == ["run0", "run1"]
     assert load_recipe(sweep_dir / "best_recipe.py").lr == table.loc[table["val_acc"].idxmax(), "lr"]
+
+
+def test_nproc_runs_the_trial_under_torchrun_and_reads_its_metrics(digits_dir, tmp_path, no_report):
+    sweep = {"method": "random", "parameters": {"lr": {"values": [3e-3]}}}
+    recipe = digits_recipe(digits_dir, tmp_path, epochs=1, augment="none", monitor="val_acc", sweep=sweep)
+    sweep_dir = run_sweep(recipe, count=1, nproc=2, log=lambda *a: None)
+    row = trials(sweep_dir).iloc[0]
+    assert row["state"] == "complete" and (sweep_dir / "trials" / "sweep-digits-t000.py").is_file()
+    metrics = pd.read_csv(Path(row["run"]) / "fold0" / "metrics.csv")
+    assert row["val_acc"] == pytest.approx(metrics["val_acc"].max())
+    assert "x2" in (Path(row["run"]) / "train.log").read_text()  # two processes trained it
