@@ -15,5 +15,5 @@ sweep = {
         "label_smoothing": {"values": [0.0, 0.1]},
         "augment": {"values": ["none", "light"]},
     },
-    "early_terminate": {"type": "hyperband", "min_iter": 1, "eta": 2},
+    "early_terminate": {"type": "hyperband", "min_iter": 2, "eta": 2},  # epoch 1 is too noisy to judge
 }
