@@ -14,6 +14,7 @@ from typing import Sequence
 import torch
 
 from engine import checkpoint
+from engine.cache import DecodeEachTime, cache_short_side
 from engine.data import ImageDataset, default_num_workers
 from engine.errors import UserError
 from engine.models import build_model
@@ -100,13 +101,20 @@ def autocast_dtype(device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
-def view_groups(members: Sequence[Member], scales: Sequence[float]) -> dict[tuple[int, float], list[Member]]:
-    """(image size, crop_pct) -> the members that see the images through that eval transform."""
-    groups: dict[tuple[int, float], list[Member]] = {}
+def eval_dataset(paths: Sequence[str], image_size: int, crop_pct: float, as_validated: bool = True) -> ImageDataset:
+    """Image files through the eval transform; `as_validated`: first pre-resized exactly as training's validation
+    images are (engine.cache.pre_resize), so a checkpoint sees what its validation score was measured on."""
+    loader = DecodeEachTime(paths, cache_short_side(image_size, crop_pct)) if as_validated else None
+    return ImageDataset(paths, None, build_eval_transform(image_size, crop_pct), loader=loader)
+
+
+def view_groups(members: Sequence[Member], scales: Sequence[float]) -> dict[tuple[int, float, bool], list[Member]]:
+    """(image size, crop_pct, is the trained size) -> the members that see the images through that eval view."""
+    groups: dict[tuple[int, float, bool], list[Member]] = {}
     for m in members:
         for scale in (1.0, *scales):
             size = max(8, round(m.recipe.image_size * scale))
-            groups.setdefault((size, m.crop_pct), []).append(m)
+            groups.setdefault((size, m.crop_pct, size == m.recipe.image_size), []).append(m)
     return groups
 
 
@@ -124,8 +132,8 @@ def predict_probs(members: Sequence[Member], image_paths: Sequence[str], batch_s
     groups = view_groups(members, scales)
     total = torch.zeros(n, num_classes, device=device)
     views = 0
-    for (size, crop_pct), group in groups.items():
-        dataset = ImageDataset(image_paths, None, build_eval_transform(size, crop_pct))
+    for (size, crop_pct, at_trained_size), group in groups.items():
+        dataset = eval_dataset(image_paths, size, crop_pct, as_validated=at_trained_size)  # other scales: raw decode
         loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
                                              pin_memory=device.type == "cuda",
                                              prefetch_factor=4 if workers > 0 else None)

@@ -179,6 +179,24 @@ def test_cli_default_out_is_the_run_folder_and_one_row_per_image(trained_run, sk
         assert page.size == page_size(1)
 
 
+def test_cam_sees_the_validation_view_of_a_large_image(trained_run, sketch):
+    """A 40 px image at crop_pct 0.95: validation pre-resizes (cache) before the eval crop; so must cam and predict."""
+    import pandas as pd
+
+    from engine.explain import model_inputs
+    from engine.fit import build_datasets
+    from engine.images import load_image
+    from engine.inference import eval_dataset, load_member
+    from engine.transforms import build_eval_transform
+    member = load_member(trained_run / "fold0" / "best.pt", torch.device("cpu"))
+    table = pd.DataFrame({"path": [str(sketch)], "target": [0]})
+    validation = build_datasets(member.recipe, table, table, member.crop_pct, 0)[1][0][0]
+    raw = build_eval_transform(member.recipe.image_size, member.crop_pct)(load_image(str(sketch)))
+    assert member.crop_pct > 0.875 and not torch.equal(raw, validation)  # else this test could not fail
+    assert torch.equal(model_inputs(member, [sketch])[0][0], validation)
+    assert torch.equal(eval_dataset([str(sketch)], member.recipe.image_size, member.crop_pct)[0][0], validation)
+
+
 def test_cli_unknown_class_name_is_a_clear_error(trained_run, sketch, capsys):
     assert cam.main([str(sketch), "--ckpt", str(trained_run), "--target", "sevn"]) == 2
     err = capsys.readouterr().err
