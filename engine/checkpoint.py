@@ -47,13 +47,13 @@ def load_checkpoint(path: str | Path) -> dict:
 
 
 def rng_state() -> dict:
-    """Every RNG a run uses (Python, NumPy, torch, CUDA) as weights_only-loadable values."""
+    """This process's RNGs (Python, NumPy, torch, its CUDA device) as weights_only-loadable values."""
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     state = {"python": random.getstate(), "torch": torch.get_rng_state(),
              "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos,
                        "has_gauss": has_gauss, "cached": cached}}
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = torch.cuda.get_rng_state()  # the current device: each rank saves its own
     return state
 
 
@@ -63,7 +63,7 @@ def restore_rng(state: dict) -> None:
     n = state["numpy"]
     np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state(state["cuda"])
 
 
 def _as_tuples(x):

@@ -6,6 +6,7 @@ batches whatever the number of workers, and a run resumed mid-epoch sees exactly
 from __future__ import annotations
 
 import os
+import signal
 from typing import Callable, Iterator, Sequence
 
 import torch
@@ -88,10 +89,20 @@ def default_num_workers(local_world: int = 1) -> int:
     return max(0, spare if torch.cuda.is_available() else min(8, spare))
 
 
+def _ignore_stop_signals(worker_id: int) -> None:
+    """Workers leave SIGTERM/SIGINT to the main process, which checkpoints and then ends them.
+
+    torchrun and SLURM signal the whole process group; a worker killed first would crash the main
+    process mid-checkpoint. Workers still exit when the main process goes away.
+    """
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def make_loader(dataset: Dataset, batch_size: int, sampler: Sampler, num_workers: int, train: bool,
                 pin_memory: bool = False) -> DataLoader:
     """A DataLoader with the engine's defaults (persistent workers, prefetch, pinned memory on CUDA)."""
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
                       drop_last=train and len(sampler) > batch_size, pin_memory=pin_memory,
-                      generator=torch.Generator(),  # its own: starting an epoch must not draw from the global RNG
+                      generator=torch.Generator(), worker_init_fn=_ignore_stop_signals,  # its own: starting an epoch must not draw from the global RNG
                       persistent_workers=num_workers > 0, prefetch_factor=4 if num_workers > 0 else None)

@@ -54,13 +54,13 @@ def barrier() -> None:
         dist.barrier()
 
 
-def any_true(flag: bool, device: torch.device) -> bool:
-    """True on every rank if `flag` is true on any rank (e.g. a stop request)."""
+def any_true(flags: list[bool], device: torch.device) -> list[bool]:
+    """Each flag, true on every rank if it is true on any rank (one all-reduce for all of them)."""
     if not dist.is_initialized():
-        return flag
-    t = torch.tensor([float(flag)], device=device)
+        return list(flags)
+    t = torch.tensor([float(f) for f in flags], device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
+    return [bool(v) for v in t.tolist()]
 
 
 def all_sum(values: torch.Tensor) -> torch.Tensor:
@@ -80,6 +80,15 @@ def gather_rows(rows: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, 
         index = torch.cat([p[1] for p in parts])
     order = index.argsort()
     return rows[order], index[order]
+
+
+def all_objects(obj) -> list:
+    """Every rank's obj, in rank order."""
+    if not dist.is_initialized():
+        return [obj]
+    parts = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, obj)
+    return parts
 
 
 def broadcast_object(obj):

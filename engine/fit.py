@@ -14,6 +14,7 @@ from torch.nn.parallel import DistributedDataParallel
 from engine import checkpoint, distributed, preempt
 from engine.data import EpochSampler, ImageDataset, ShardSampler, default_num_workers, make_loader
 from engine.distributed import Dist
+from engine.errors import UserError
 from engine.loop import TrainState, evaluate, resolve_precision, train_one_epoch
 from engine.losses import build_loss
 from engine.mix import Mixer
@@ -56,8 +57,12 @@ def fit(recipe: Recipe, fold: int, train: pd.DataFrame, val: pd.DataFrame, class
     train_loader = make_loader(train_ds, recipe.batch_size, sampler, workers, True, pin_memory=on_cuda)
     val_loader = make_loader(val_ds, recipe.batch_size * 2, ShardSampler(len(val_ds), d.rank, d.world), workers,
                              False, pin_memory=on_cuda)
+    if len(val_ds) < d.world:
+        raise UserError(f"fold {fold}: {len(val_ds)} validation rows for {d.world} processes; "
+                        f"raise val_fraction or use fewer processes")
     if len(train_loader) == 0:
-        raise ValueError(f"fold {fold}: no training batches (batch_size {recipe.batch_size} > {len(train_ds)} rows)")
+        raise UserError(f"fold {fold}: no training batches (batch_size {recipe.batch_size} x {d.world} process(es) > "
+                        f"{len(train_ds)} rows); lower batch_size")
 
     channels_last = on_cuda if recipe.channels_last is None else recipe.channels_last
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -84,6 +89,7 @@ def fit(recipe: Recipe, fold: int, train: pd.DataFrame, val: pd.DataFrame, class
         ema=ModelEma(model, recipe.ema_decay) if recipe.ema_decay > 0 else None, rank=d.rank)
     if recipe.compile:
         s.forward = torch.compile(s.forward)
+    torch.manual_seed(recipe.seed + fold + 1000 * (d.rank + 1))  # same init everywhere, own dropout per rank
 
     base = {"recipe": recipe.to_dict(), "classes": list(classes), "data": data_cfg, "fold": fold}
     early = {"best": None, "best_epoch": -1, "bad_epochs": 0}
@@ -98,13 +104,14 @@ def fit(recipe: Recipe, fold: int, train: pd.DataFrame, val: pd.DataFrame, class
         if s.mixer.active:
             log.print("note: under mixup/cutmix, train acc is measured against each sample's dominant label")
 
-    def last_checkpoint(epoch: int, step: int) -> dict:
+    def last_checkpoint(epoch: int, step: int, rng: list) -> dict:
         return {**base, "model": s.model.state_dict(), "epoch": epoch, "metrics": metrics_row,
                 "optimizer": s.optimizer.state_dict(), "scheduler": s.scheduler.state_dict(),
                 "scaler": s.scaler.state_dict(), "ema": s.ema.module.state_dict() if s.ema else None,
-                "rng": checkpoint.rng_state(), "early_stopping": dict(early),
-                "progress": {"epoch": epoch, "step": step, "finished": False, "sums": dict(s.sums), "bad_steps": s.bad_steps,
-                             "skipped_steps": s.skipped_steps}}
+                "rng": rng, "early_stopping": dict(early),
+                "progress": {"epoch": epoch, "step": step, "finished": False, "sums": dict(s.sums),
+                             "bad_steps": s.bad_steps, "skipped_steps": s.skipped_steps,
+                             "ema_updates": s.ema.updates if s.ema else 0}}
 
     metrics_row: dict = resume.get("metrics", {}) if resume else {}
     better = BETTER[recipe.monitor]
@@ -116,8 +123,9 @@ def fit(recipe: Recipe, fold: int, train: pd.DataFrame, val: pd.DataFrame, class
         mixing = epoch < recipe.epochs - recipe.mix_off_epochs
         stats = train_one_epoch(s, train_loader, epoch, start_step, mixing, show_progress and d.is_main)
         if "stopped_at" in stats:
+            rng = distributed.all_objects(checkpoint.rng_state())  # every rank's, for an exact resume
             if d.is_main:
-                checkpoint.save_atomic(last_checkpoint(epoch, stats["stopped_at"]), fold_dir / "last.pt")
+                checkpoint.save_atomic(last_checkpoint(epoch, stats["stopped_at"], rng), fold_dir / "last.pt")
             distributed.barrier()
             raise preempt.Preempted(f"stopped at epoch {epoch + 1}, step {stats['stopped_at']}; last.pt written",
                                     preempt.signal_number())
@@ -125,10 +133,9 @@ def fit(recipe: Recipe, fold: int, train: pd.DataFrame, val: pd.DataFrame, class
         train_time = time.perf_counter() - t0
         eval_model = s.ema.module if s.ema else s.model
         res = evaluate(eval_model, val_loader, d.device, s.normalize, amp_dtype)
-        world_seen = stats["seen"] * d.world
         metrics_row = {"epoch": epoch + 1, "train_loss": stats["train_loss"], "train_acc": stats["train_acc"],
                        "val_loss": res["loss"], "val_acc": res["acc"], "val_top5": res["top5"], "val_f1": res["f1"],
-                       "lr": s.optimizer.param_groups[0]["lr"], "img_per_s": world_seen / train_time,
+                       "lr": s.optimizer.param_groups[0]["lr"], "img_per_s": stats["seen"] / train_time,
                        "data_wait": stats["data_wait"] / train_time, "skipped_steps": s.skipped_steps,
                        "time_s": time.perf_counter() - t0,
                        "gpu_mem_gb": torch.cuda.max_memory_allocated(d.device) / 2**30 if on_cuda else 0.0}
@@ -144,8 +151,9 @@ def fit(recipe: Recipe, fold: int, train: pd.DataFrame, val: pd.DataFrame, class
         elif recipe.early_stopping and early["bad_epochs"] >= recipe.early_stopping:
             stop = (f"early stopping: no {recipe.monitor} improvement for {recipe.early_stopping} epochs "
                     f"(best {early['best']:.4f} at epoch {early['best_epoch']})")
+        rng = distributed.all_objects(checkpoint.rng_state())
         if d.is_main:
-            log.metrics(fold_dir / "metrics.csv", metrics_row)
+            log.metrics(fold_dir / "metrics.csv", metrics_row, prefix=f"fold{fold}/")
             log.print(epoch_line(metrics_row, recipe.epochs, improved))
             if metrics_row["data_wait"] > 0.1:
                 fix = "a lighter augment" if recipe.cache != "none" else "cache='memory'"
@@ -155,7 +163,7 @@ def fit(recipe: Recipe, fold: int, train: pd.DataFrame, val: pd.DataFrame, class
                 best = {**base, "model": eval_model.state_dict(), "epoch": epoch + 1, "metrics": metrics_row}
                 checkpoint.save_atomic(best, fold_dir / "best.pt")
                 write_val_predictions(fold_dir / "val_predictions.csv", val, res["probs"], classes)
-            last = last_checkpoint(epoch + 1, 0)
+            last = last_checkpoint(epoch + 1, 0, rng)
             last["progress"]["finished"] = stop is not None or epoch + 1 == recipe.epochs
             checkpoint.save_atomic(last, fold_dir / "last.pt")
         if on_epoch is not None:
@@ -172,11 +180,13 @@ def restore_state(s: TrainState, ckpt: dict) -> tuple[int, int, dict]:
     s.model.load_state_dict(ckpt["model"])
     s.optimizer.load_state_dict(ckpt["optimizer"])
     s.scheduler.load_state_dict(ckpt["scheduler"])
-    s.scaler.load_state_dict(ckpt["scaler"])
+    if ckpt["scaler"]:  # empty unless it trained in fp16
+        s.scaler.load_state_dict(ckpt["scaler"])
+    progress = ckpt["progress"]
     if s.ema is not None and ckpt.get("ema") is not None:
         s.ema.module.load_state_dict(ckpt["ema"])
-    checkpoint.restore_rng(ckpt["rng"])
-    progress = ckpt["progress"]
+        s.ema.updates = progress.get("ema_updates", 0)
+    checkpoint.restore_rng(ckpt["rng"][min(s.rank, len(ckpt["rng"]) - 1)])
     s.sums = dict(progress["sums"])
     s.bad_steps, s.skipped_steps = progress["bad_steps"], progress["skipped_steps"]
     return progress["epoch"], progress["step"], dict(ckpt["early_stopping"])

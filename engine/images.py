@@ -13,6 +13,8 @@ from engine.errors import UserError
 
 
 def _to_rgb_uint8(img: torch.Tensor) -> torch.Tensor:
+    if img.ndim == 4:  # an animated GIF: its first frame
+        img = img[0]
     if img.dtype == torch.uint16:
         img = (img.to(torch.int32) >> 8).to(torch.uint8)
     elif img.dtype != torch.uint8:

@@ -42,6 +42,11 @@ class TrainState:
     skipped_steps: int = 0  # all skipped updates
     sums: dict = field(default_factory=dict)  # running sums of the current epoch (resumable)
 
+    @property
+    def ddp(self) -> bool:
+        """Whether forward is DDP (also under torch.compile, which wraps it)."""
+        return isinstance(getattr(self.forward, "_orig_mod", self.forward), DistributedDataParallel)
+
     def autocast(self):
         if self.amp_dtype is None:
             return contextlib.nullcontext()
@@ -69,9 +74,11 @@ def train_one_epoch(s: TrainState, loader, epoch: int, start_step: int = 0, mixi
     """One pass over the loader from `start_step`; stops early (returning `stopped_at`) on a signal."""
     s.forward.train()
     n_steps = start_step + len(loader)
-    sums = s.sums if start_step else {"loss": 0.0, "correct": 0.0, "seen": 0, "wait": 0.0, "time": 0.0}
-    loss_sum = torch.zeros((), device=s.device)
-    correct = torch.zeros((), device=s.device)
+    sums = s.sums if start_step else {"loss": 0.0, "correct": 0.0, "seen": 0, "wait": 0.0}
+    # device-side running sums continue from a resumed epoch's, so the epoch's numbers are exact too
+    loss_sum = torch.tensor(sums["loss"], dtype=torch.float64, device=s.device)
+    correct = torch.tensor(sums["correct"], dtype=torch.float64, device=s.device)
+    bad_loss = torch.zeros((), dtype=torch.bool, device=s.device)
     bar = progress(loader, len(loader), f"epoch {epoch + 1}", show_progress)
     t_ready = time.perf_counter()
     for step, (x, y) in enumerate(bar, start=start_step):
@@ -82,36 +89,44 @@ def train_one_epoch(s: TrainState, loader, epoch: int, start_step: int = 0, mixi
         window = step - step % s.accumulate
         window_len = min(s.accumulate, n_steps - window)  # the last window may be shorter
         is_update = step + 1 == window + window_len
-        no_sync = isinstance(s.forward, DistributedDataParallel) and not is_update
-        with s.forward.no_sync() if no_sync else contextlib.nullcontext():
+        with s.forward.no_sync() if s.ddp and not is_update else contextlib.nullcontext():
             with s.autocast():
                 logits = s.forward(x)
             loss = s.criterion(logits, soft)
             s.scaler.scale(loss / window_len).backward()
         loss_sum += loss.detach() * y.shape[0]
         correct += (logits.detach().argmax(1) == soft.argmax(1)).sum()  # dominant label under mixing
+        bad_loss |= ~torch.isfinite(loss.detach())
         sums["seen"] += y.shape[0]
         if is_update:
             applied = optimizer_update(s)
-            s.bad_steps = 0 if applied else s.bad_steps + 1
+            stop, loss_was_bad = distributed.any_true([preempt.requested(), bool(bad_loss)], s.device)
+            bad_loss.zero_()
+            # fp16: the GradScaler skips overflowing steps by design; only a non-finite loss counts
+            bad = loss_was_bad if s.scaler.is_enabled() else not applied
+            s.bad_steps = s.bad_steps + 1 if bad else 0
             s.skipped_steps += not applied
             if s.bad_steps > s.max_bad_steps:
                 raise preempt.Diverged(f"{s.bad_steps} consecutive non-finite updates at epoch {epoch + 1}, "
                                        f"step {step + 1}: lower lr, set clip_grad_norm, or check the data")
-            if distributed.any_true(preempt.requested(), s.device) and step + 1 < n_steps:
-                sums["loss"] += loss_sum.item()
-                sums["correct"] += correct.item()
-                s.sums = sums
+            if stop and step + 1 < n_steps:
+                s.sums = add_sums(sums, loss_sum, correct)
                 return {"stopped_at": step + 1}
         if show_progress and bar is not loader and step % 10 == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{s.optimizer.param_groups[0]['lr']:.2e}", refresh=False)
         t_ready = time.perf_counter()
-    sums["loss"] += loss_sum.item()
-    sums["correct"] += correct.item()
+    sums = add_sums(sums, loss_sum, correct)
     s.sums = {}
-    seen = max(1, sums["seen"])
-    return {"train_loss": sums["loss"] / seen, "train_acc": sums["correct"] / seen, "seen": sums["seen"],
+    total = distributed.all_sum(torch.tensor([sums["loss"], sums["correct"], sums["seen"]], dtype=torch.float64,
+                                             device=s.device)).tolist()  # every rank's shard
+    seen = max(1.0, total[2])
+    return {"train_loss": total[0] / seen, "train_acc": total[1] / seen, "seen": int(total[2]),
             "data_wait": sums["wait"]}
+
+
+def add_sums(sums: dict, loss_sum: torch.Tensor, correct: torch.Tensor) -> dict:
+    """The epoch's (checkpointable) sums with the device-side running totals read back."""
+    return {**sums, "loss": loss_sum.item(), "correct": correct.item()}
 
 
 @torch.inference_mode()

@@ -20,11 +20,18 @@ from typing import Any, Optional
 from engine.errors import UserError
 
 
-def key(default: Any, doc: str, choices: tuple = ()) -> Any:
-    """Declare a recipe key: its default, a one-line doc and (optionally) the allowed values."""
+def key(default: Any, doc: str, choices: tuple = (), bounds: str = "") -> Any:
+    """Declare a recipe key: its default, a one-line doc, and the allowed values or interval ("[0, 1)")."""
+    meta = {"doc": doc, "choices": choices, "bounds": bounds}
     if isinstance(default, (dict, list)):
-        return field(default_factory=lambda: type(default)(default), metadata={"doc": doc, "choices": choices})
-    return field(default=default, metadata={"doc": doc, "choices": choices})
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def in_bounds(value: float, bounds: str) -> bool:
+    """Whether value lies in an interval written like "[0, 1)" or "(0, inf)"."""
+    low, high = (float(b) for b in bounds[1:-1].split(","))
+    return (low <= value if bounds[0] == "[" else low < value) and (value <= high if bounds[-1] == "]" else value < high)
 
 
 @dataclass
@@ -34,53 +41,53 @@ class Recipe:
     model: str = key("resnet18", "timm model name (any of timm.list_models())")
     pretrained: bool = key(False, "load timm's pretrained weights (needs the network or a warm cache)")
     pretrained_path: Optional[str] = key(None, "local weights file to start from; the classifier is adapted to num_classes")
-    num_classes: Optional[int] = key(None, "number of classes; None: taken from the data")
-    drop_path: float = key(0.0, "stochastic depth rate, for models that support it")
+    num_classes: Optional[int] = key(None, "number of classes; None: taken from the data", bounds="[1, inf)")
+    drop_path: float = key(0.0, "stochastic depth rate, for models that support it", bounds="[0, 1)")
     # data
     data_dir: str = key("data/train", "folder the train.csv image paths are relative to (or a folder of class folders)")
     train_csv: Optional[str] = key("data/train.csv", "CSV of class_name,image_path,target; None: class folders under data_dir")
     test_dir: Optional[str] = key("data/test", "folder the test.csv image paths are relative to")
     test_csv: Optional[str] = key("data/test.csv", "CSV with an image_path column, predicted by predict.py")
-    val_fraction: float = key(0.2, "hold-out share for validation when folds = 1 (stratified)")
-    folds: int = key(1, "K > 1 trains K stratified folds one after another")
-    seed: int = key(42, "seed for splits, sampling, augmentation, mixing and initialisation")
-    image_size: int = key(224, "square input size the model sees")
-    num_workers: Optional[int] = key(None, "dataloader worker processes; None: from the CPU count")
+    val_fraction: float = key(0.2, "hold-out share for validation when folds = 1 (stratified)", bounds="[0, 1)")
+    folds: int = key(1, "K > 1 trains K stratified folds one after another", bounds="[1, inf)")
+    seed: int = key(42, "seed for splits, sampling, augmentation, mixing and initialisation", bounds="[0, inf)")
+    image_size: int = key(224, "square input size the model sees", bounds="[1, inf)")
+    num_workers: Optional[int] = key(None, "dataloader worker processes; None: from the CPU count", bounds="[0, inf)")
     cache: str = key("none", "decode images once: in shared memory, or in a reusable file on disk", ("none", "memory", "disk"))
     bad_images: str = key("skip", "what to do with rows the data audit rejects", ("skip", "error"))
-    crop_scale: float = key(0.35, "smallest area share a random-resized crop keeps (1.0: whole image, no crop)")
+    crop_scale: float = key(0.35, "smallest area share a random-resized crop keeps (1.0: whole image, no crop)", bounds="(0, 1]")
     augment: str = key("light", "augmentation on top of random-resized crop and flip: none, light (small affine), ...",
                        ("none", "light", "randaugment", "trivialaugment"))
-    random_erase: float = key(0.0, "probability of random erasing a patch of each training image")
+    random_erase: float = key(0.0, "probability of random erasing a patch of each training image", bounds="[0, 1]")
     # optimisation
-    batch_size: int = key(64, "images per process per micro-batch")
-    epochs: int = key(10, "passes over the training data")
+    batch_size: int = key(64, "images per process per micro-batch", bounds="[1, inf)")
+    epochs: int = key(10, "passes over the training data", bounds="[1, inf)")
     optimizer: str = key("AdamW", "optimizer; no weight decay on norms and biases", ("AdamW", "SGD"))
-    lr: float = key(1e-3, "peak learning rate (after warm-up)")
-    weight_decay: float = key(0.05, "decoupled (AdamW) or L2 (SGD) weight decay")
-    momentum: float = key(0.9, "SGD momentum (AdamW: beta1)")
+    lr: float = key(1e-3, "peak learning rate (after warm-up)", bounds="(0, inf)")
+    weight_decay: float = key(0.05, "decoupled (AdamW) or L2 (SGD) weight decay", bounds="[0, inf)")
+    momentum: float = key(0.9, "SGD momentum (AdamW: beta1)", bounds="[0, 1)")
     scheduler: str = key("cosine", "learning-rate shape after warm-up", ("cosine", "none"))
-    warmup_epochs: float = key(1.0, "linear warm-up length in epochs (fractions allowed)")
-    accumulate_grad_batches: int = key(1, "micro-batches per optimizer update")
-    clip_grad_norm: Optional[float] = key(None, "clip the gradient norm to this value (None: no clipping)")
-    max_bad_steps: int = key(10, "stop after this many consecutive updates with non-finite loss or gradients")
+    warmup_epochs: float = key(1.0, "linear warm-up length in epochs (fractions allowed)", bounds="[0, inf)")
+    accumulate_grad_batches: int = key(1, "micro-batches per optimizer update", bounds="[1, inf)")
+    clip_grad_norm: Optional[float] = key(None, "clip the gradient norm to this value (None: no clipping)", bounds="(0, inf)")
+    max_bad_steps: int = key(10, "stop after this many consecutive updates with non-finite loss or gradients", bounds="[1, inf)")
     # loss and mixing
     loss: str = key("CE", "loss function", ("CE", "Focal"))
-    label_smoothing: float = key(0.0, "label smoothing folded into the targets")
-    focal_alpha: float = key(1.0, "focal loss weight alpha")
-    focal_gamma: float = key(2.0, "focal loss focusing parameter gamma")
-    mixup_ratio: float = key(0.0, "probability that a batch is mixed up")
-    cutmix_ratio: float = key(0.0, "probability that a batch is cut-mixed (never both)")
-    mix_alpha: float = key(1.0, "lam ~ Beta(mix_alpha, mix_alpha)")
-    mix_off_epochs: int = key(0, "turn mixing off for the last N epochs")
+    label_smoothing: float = key(0.0, "label smoothing folded into the targets", bounds="[0, 1)")
+    focal_alpha: float = key(1.0, "focal loss weight alpha", bounds="(0, inf)")
+    focal_gamma: float = key(2.0, "focal loss focusing parameter gamma", bounds="[0, inf)")
+    mixup_ratio: float = key(0.0, "probability that a batch is mixed up", bounds="[0, 1]")
+    cutmix_ratio: float = key(0.0, "probability that a batch is cut-mixed (never both)", bounds="[0, 1]")
+    mix_alpha: float = key(1.0, "lam ~ Beta(mix_alpha, mix_alpha)", bounds="(0, inf)")
+    mix_off_epochs: int = key(0, "turn mixing off for the last N epochs", bounds="[0, inf)")
     # speed and hardware
     precision: str = key("auto", "auto: bf16 (or fp16 + GradScaler) on CUDA, fp32 on CPU", ("auto", "fp32", "bf16", "fp16"))
     channels_last: Optional[bool] = key(None, "NHWC memory format; None: on for CUDA, off for CPU")
     compile: bool = key(False, "torch.compile the model")
     sync_bn: bool = key(False, "synchronise batch-norm statistics across DDP processes")
-    ema_decay: float = key(0.0, "keep an exponential moving average of the weights (0: off), e.g. 0.999")
+    ema_decay: float = key(0.0, "keep an exponential moving average of the weights (0: off), e.g. 0.999", bounds="[0, 1)")
     # run control
-    early_stopping: int = key(0, "stop after this many epochs without improvement of monitor (0: off)")
+    early_stopping: int = key(0, "stop after this many epochs without improvement of monitor (0: off)", bounds="[0, inf)")
     monitor: str = key("val_loss", "metric that picks best.pt and drives early stopping", ("val_loss", "val_acc", "val_f1"))
     wandb: str = key("disabled", "Weights & Biases logging", ("disabled", "offline", "online"))
     wandb_project: str = key("sketchbook", "W&B project")
@@ -108,6 +115,7 @@ def describe() -> str:
     for name, f in FIELDS.items():
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
         choices = f" {{{'|'.join(map(str, f.metadata['choices']))}}}" if f.metadata["choices"] else ""
+        choices += f" in {f.metadata['bounds']}" if f.metadata["bounds"] else ""
         lines.append(f"  {name:<24} = {default!r:<16}{choices}\n      {f.metadata['doc']}")
     return "\n".join(lines)
 
@@ -133,6 +141,9 @@ def check_value(name: str, value: Any) -> Any:
     if not ok:
         raise UserError(f"recipe key '{name}' must be {_type_name(hint)}, got {value!r} ({type(value).__name__})")
     value = float(value) if base is float else value
+    bounds = FIELDS[name].metadata["bounds"]
+    if bounds and not in_bounds(value, bounds):
+        raise UserError(f"recipe key '{name}' must be in {bounds}; got {value!r}")
     choices = FIELDS[name].metadata["choices"]
     if choices and value not in choices:
         close = difflib.get_close_matches(str(value), map(str, choices), n=1)
@@ -146,14 +157,6 @@ def _check_recipe(r: Recipe) -> Recipe:
     if r.mixup_ratio + r.cutmix_ratio > 1 + 1e-9:
         raise UserError(f"mixup_ratio + cutmix_ratio must be <= 1 (a batch is mixed one way or the other); "
                         f"got {r.mixup_ratio} + {r.cutmix_ratio}")
-    for name in ("val_fraction", "mixup_ratio", "cutmix_ratio", "random_erase", "label_smoothing", "ema_decay"):
-        if not 0 <= getattr(r, name) < 1 + (name in ("mixup_ratio", "cutmix_ratio", "random_erase")):
-            raise UserError(f"recipe key '{name}' must be in [0, 1); got {getattr(r, name)}")
-    if not 0 < r.crop_scale <= 1:
-        raise UserError(f"recipe key 'crop_scale' must be in (0, 1]; got {r.crop_scale}")
-    for name in ("batch_size", "epochs", "image_size", "accumulate_grad_batches", "folds", "max_bad_steps"):
-        if getattr(r, name) < 1:
-            raise UserError(f"recipe key '{name}' must be >= 1; got {getattr(r, name)}")
     if r.folds == 1 and not 0 < r.val_fraction < 1:
         raise UserError(f"val_fraction must be in (0, 1) when folds = 1; got {r.val_fraction}")
     return r
@@ -222,8 +225,22 @@ def load_recipe_args(items: list[str], default: str | None = None) -> Recipe:
     return load_recipe(files[0] if files else default, [i for i in items if "=" in i])
 
 
+# keys that change how fast or where a run goes, not what it learns
+HARDWARE_KEYS = {"num_workers", "cache", "compile", "channels_last", "wandb", "wandb_project", "wandb_entity",
+                 "output_dir"}
+
+
+def differing_keys(a: Recipe, b: Recipe) -> list[str]:
+    """Keys whose values differ and change the result (hardware and logging keys are ignored)."""
+    return [k for k in FIELDS if k not in HARDWARE_KEYS and getattr(a, k) != getattr(b, k)]
+
+
 def save_json(recipe: Recipe, path: str | Path) -> None:
-    Path(path).write_text(json.dumps(recipe.to_dict(), indent=2) + "\n")
+    """Write recipe.json atomically (another machine may be reading it)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(recipe.to_dict(), indent=2) + "\n")
+    tmp.replace(path)
 
 
 def from_dict(values: dict) -> Recipe:

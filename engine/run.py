@@ -18,7 +18,7 @@ from engine.distributed import Dist
 from engine.errors import UserError
 from engine.fit import fit
 from engine.oof import finish_folds
-from engine.recipe import Recipe, from_dict, save_json
+from engine.recipe import Recipe, differing_keys, from_dict, save_json
 from engine.runlog import RunLog
 from engine.tables import Audit, apply_audit_policy, assign_folds, audit_table, read_train_table
 
@@ -28,14 +28,13 @@ def load_data(recipe: Recipe, d: Dist, log=print) -> tuple[pd.DataFrame, list[st
     if d.is_main:
         ensure_demo_data(recipe.data_dir, log)
     distributed.barrier()
-    audit = None
+    result = None
     if d.is_main:
         audit = audit_table(read_train_table(recipe.data_dir, recipe.train_csv), recipe.num_classes)
-    audit = distributed.broadcast_object(audit)
-    table = apply_audit_policy(audit, recipe.bad_images, log if d.is_main else (lambda *a: None))
-    table = table.copy()
-    table["fold"] = assign_folds(table["target"].to_numpy(), recipe.folds, recipe.val_fraction, recipe.seed)
-    return table, audit.classes, audit
+        table = apply_audit_policy(audit, recipe.bad_images, log).copy()
+        table["fold"] = assign_folds(table["target"].to_numpy(), recipe.folds, recipe.val_fraction, recipe.seed)
+        result = (table, audit.classes, audit)
+    return distributed.broadcast_object(result)
 
 
 def make_run_dir(recipe: Recipe, name: str | None, d: Dist) -> Path:
@@ -43,14 +42,24 @@ def make_run_dir(recipe: Recipe, name: str | None, d: Dist) -> Path:
     base = Path(recipe.output_dir) / recipe.name
     run_dir = None
     if d.is_main:
-        existing = sorted(base.glob(f"*-{name}")) if name else []
-        run_dir = existing[-1] if existing else base / (time.strftime("%Y%m%d-%H%M%S") + (f"-{name}" if name else ""))
+        existing = sorted(p for p in base.glob(f"*-{name}") if p.name.split("-", 2)[2:] == [name]) if name else []
         if existing:
-            saved = json.loads((run_dir / "recipe.json").read_text())
-            if from_dict(saved) != recipe:
-                raise UserError(f"run folder {run_dir} was trained with another recipe; pick a new --name")
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_json(recipe, run_dir / "recipe.json")
+            run_dir = existing[-1]
+            changed = differing_keys(from_dict(json.loads((run_dir / "recipe.json").read_text())), recipe)
+            if changed:
+                raise UserError(f"run folder {run_dir} was trained with other values of {', '.join(changed)}; "
+                                f"use the same recipe or pick a new --name")
+        else:
+            for _ in range(10):  # two runs started in the same second must not share a folder
+                run_dir = base / (time.strftime("%Y%m%d-%H%M%S") + (f"-{name}" if name else ""))
+                try:
+                    run_dir.mkdir(parents=True)
+                    break
+                except FileExistsError:
+                    time.sleep(1.0)
+            else:
+                raise UserError(f"could not create a new run folder in {base}; is another run starting there?")
+            save_json(recipe, run_dir / "recipe.json")
     return Path(distributed.broadcast_object(str(run_dir)))
 
 
@@ -109,6 +118,7 @@ def train(recipe: Recipe, fold: int | None = None, name: str | None = None, resu
             finish_folds(run_dir, recipe, results, log, classes)
         log.print(f"done. run folder: {run_dir}\nnext: python predict.py {run_dir}"
                   f"{' --kfold' if recipe.folds > 1 else ''}   |   python cam.py IMAGE --ckpt {run_dir}/fold0/best.pt")
+        distributed.cleanup()
     except preempt.Preempted as e:
         log.print(f"{e}\nresume with: python train.py --resume {run_dir}")
         raise

@@ -23,8 +23,15 @@ class RunLog:
         if enabled and wandb_mode != "disabled":
             import wandb
             os.environ.setdefault("WANDB_SILENT", "true")
+            run_id = None
+            if run_dir:  # a resumed run continues the same W&B run
+                id_file = run_dir / "wandb_id"
+                if not id_file.exists():
+                    id_file.write_text(wandb.util.generate_id())
+                run_id = id_file.read_text().strip()
             self.wandb = wandb.init(project=wandb_project, entity=wandb_entity, name=wandb_name, config=config,
-                                    mode=wandb_mode, dir=str(run_dir) if run_dir else None, reinit="finish_previous")
+                                    mode=wandb_mode, dir=str(run_dir) if run_dir else None, reinit="finish_previous",
+                                    id=run_id, resume="allow" if run_id else None)
 
     def print(self, *parts, **kwargs) -> None:
         """Print to the console and append to train.log."""
@@ -36,8 +43,8 @@ class RunLog:
             self.log_file.write(text + "\n")
             self.log_file.flush()
 
-    def metrics(self, csv_path: Path, row: dict, step: int | None = None) -> None:
-        """Append one row to a metrics.csv (header on first write) and send it to W&B."""
+    def metrics(self, csv_path: Path, row: dict, prefix: str = "", step: int | None = None) -> None:
+        """Append one row to a metrics.csv (header on first write) and send it to W&B as prefix + key."""
         if not self.enabled:
             return
         new = not csv_path.exists()
@@ -46,7 +53,7 @@ class RunLog:
             if new:
                 writer.writeheader()
             writer.writerow(row)
-        self.scalars(row, step)
+        self.scalars({prefix + k: v for k, v in row.items()}, step)
 
     def scalars(self, values: dict, step: int | None = None) -> None:
         if self.wandb is not None:

@@ -68,23 +68,24 @@ def check_image_file(path: str) -> str | None:
         size = p.stat().st_size
         with open(p, "rb") as f:
             head = f.read(8)
-            f.seek(max(0, size - 16))
+            f.seek(max(0, size - 4096))  # some writers pad after the end marker
             tail = f.read()
     except OSError as e:
         return f"unreadable ({e.strerror})"
     if size == 0:
         return "unreadable (empty file)"
-    for magic, end in TAIL_MARKERS.items():
-        if head.startswith(magic) and end not in tail:
-            return "truncated"
+    from PIL import Image
+    no_end = any(head.startswith(magic) and end not in tail for magic, end in TAIL_MARKERS.items())
     try:
-        from PIL import Image
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with Image.open(p) as im:
                 im.verify()
+            if no_end:  # no end marker near the end: only a full decode can tell
+                with Image.open(p) as im:
+                    im.load()
     except Exception as e:
-        return f"unreadable ({type(e).__name__})"
+        return "truncated" if no_end else f"unreadable ({type(e).__name__})"
     return None
 
 
@@ -121,7 +122,9 @@ def audit_table(table: pd.DataFrame, num_classes: int | None = None, check_files
     known = table[whole & names.notna()]
     mapping = (known.assign(t=target[known.index].astype(int)).groupby("class_name")["t"]
                .agg(lambda s: s.value_counts().idxmax()))
-    n = num_classes or (len(mapping) if len(mapping) else int(target[whole].max()) + 1)
+    # the class count: from the names' targets (an odd row cannot add classes), else the largest target
+    valid = whole & (target >= 0)
+    n = num_classes or (int(mapping.max()) + 1 if len(mapping) else int(target[valid].max()) + 1 if valid.any() else 0)
     for i in table.index[target.notna() & (~whole | (target < 0) | (target >= n))]:
         problems.setdefault(i, f"target_out_of_range ({table.at[i, 'target']} not in 0..{n - 1})")
     for i in known.index:

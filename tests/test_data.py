@@ -8,7 +8,7 @@ from PIL import Image
 from engine.data import EpochSampler, ImageDataset, ShardSampler
 from engine.errors import UserError
 from engine.images import load_image
-from engine.tables import apply_audit_policy, assign_folds, audit_table, read_train_table
+from engine.tables import apply_audit_policy, assign_folds, audit_table, check_image_file, read_train_table
 from engine.transforms import build_train_transform
 
 
@@ -144,3 +144,32 @@ def test_samplers_shard_without_loss_and_skip_for_resume():
     assert all(epoch == 3 for epoch, _ in train[0])
     val = [list(ShardSampler(7, r, 3)) for r in range(3)]
     assert sorted(sum(val, [])) == list(range(7))  # no padding, nothing twice
+
+
+def test_padding_after_the_end_marker_is_not_truncation(tmp_path):
+    sketch(tmp_path / "x.png")
+    Image.open(tmp_path / "x.png").convert("RGB").save(tmp_path / "x.jpg")
+    for name in ("x.png", "x.jpg"):
+        data = (tmp_path / name).read_bytes()
+        (tmp_path / ("padded_" + name)).write_bytes(data + b"\0" * 64)  # some writers pad files
+        (tmp_path / ("cut_" + name)).write_bytes(data[: len(data) * 2 // 3])
+        assert check_image_file(str(tmp_path / ("padded_" + name))) is None
+        assert check_image_file(str(tmp_path / ("cut_" + name))) == "truncated"
+
+
+def test_animated_gif_gives_its_first_frame(tmp_path):
+    frames = [Image.fromarray(np.full((10, 12), v, np.uint8)) for v in (0, 128, 255)]
+    frames[0].save(tmp_path / "a.gif", save_all=True, append_images=frames[1:])
+    img = load_image(str(tmp_path / "a.gif"))
+    assert img.shape == (3, 10, 12) and img.max() < 10
+
+
+def test_one_based_targets_keep_every_class(tmp_path):
+    rows = []
+    for t, cls in ((1, "ant"), (2, "bee")):
+        for i in range(3):
+            sketch(tmp_path / cls / f"{i}.png")
+            rows.append((cls, f"{cls}/{i}.png", t))
+    pd.DataFrame(rows, columns=["class_name", "image_path", "target"]).to_csv(tmp_path / "t.csv", index=False)
+    audit = audit_table(read_train_table(str(tmp_path), str(tmp_path / "t.csv")))
+    assert audit.problems.empty and audit.classes == ["0", "ant", "bee"]

@@ -35,7 +35,8 @@ def test_recipe_may_import_a_base_recipe(tmp_path):
     ("epochs=2.5", "recipe key 'epochs' must be int, got 2.5"),
     ("pretrained=1", "recipe key 'pretrained' must be bool"),
     ("loss=focal", "did you mean 'Focal'?"),
-    ("batch_size=0", "'batch_size' must be >= 1"),
+    ("batch_size=0", "'batch_size' must be in [1, inf)"),
+    ("mix_alpha=0", "'mix_alpha' must be in (0, inf)"),
     ("val_fraction=1.5", "'val_fraction' must be in [0, 1)"),
     ("lr", "must look like KEY=VALUE"),
 ])

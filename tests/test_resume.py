@@ -80,18 +80,19 @@ def test_non_finite_losses_are_skipped_counted_then_stop(digits_dir, tmp_path, m
                                       if v.is_floating_point())  # the last good checkpoint is kept
 
 
-def test_sigterm_checkpoints_and_says_how_to_resume(digits_dir, tmp_path):
+def test_sigterm_to_the_process_group_checkpoints_and_says_how_to_resume(digits_dir, tmp_path):
     out = tmp_path / "runs"
     args = [sys.executable, "train.py", "--no-progress", "model=test_resnet", f"data_dir='{digits_dir}/train'",
             f"train_csv='{digits_dir}/train.csv'", "image_size=32", "batch_size=4", "epochs=50",
-            "num_workers=0", f"output_dir='{out}'"]
-    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            "num_workers=1", f"output_dir='{out}'"]
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
     deadline = time.time() + 60
     while not list(out.glob("*/*/train.log")) or "fold 0:" not in next(out.glob("*/*/train.log")).read_text():
         assert time.time() < deadline and proc.poll() is None
         time.sleep(0.2)
     time.sleep(2)  # mid-epoch: an epoch has ~300 steps
-    proc.send_signal(signal.SIGTERM)
+    os.killpg(proc.pid, signal.SIGTERM)  # like torchrun and SLURM: the whole group, data workers too
     stdout, _ = proc.communicate(timeout=60)
     run_dir = next(out.glob("*/*"))
     assert proc.returncode == 128 + signal.SIGTERM

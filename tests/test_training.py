@@ -136,3 +136,24 @@ def test_a_killed_checkpoint_write_keeps_the_previous_file(tmp_path, monkeypatch
     monkeypatch.undo()
     assert torch.load(path, weights_only=True) == {"epoch": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temp file left behind
+
+
+def test_ema_warms_up_so_early_averages_follow_the_model():
+    from engine.optim import ModelEma
+    model = torch.nn.Linear(4, 2)
+    ema = ModelEma(model, decay=0.9998)
+    for _ in range(50):
+        with torch.no_grad():
+            model.weight.add_(1.0)
+        ema.update(model)
+    # a fixed 0.9998 would have moved the average 1% of the way; the warm-up keeps it close
+    assert (model.weight - ema.module.weight).abs().max() < 10 and ema.current_decay() < 0.99
+
+
+def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path):
+    from engine.distributed import Dist
+    from engine.recipe import load_recipe
+    from engine.run import make_run_dir
+    a = make_run_dir(load_recipe(None, {"output_dir": str(tmp_path), "lr": 1e-3}), None, Dist())
+    b = make_run_dir(load_recipe(None, {"output_dir": str(tmp_path), "lr": 3e-3}), None, Dist())
+    assert a != b and from_dict(__import__("json").loads((a / "recipe.json").read_text())).lr == 1e-3
