@@ -6,7 +6,6 @@ accumulation micro-steps) -> unscale -> clip -> finite check -> step -> schedule
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from dataclasses import dataclass, field
 
@@ -53,20 +52,23 @@ class TrainState:
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
 
-def optimizer_update(s: TrainState) -> bool:
-    """Unscale, clip, step (unless non-finite), schedule, EMA; returns whether the update was applied."""
+def optimizer_update(s: TrainState, skip: bool = False) -> bool:
+    """Unscale, clip, step (unless skipped or non-finite), schedule, EMA; returns whether the step was applied."""
     s.scaler.unscale_(s.optimizer)
-    params = [p for g in s.optimizer.param_groups for p in g["params"] if p.grad is not None]
-    norm = torch.nn.utils.clip_grad_norm_(params, s.clip_grad_norm or math.inf, foreach=True)
-    finite = bool(torch.isfinite(norm))  # grads are already all-reduced, so every rank agrees
-    if finite or s.scaler.is_enabled():
-        s.scaler.step(s.optimizer)  # the GradScaler skips a non-finite step on its own
+    if s.clip_grad_norm is not None:  # the norm also tells a non-finite gradient (no norm: the loss check only)
+        params = [p for g in s.optimizer.param_groups for p in g["params"] if p.grad is not None]
+        norm = torch.nn.utils.clip_grad_norm_(params, s.clip_grad_norm, foreach=True)
+        skip = skip or not bool(torch.isfinite(norm))  # grads are all-reduced, so every rank agrees
+    scale = s.scaler.get_scale() if s.scaler.is_enabled() else 1.0
+    if not skip or s.scaler.is_enabled():
+        s.scaler.step(s.optimizer)  # the GradScaler skips a step with inf/NaN gradients on its own
     s.scaler.update()
+    applied = not skip and (not s.scaler.is_enabled() or s.scaler.get_scale() >= scale)  # a lowered scale = skipped
     s.optimizer.zero_grad(set_to_none=True)
     s.scheduler.step()
-    if finite and s.ema is not None:
+    if applied and s.ema is not None:
         s.ema.update(s.model)
-    return finite
+    return applied
 
 
 def train_one_epoch(s: TrainState, loader, epoch: int, start_step: int = 0, mixing: bool = True,
@@ -99,9 +101,9 @@ def train_one_epoch(s: TrainState, loader, epoch: int, start_step: int = 0, mixi
         bad_loss |= ~torch.isfinite(loss.detach())
         sums["seen"] += y.shape[0]
         if is_update:
-            applied = optimizer_update(s)
             stop, loss_was_bad = distributed.any_true([preempt.requested(), bool(bad_loss)], s.device)
             bad_loss.zero_()
+            applied = optimizer_update(s, skip=loss_was_bad)
             # fp16: the GradScaler skips overflowing steps by design; only a non-finite loss counts
             bad = loss_was_bad if s.scaler.is_enabled() else not applied
             s.bad_steps = s.bad_steps + 1 if bad else 0

@@ -47,10 +47,12 @@ class Mixer:
                  enabled: bool = True) -> tuple[torch.Tensor, torch.Tensor, MixInfo]:
         """Images and integer targets -> (possibly mixed) images, soft targets and what was done."""
         soft = smooth_targets(y, self.num_classes, self.smoothing)
+        if not (enabled and self.active):
+            return x, soft, MixInfo("none", 1.0, None)
         g = torch.Generator().manual_seed(hash((self.seed, epoch, step, rank)) % (2**63))
         u = float(torch.rand((), generator=g))
         mode = "mixup" if u < self.mixup_ratio else "cutmix" if u < self.mixup_ratio + self.cutmix_ratio else "none"
-        if not enabled or mode == "none" or x.shape[0] < 2:
+        if mode == "none" or x.shape[0] < 2:
             return x, soft, MixInfo("none", 1.0, None)
         lam = float(np.random.default_rng(int(torch.randint(2**62, (1,), generator=g))).beta(self.alpha, self.alpha))
         order = torch.randperm(x.shape[0], generator=g)
@@ -62,7 +64,7 @@ class Mixer:
         else:
             y0, y1, x0, x1 = cutmix_box(lam, x.shape[-2], x.shape[-1], g)
             x = x.clone()
-            x[..., y0:y1, x0:x1] = x[partner][..., y0:y1, x0:x1]
+            x[..., y0:y1, x0:x1] = x[partner, ..., y0:y1, x0:x1]  # gather the box only
             lam = 1 - (y1 - y0) * (x1 - x0) / (x.shape[-2] * x.shape[-1])
         soft = lam * soft + (1 - lam) * soft[partner]
         return x, soft, MixInfo(mode, lam, partner)
