@@ -1,6 +1,7 @@
 """Models from timm: by name, with pretrained weights from timm or a local file, any class count."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import timm
@@ -55,8 +56,9 @@ def load_pretrained(model: torch.nn.Module, path: str) -> None:
     head = model.get_classifier() if hasattr(model, "get_classifier") else None
     if skipped and head is not None and hasattr(model, "reset_classifier"):
         model.reset_classifier(model.num_classes)  # fresh head sized for our classes
-    print(f"loaded {matched}/{len(own)} tensors from {path}"
-          + (f"; new classifier for {len(skipped)} mismatched tensors" if skipped else ""))
+    if int(os.environ.get("RANK", 0)) == 0:  # under torchrun, say it once
+        print(f"loaded {matched}/{len(own)} tensors from {path}"
+              + (f"; new classifier for {len(skipped)} mismatched tensors" if skipped else ""))
 
 
 def data_config(model: torch.nn.Module) -> dict:
