@@ -1,0 +1,44 @@
+"""Models: any timm name, local pretrained weights with a new head, clear errors without the network."""
+import pytest
+import torch
+
+from engine.errors import UserError
+from engine.models import build_model, data_config
+
+
+def test_pretrained_path_loads_the_backbone_and_adapts_the_head(tmp_path):
+    source = build_model("test_resnet", 10)
+    torch.save({"model": source.state_dict()}, tmp_path / "w.pt")  # a checkpoint-style file
+    model = build_model("test_resnet", 5, pretrained_path=str(tmp_path / "w.pt"))
+    theirs, ours = source.state_dict(), model.state_dict()
+    head = {k for k in ours if ours[k].shape != theirs[k].shape}
+    assert head and all(ours[k].shape[0] == 5 for k in head)  # the classifier now has 5 classes
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours if k not in head and "num_batches" not in k)
+
+
+def test_weights_from_another_architecture_are_refused(tmp_path):
+    torch.save(build_model("test_vit", 3).state_dict(), tmp_path / "vit.pt")
+    with pytest.raises(UserError, match="shares only 0 of 92 weights"):
+        build_model("test_resnet", 3, pretrained_path=str(tmp_path / "vit.pt"))
+    with pytest.raises(UserError, match="not found"):
+        build_model("test_resnet", 3, pretrained_path=str(tmp_path / "nope.pt"))
+
+
+def test_pretrained_without_the_network_says_what_to_do(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(UserError) as e:
+        build_model("test_resnet", 3, pretrained=True)
+    assert "set pretrained_path to a local weights file or pretrained=False" in str(e.value)
+
+
+def test_unknown_model_names_similar_ones():
+    with pytest.raises(UserError, match="unknown timm model 'resnett18'.*resnet"):
+        build_model("resnett18", 3)
+
+
+def test_drop_path_reaches_the_model_and_data_config_has_the_model_norm():
+    model = build_model("test_convnext", 3, drop_path=0.2)
+    rates = [m.drop_prob for m in model.modules() if type(m).__name__ == "DropPath"]
+    assert rates and max(rates) == pytest.approx(0.2)
+    cfg = data_config(model)
+    assert len(cfg["mean"]) == 3 and 0 < cfg["crop_pct"] <= 1
