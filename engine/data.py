@@ -5,8 +5,11 @@ batches whatever the number of workers, and a run resumed mid-epoch sees exactly
 """
 from __future__ import annotations
 
+import atexit
+import multiprocessing
 import os
 import signal
+import weakref
 from typing import Callable, Iterator, Sequence
 
 import torch
@@ -89,20 +92,43 @@ def default_num_workers(local_world: int = 1) -> int:
     return max(0, spare if torch.cuda.is_available() else min(8, spare))
 
 
+_LOADERS: "weakref.WeakSet[DataLoader]" = weakref.WeakSet()
+
+
 def _ignore_stop_signals(worker_id: int) -> None:
     """Workers leave SIGTERM/SIGINT to the main process, which checkpoints and then ends them.
 
     torchrun and SLURM signal the whole process group; a worker killed first would crash the main
-    process mid-checkpoint. Workers still exit when the main process goes away.
+    process mid-checkpoint. The main process ends them with `stop_workers` (and at exit).
     """
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+def stop_workers() -> None:
+    """End every loader's persistent workers now, also after an exception that left them running."""
+    for loader in list(_LOADERS):
+        iterator = getattr(loader, "_iterator", None)
+        if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+            iterator._shutdown_workers()
+        loader._iterator = None
+
+
+@atexit.register  # runs before multiprocessing's own exit hook, whose SIGTERM the workers ignore
+def _kill_leftover_workers() -> None:
+    stop_workers()
+    for child in multiprocessing.active_children():
+        if child.daemon:
+            child.kill()
+
+
 def make_loader(dataset: Dataset, batch_size: int, sampler: Sampler, num_workers: int, train: bool,
                 pin_memory: bool = False) -> DataLoader:
     """A DataLoader with the engine's defaults (persistent workers, prefetch, pinned memory on CUDA)."""
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
                       drop_last=train and len(sampler) > batch_size, pin_memory=pin_memory,
                       generator=torch.Generator(), worker_init_fn=_ignore_stop_signals,  # its own: starting an epoch must not draw from the global RNG
                       persistent_workers=num_workers > 0, prefetch_factor=4 if num_workers > 0 else None)
+    if num_workers > 0:
+        _LOADERS.add(loader)
+    return loader

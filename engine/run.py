@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from engine import checkpoint, distributed, preempt
+from engine.data import stop_workers
 from engine.demo import ensure_demo_data
 from engine.distributed import Dist
 from engine.errors import UserError
@@ -123,6 +124,7 @@ def train(recipe: Recipe, fold: int | None = None, name: str | None = None, resu
         log.print(f"{e}\nresume with: python train.py --resume {run_dir}")
         raise
     finally:
+        stop_workers()  # a pruned sweep trial or an exception must not leave data workers behind
         preempt.uninstall()
         log.close()
     return run_dir

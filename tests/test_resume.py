@@ -99,3 +99,21 @@ def test_sigterm_to_the_process_group_checkpoints_and_says_how_to_resume(digits_
     assert f"resume with: python train.py --resume {run_dir}" in stdout
     progress = checkpoint.load_checkpoint(run_dir / "fold0" / "last.pt")["progress"]
     assert progress["step"] > 0 and not progress["finished"]
+
+
+def test_an_exception_out_of_training_leaves_no_data_worker_behind(digits_dir, tmp_path):
+    # workers ignore SIGTERM (see above), so the engine must end them itself, or exit would hang
+    code = f"""
+import sys; sys.path.insert(0, {str(ROOT)!r})
+from engine.run import train
+from tests.conftest import digits_recipe
+from pathlib import Path
+def prune(row): raise RuntimeError("pruned")
+try:
+    train(digits_recipe(Path({str(digits_dir)!r}), Path({str(tmp_path)!r}), num_workers=1, epochs=3), on_epoch=prune,
+          show_progress=False)
+except RuntimeError as e:
+    print("caught", e)
+"""
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "caught pruned" in out.stdout, out.stderr[-2000:]
