@@ -67,6 +67,8 @@ def make_run_dir(recipe: Recipe, name: str | None, d: Dist) -> Path:
 def find_resume(target: str) -> tuple[Path, Recipe]:
     """--resume accepts a run folder or any checkpoint inside one; returns (run folder, saved recipe)."""
     p = Path(target)
+    if not p.exists():
+        raise UserError(f"--resume {target}: not found; pass a run folder (runs/<recipe>/<time>) or its last.pt")
     run_dir = p if p.is_dir() else p.parent.parent if p.parent.name.startswith("fold") else p.parent
     if not (run_dir / "recipe.json").is_file():
         raise UserError(f"--resume {target}: no recipe.json in {run_dir}; pass a run folder under runs/")
@@ -91,10 +93,10 @@ def train(recipe: Recipe, fold: int | None = None, name: str | None = None, resu
     run_dir = None
     if resume:
         run_dir, recipe = find_resume(resume)
-    table, classes, audit = load_data(recipe, d, say)
-    folds = list(range(recipe.folds)) if fold is None else [fold]
     if fold is not None and not 0 <= fold < recipe.folds:
         raise UserError(f"--fold {fold} is out of range: the recipe has folds = {recipe.folds} (0..{recipe.folds - 1})")
+    folds = list(range(recipe.folds)) if fold is None else [fold]
+    table, classes, audit = load_data(recipe, d, say)
     if dry_run:
         describe_dry_run(recipe, table, classes, d, say)
         return None

@@ -94,3 +94,13 @@ def test_cli_prints_one_line_error_and_exit_code_2():
 
 def test_defaults_are_a_valid_recipe():
     assert Recipe() == load_recipe(None)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--resume", "runs/nothing"], "error: --resume runs/nothing: not found"),
+    (["--fold", "3", "epochs=1"], "error: --fold 3 is out of range: the recipe has folds = 1 (0..0)"),
+    (["--resume", "runs/x", "lr=1"], "error: --resume continues the saved recipe exactly"),
+])
+def test_command_line_mistakes_are_one_line(args, message):
+    out = subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 2 and out.stderr.startswith(message) and out.stderr.count("\n") == 1
