@@ -1,7 +1,8 @@
-"""The training loop: `train_one_epoch`, `evaluate` and `fit` (one fold, set-up to last epoch).
+"""The training loop: `train_one_epoch` and `evaluate` (engine/fit.py builds the state and runs the epochs).
 
 Order of one optimizer update: autocast forward -> fp32 loss -> scaled backward (no_sync on
-accumulation micro-steps) -> unscale -> clip -> finite check -> step -> schedule -> EMA.
+accumulation micro-steps) -> agree on stop / non-finite loss across ranks -> unscale -> clip ->
+step (or skip) -> schedule -> EMA.
 """
 from __future__ import annotations
 
