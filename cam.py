@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from engine.errors import UserError
+from engine.errors import run_command
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -38,13 +38,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    try:
+
+    def explain() -> None:
         from engine.explain import run_cam
         run_cam(**vars(args))
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run_command(explain)
 
 
 if __name__ == "__main__":

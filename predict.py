@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from engine.errors import UserError
+from engine.errors import UserError, run_command
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -116,12 +116,7 @@ def run(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    try:
-        run(args)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run_command(lambda: run(args))
 
 
 if __name__ == "__main__":

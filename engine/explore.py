@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from engine.errors import UserError
+from engine.errors import run_command
 
 DEFAULT_RECIPE = "recipes/demo.py"
 
@@ -28,25 +28,24 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return p.parse_intermixed_args(argv)  # flags may stand between KEY=VALUE overrides
 
 
+def run(args: argparse.Namespace) -> None:
+    """The report (or with --augment only the augmentation picture) for the recipe's data."""
+    from engine.exploration import default_out_dir, explore
+    from engine.recipe import load_recipe_args
+    recipe = load_recipe_args(args.items, DEFAULT_RECIPE)
+    out = args.out or default_out_dir(recipe)
+    if args.augment:
+        from pathlib import Path
+        from engine.augment_preview import write_augment_preview
+        print(f"wrote {write_augment_preview(recipe, Path(out) / 'augment.png')}")
+        return
+    result = explore(recipe, out, args.classes, args.write_clean, args.workers, not args.no_progress)
+    print(f"report: {result.report}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    try:
-        from engine.exploration import default_out_dir, explore
-        from engine.recipe import load_recipe_args
-        recipe = load_recipe_args(args.items, DEFAULT_RECIPE)
-        out = args.out or default_out_dir(recipe)
-        if args.augment:
-            from pathlib import Path
-            from engine.augment_preview import write_augment_preview
-            print(f"wrote {write_augment_preview(recipe, Path(out) / 'augment.png')}")
-            return 0
-        result = explore(recipe, out, args.classes, args.write_clean, args.workers, not args.no_progress)
-        print(f"report: {result.report}")
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
-
+    return run_command(lambda: run(args))
 
 if __name__ == "__main__":
     sys.exit(main())
