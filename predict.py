@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from engine.atomic import write_csv
 from engine.errors import UserError, run_command
 
 
@@ -36,14 +37,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--runs-dir", default="runs", help="where to look for the newest run (default runs/)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p.parse_args(argv)
-
-
-def write_csv(frame: pd.DataFrame, path: Path) -> None:
-    """Atomic CSV write: a killed run never leaves half a submission."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    frame.to_csv(tmp, index=False, float_format="%.6g")
-    tmp.replace(path)
 
 
 def check_labels(table: pd.DataFrame, classes: list[str], csv: str) -> None:
@@ -104,13 +97,13 @@ def run(args: argparse.Namespace) -> None:
     else:
         out = pd.DataFrame({"ID": np.arange(len(table)), "image_path": table["image_path"], "target": pred})
         out_path = Path(args.out) if args.out else folder / "output.csv"
-    write_csv(out, out_path)
+    write_csv(out, out_path, float_format="%.6g")
     print(f"wrote {out_path}")
     if args.save_probs:
         probs_frame = pd.DataFrame(probs.numpy(), columns=classes)
         probs_frame.insert(0, "image_path", table["image_path"].values)
         probs_path = out_path.with_name(out_path.stem + "_probs.csv")
-        write_csv(probs_frame, probs_path)
+        write_csv(probs_frame, probs_path, float_format="%.6g")
         print(f"wrote {probs_path}")
 
 

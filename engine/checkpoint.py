@@ -5,31 +5,19 @@ scheduler, scaler, ema, rng, early_stopping and progress (step inside the epoch,
 """
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from engine.atomic import write_atomic
 from engine.errors import UserError
 
 
 def save_atomic(obj: dict, path: str | Path) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename: a killed write leaves the old file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """torch.save through a temporary file and a rename: a killed write leaves the old file."""
+    write_atomic(path, lambda f: torch.save(obj, f), binary=True)
 
 
 def load_checkpoint(path: str | Path) -> dict:

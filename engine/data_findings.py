@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from engine.image_facts import hash_words, save_csv_atomic
+from engine.atomic import write_csv
+from engine.image_facts import hash_words
 from engine.tables import Audit, audit_table, check_image_file
 
 FINDING_COLUMNS = ["kind", "split", "row", "image_path", "class_name", "other_image_path", "other_class_name",
@@ -211,5 +212,5 @@ def find_problems(train: pd.DataFrame, test: pd.DataFrame | None, facts: pd.Data
 
 def write_clean_csv(clean: pd.DataFrame, path: str | Path) -> Path:
     """The cleaned table as a train.csv training can use (class_name,image_path,target), written atomically."""
-    save_csv_atomic(clean[["class_name", "image_path", "target"]], path)
+    write_csv(clean[["class_name", "image_path", "target"]], path)
     return Path(path)

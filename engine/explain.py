@@ -153,7 +153,7 @@ def run_cam(images: Sequence[str] = (), ckpt: str | None = None, runs: str = "ru
             no_progress: bool = False) -> None:
     """Everything cam.py does (its options, by name): pages + cams.csv, --list-layers, or the --mistakes grid."""
     from engine.checkpoint import newest_run, resolve_checkpoint
-    from engine.image_facts import save_csv_atomic
+    from engine.atomic import write_csv
     if top_k < 1 or batch_size < 1 or count < 1:
         raise UserError("--top-k, --batch-size and --count must be at least 1")
     if mistakes:
@@ -171,7 +171,7 @@ def run_cam(images: Sequence[str] = (), ckpt: str | None = None, runs: str = "ru
     folder.mkdir(parents=True, exist_ok=True)
     print(f"{path}: {member.recipe.model}, {len(member.classes)} classes, {method}")
     table = explain_images(member, paths, folder, target, method, layer, top_k, batch_size, save_maps, not no_progress)
-    save_csv_atomic(table, folder / "cams.csv")
+    write_csv(table, folder / "cams.csv")
     on_ink = table.loc[~table["flat"], "cam_on_ink"]
     print(f"wrote {len(paths)} page(s) and cams.csv to {folder}/; " + (
         f"median share of the map on ink {on_ink.median():.0%} (ink covers {table['ink_area'].median():.0%} "

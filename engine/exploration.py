@@ -17,7 +17,8 @@ from engine.demo import ensure_demo_data
 from engine.eda_plots import duplicates_plot, write_plots
 from engine.errors import UserError
 from engine.html_report import write_report
-from engine.image_facts import save_csv_atomic, scan_images
+from engine.atomic import write_csv
+from engine.image_facts import scan_images
 from engine.recipe import Recipe
 from engine.tables import read_test_table, read_train_table
 
@@ -130,8 +131,8 @@ def explore(recipe: Recipe, out_dir: str | Path | None = None, classes: Sequence
     plots = write_plots(readable, counts, _pick_classes(counts, classes, recipe.seed), out, recipe.seed)
     if pairs := _duplicate_pairs(found.findings, train, test):
         plots.append(("Duplicates and leakage", duplicates_plot(pairs, out / "duplicates.png")))
-    save_csv_atomic(found.findings, out / "findings.csv")
-    save_csv_atomic(counts.rename("images").reset_index(), out / "class_counts.csv")
+    write_csv(found.findings, out / "findings.csv")
+    write_csv(counts.rename("images").reset_index(), out / "class_counts.csv")
     notes = []
     if write_clean:
         notes.append(f"cleaned train.csv written to {write_clean_csv(found.clean, write_clean)}")

@@ -13,6 +13,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from engine import checkpoint, distributed, preempt
 from engine.data import EpochSampler, ImageDataset, ShardSampler, default_num_workers, make_loader
+from engine.atomic import write_csv
 from engine.distributed import Dist
 from engine.errors import UserError
 from engine.loop import TrainState, evaluate, resolve_precision, train_one_epoch
@@ -208,6 +209,4 @@ def write_val_predictions(path: Path, table: pd.DataFrame, probs: torch.Tensor, 
                         "class_name": table["class_name"].values, "pred": pred,
                         "pred_name": [classes[p] for p in pred], "confidence": top.values[:, 0].numpy(),
                         "top5": [" ".join(map(str, row)) for row in top.indices.tolist()]})
-    tmp = path.with_suffix(".tmp")
-    out.to_csv(tmp, index=False)
-    tmp.replace(path)
+    write_csv(out, path)

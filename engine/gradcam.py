@@ -145,6 +145,8 @@ def get_layer(model: torch.nn.Module, name: str) -> torch.nn.Module:
 
 def resolve_target(text: str | int, classes: list[str]) -> int:
     """A class index from an index or a class name; a UserError listing near matches for an unknown name."""
+    if text in classes:  # a class literally named "6" is that class, wherever it sits
+        return classes.index(text)
     if isinstance(text, int) or str(text).lstrip("-").isdigit():
         index = int(text)
         if not 0 <= index < len(classes):

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import warnings
 from multiprocessing import Pool
 from pathlib import Path
@@ -16,6 +15,8 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 from tqdm import tqdm
+
+from engine.atomic import write_csv
 
 FACT_COLUMNS = ["path", "file_bytes", "mtime_ns", "error", "format", "mode", "width", "height",
                 "is_colour", "ink", "sha1", "phash"]
@@ -106,28 +107,6 @@ def facts_of_file(path: str) -> dict:
     return row
 
 
-def make_readable(path: str) -> None:
-    """Give a temporary file the permissions a plain open() would have (mkstemp makes it owner-only)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
-
-
-def save_csv_atomic(frame: pd.DataFrame, path: str | Path) -> None:
-    """Write a CSV through a temporary file and a rename: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            frame.to_csv(f, index=False)
-        make_readable(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _read_cache(cache: Path | None) -> dict[str, dict]:
     if cache is None or not cache.is_file():
         return {}
@@ -179,5 +158,5 @@ def scan_images(paths: Sequence[str], cache: str | Path | None = None, workers: 
     if cache is not None and fresh:
         kept = [r for r in known.values() if r["error"] != "missing"]  # a missing file has no key to check
         everything = pd.DataFrame(kept, columns=FACT_COLUMNS)
-        save_csv_atomic(everything, cache)
+        write_csv(everything, cache)
     return facts.set_index("path", drop=False), len(todo)

@@ -155,6 +155,8 @@ def run_model(m: Member, x: torch.Tensor, amp: torch.dtype | None, size: int) ->
     with torch.autocast(x.device.type, dtype=amp) if amp else contextlib.nullcontext():
         try:
             logits = m.model(x)
+        except torch.OutOfMemoryError as e:
+            raise UserError(f"out of memory predicting {size}px images with {m.recipe.model}; lower --batch-size") from e
         except (RuntimeError, AssertionError) as e:
             if size == m.recipe.image_size:
                 raise
@@ -181,11 +183,16 @@ def fold_checkpoints(run_dir: Path, kfold: bool) -> list[Path]:
     folds = trained_folds if kfold else 1
     if trained_folds > 1 and not kfold:
         print(f"note: {run_dir.name} has {trained_folds} folds; using fold0 only (--kfold averages all of them)")
+    from engine.oof import fold_finished
     paths = [run_dir / f"fold{k}" / "best.pt" for k in range(folds)]
     missing = [p.parent.name for p in paths if not p.is_file()]
     if missing:
         raise UserError(f"{run_dir} lacks best.pt for {', '.join(missing)} of {folds} fold(s); train them with "
                         f"python train.py --resume {run_dir}  (or --fold K on each machine)")
+    unfinished = [p.parent.name for p in paths if not fold_finished(p.parent)]
+    if unfinished:  # a stopped fold's best.pt is an undertrained model: never average it in silently
+        raise UserError(f"{run_dir}: {', '.join(unfinished)} did not finish training; resume with "
+                        f"python train.py --resume {run_dir}, or pass a fold's best.pt explicitly to use it anyway")
     return paths
 
 

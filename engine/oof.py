@@ -6,14 +6,13 @@ finished writes oof.csv and oof_metrics.json (atomically, so two finishing toget
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
+from engine.atomic import write_csv, write_text
 from engine.metrics import macro_f1, per_class_accuracy
 
 LOWER_IS_BETTER = {"val_loss"}
@@ -89,13 +88,6 @@ def best_epoch(fold_dir: Path, monitor: str) -> int | None:
     return int(metrics.at[row, "epoch"])
 
 
-def write_text_atomic(text: str, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def fold_table(run_dir: Path, table: pd.DataFrame, num_classes: int, monitor: str) -> str:
     """The folds' scores, one line each, and the out-of-fold total."""
     lines = [f"  {'fold':<6}{'best epoch':>11}{'images':>8}{'acc':>8}{'top5':>8}{'macro-F1':>10}"]
@@ -114,12 +106,10 @@ def fold_table(run_dir: Path, table: pd.DataFrame, num_classes: int, monitor: st
 def write_oof(run_dir: Path, folds: int, num_classes: int) -> pd.DataFrame:
     """oof.csv (every training row once, predicted by the fold that did not train on it) and oof_metrics.json."""
     table = read_fold_predictions(run_dir, folds)
-    tmp = run_dir / ".oof.csv.tmp"
-    table.to_csv(tmp, index=False)
-    tmp.replace(run_dir / "oof.csv")
+    write_csv(table, run_dir / "oof.csv")
     metrics = oof_metrics(table, num_classes)
     metrics["folds"] = {str(k): score(part, num_classes) for k, part in table.groupby("fold")}
-    write_text_atomic(json.dumps(metrics, indent=2) + "\n", run_dir / "oof_metrics.json")
+    write_text(run_dir / "oof_metrics.json", json.dumps(metrics, indent=2) + "\n")
     return table
 
 

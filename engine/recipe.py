@@ -237,10 +237,8 @@ def differing_keys(a: Recipe, b: Recipe) -> list[str]:
 
 def save_json(recipe: Recipe, path: str | Path) -> None:
     """Write recipe.json atomically (another machine may be reading it)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(recipe.to_dict(), indent=2) + "\n")
-    tmp.replace(path)
+    from engine.atomic import write_text
+    write_text(path, json.dumps(recipe.to_dict(), indent=2) + "\n")
 
 
 def from_dict(values: dict) -> Recipe:

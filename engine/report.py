@@ -19,6 +19,7 @@ import pandas as pd
 from matplotlib.figure import Figure  # figures without pyplot: no GUI backend, no global state
 from matplotlib.ticker import MaxNLocator
 
+from engine.atomic import write_atomic, write_csv
 from engine.errors import UserError
 from engine.oof import class_names
 
@@ -34,6 +35,14 @@ def find_run_dir(path: Path) -> Path | None:
     return None
 
 
+def read_predictions_csv(path: Path) -> pd.DataFrame:
+    try:
+        return pd.read_csv(path)
+    except Exception as e:
+        raise UserError(f"'{path}' is not a predictions CSV ({type(e).__name__}); pass a run folder, oof.csv "
+                        f"or a val_predictions.csv") from e
+
+
 def load_predictions(source: Path) -> tuple[pd.DataFrame, Path]:
     """A predictions table and the folder the report goes to: a run folder's oof.csv (else its folds'
     val_predictions.csv), or the given CSV."""
@@ -41,9 +50,9 @@ def load_predictions(source: Path) -> tuple[pd.DataFrame, Path]:
         csvs = [source / "oof.csv"] if (source / "oof.csv").is_file() else sorted(source.glob("fold*/val_predictions.csv"))
         if not csvs:
             raise UserError(f"'{source}' has no oof.csv or fold*/val_predictions.csv; train a run first")
-        table, out_dir = pd.concat([pd.read_csv(c) for c in csvs], ignore_index=True), source
+        table, out_dir = pd.concat([read_predictions_csv(c) for c in csvs], ignore_index=True), source
     elif source.is_file():
-        table, out_dir = pd.read_csv(source), source.parent
+        table, out_dir = read_predictions_csv(source), source.parent
     else:
         raise UserError(f"'{source}' not found; pass a run folder or a predictions CSV")
     missing = [c for c in ("image_path", "target", "pred", "confidence") if c not in table]
@@ -69,9 +78,7 @@ def confused_pairs(conf: np.ndarray, names: list[str], k: int = 20) -> pd.DataFr
 
 
 def save(fig: Figure, path: Path) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
-    tmp.replace(path)
+    write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=100, bbox_inches="tight"), binary=True)
     return path
 
 
@@ -187,8 +194,7 @@ def make_report(source: str | Path, data_dir: str | None = None) -> list[Path]:
     conf = confusion(table, n)
     pairs = confused_pairs(conf, names)
     pairs_path = out_dir / "confused_pairs.csv"
-    pairs.to_csv(pairs_path.with_name(".confused_pairs.tmp"), index=False)
-    pairs_path.with_name(".confused_pairs.tmp").replace(pairs_path)
+    write_csv(pairs, pairs_path)
     image_root = Path(data_dir) if data_dir else Path(recipe["data_dir"]) if "data_dir" in recipe else None
     written = [pairs_path, plot_worst_confusion(conf, names, out_dir / "report_confusion.png"),
                plot_per_class(conf, names, out_dir / "report_per_class.png"),

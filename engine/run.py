@@ -119,8 +119,11 @@ def train(recipe: Recipe, fold: int | None = None, name: str | None = None, resu
             results[k] = fit(recipe, k, train_rows, val_rows, classes, fold_dir, d, log, state, show_progress, on_epoch)
         if d.is_main:
             finish_folds(run_dir, recipe, results, log, classes)
-        log.print(f"done. run folder: {run_dir}\nnext: python predict.py {run_dir}"
-                  f"{' --kfold' if recipe.folds > 1 else ''}   |   python cam.py IMAGE --ckpt {run_dir}/fold0/best.pt")
+        k = folds[0]
+        log.print(f"done. run folder: {run_dir}\nnext: python predict.py "
+                  + (f"{run_dir}{' --kfold' if recipe.folds > 1 else ''}" if len(folds) == recipe.folds
+                     else f"{run_dir}/fold{k}/best.pt  (--kfold once every fold is trained)")
+                  + f"   |   python cam.py IMAGE --ckpt {run_dir}/fold{k}/best.pt")
         distributed.cleanup()
     except preempt.Preempted as e:
         log.print(f"{e}\nresume with: python train.py --resume {run_dir}")

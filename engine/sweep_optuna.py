@@ -8,6 +8,8 @@ recipe's own values are the first trial. Several processes or machines can share
 from __future__ import annotations
 
 import time
+import os
+import socket
 import warnings
 from pathlib import Path
 
@@ -45,8 +47,12 @@ def open_study(recipe: Recipe, spec: SweepSpec, name: str, sweep_dir: Path, stor
     url = storage or f"sqlite:///{(sweep_dir / 'study.db').resolve()}"
     with warnings.catch_warnings():  # the heartbeat is "experimental" in Optuna but long stable
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        db = optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=3 * HEARTBEAT_S)
-    exists = name in [s.study_name for s in optuna.get_all_study_summaries(db, include_best_trial=False)]
+        try:
+            db = optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=3 * HEARTBEAT_S)
+            exists = name in [s.study_name for s in optuna.get_all_study_summaries(db, include_best_trial=False)]
+        except Exception as e:  # a bad URL or an unreachable database, from SQLAlchemy
+            raise UserError(f"--storage {url}: cannot open the study database ({type(e).__name__}); use a URL like "
+                            f"sqlite:///path/study.db or postgresql://user@host/db") from e
     if exists and not resume:
         raise UserError(f"sweep '{name}' already exists in {url}; add --resume to add trials, or pick another --name")
     if resume and not exists:
@@ -66,7 +72,9 @@ def open_study(recipe: Recipe, spec: SweepSpec, name: str, sweep_dir: Path, stor
         print(f"warning: the recipe's sweep config changed since sweep '{name}' started; continuing with the new one")
     if study.direction.name.lower() != spec.goal:
         raise UserError(f"sweep '{name}' was started to {study.direction.name.lower()}; its metric goal cannot change")
-    study.sampler = make_sampler(spec, recipe.seed + len(study.trials))  # a resumed session draws new values
+    # a resumed session draws new values; workers joining together must not draw the same ones
+    joiner = hash((os.getpid(), socket.gethostname())) % 100_003 if resume else 0
+    study.sampler = make_sampler(spec, recipe.seed + len(study.trials) + joiner)
     return study
 
 
@@ -137,7 +145,10 @@ def run_optuna(recipe: Recipe, spec: SweepSpec, name: str, sweep_dir: Path, coun
 
     start = time.time()
     if count:
-        study.optimize(objective, n_trials=count, catch=(Exception,), callbacks=[after], gc_after_trial=True)
+        callbacks = [after]
+        if spec.run_cap is not None:  # several workers share the cap, not one cap each
+            callbacks.append(optuna.study.MaxTrialsCallback(spec.run_cap, states=None))
+        study.optimize(objective, n_trials=count, catch=(Exception,), callbacks=callbacks, gc_after_trial=True)
     log(f"sweep '{name}': {len(errors)} trials in {(time.time() - start) / 60:.1f} min")
     return trial_rows(study, spec), importances(study)
 

@@ -5,26 +5,18 @@ A trial row is a plain dict: trial, state, <metric>, duration_s, run, and one co
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import pandas as pd
 
+from engine.atomic import write_csv, write_text
 from engine.recipe import Recipe
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def write_trials_csv(rows: list[dict], path: Path) -> pd.DataFrame:
     """All trials, one row each, written atomically; returns the table."""
     table = pd.DataFrame(rows)
-    tmp = path.with_name(path.name + ".tmp")
-    table.to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    write_csv(table, path)
     return table
 
 
@@ -44,7 +36,7 @@ def recipe_file_text(recipe: Recipe, header: str) -> str:
 
 
 def write_recipe_file(recipe: Recipe, path: Path, header: str) -> None:
-    _atomic_text(path, recipe_file_text(recipe, header))
+    write_text(path, recipe_file_text(recipe, header))
 
 
 def best_table(rows: list[dict], params: list[str], metric: str, goal: str, n: int = 5) -> str:

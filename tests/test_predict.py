@@ -138,6 +138,16 @@ def test_kfold_lists_the_missing_folds(trained_run, tmp_path, capsys):
     assert "fold1, fold2" in err and "fold0" not in err.split("lacks")[1].split("of")[0]
 
 
+def test_kfold_refuses_a_fold_that_did_not_finish(trained_run, tmp_path, capsys):
+    run = tmp_path / "runs" / "digits" / "20260101-000000"
+    shutil.copytree(trained_run, run)
+    last = torch.load(run / "fold0" / "last.pt", weights_only=True)
+    last["progress"]["finished"] = False  # as if pre-empted: its best.pt is an undertrained model
+    torch.save(last, run / "fold0" / "last.pt")
+    err = error_of([str(run), "--kfold"], capsys)
+    assert "fold0 did not finish training" in err and "--resume" in err
+
+
 def test_mismatched_classes_are_refused(trained_run, tmp_path, capsys):
     classes = load_checkpoint(trained_run / "fold0" / "best.pt")["classes"]
     other = convnext_checkpoint(trained_run, tmp_path / "other.pt", classes=classes[::-1])
