@@ -71,15 +71,12 @@ def all_sum(values: torch.Tensor) -> torch.Tensor:
     return values
 
 
-def gather_rows(rows: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Concatenate every rank's rows (CPU tensors) with their dataset indices, sorted by index."""
-    if dist.is_initialized():
-        parts = [None] * dist.get_world_size()
-        dist.all_gather_object(parts, (rows, index))
-        rows = torch.cat([p[0] for p in parts])
-        index = torch.cat([p[1] for p in parts])
+def gather_rows(index: torch.Tensor, *columns: torch.Tensor) -> list[torch.Tensor]:
+    """Every rank's rows (CPU tensors, one gather for all columns), sorted by their dataset index."""
+    parts = all_objects((index, *columns))
+    index = torch.cat([p[0] for p in parts])
     order = index.argsort()
-    return rows[order], index[order]
+    return [torch.cat([p[c] for p in parts])[order] for c in range(1, len(columns) + 1)]
 
 
 def all_objects(obj) -> list:

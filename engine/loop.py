@@ -150,8 +150,7 @@ def evaluate(model: torch.nn.Module, loader, s_device: torch.device, normalize: 
         index.append(torch.as_tensor(indices[position:position + len(y)]))
         position += len(y)
     model.train(was_training)
-    p, i = distributed.gather_rows(torch.cat(probs), torch.cat(index))
-    t, _ = distributed.gather_rows(torch.cat(targets), torch.cat(index))
+    p, t = distributed.gather_rows(torch.cat(index), torch.cat(probs), torch.cat(targets))
     loss = -torch.log(p.gather(1, t.view(-1, 1)).clamp_min(1e-12)).mean().item()
     return {"loss": loss, **classification_metrics(p, t), "probs": p, "targets": t}
 
