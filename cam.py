@@ -19,7 +19,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("images", nargs="*", metavar="IMAGE", help="image files or folders of images")
     p.add_argument("--ckpt", metavar="RUN_OR_CKPT", help="run folder or .pt file (default: newest run's best.pt)")
-    p.add_argument("--runs", default="runs", help="where to look for the newest run (default: runs)")
+    p.add_argument("--runs", dest="runs_dir", default="runs", help="where to look for the newest run (default: runs)")
     p.add_argument("--target", help="class to explain, by index or name (default: the predicted class)")
     p.add_argument("--top-k", type=int, default=1, help="explain each image's K most likely classes (default 1)")
     p.add_argument("--method", default="gradcam", choices=("gradcam", "gradcam++", "layercam"))
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
 
     def explain() -> None:
-        from engine.explain import run_cam
+        from engine.cam.command import run_cam
         run_cam(**vars(args))
     return run_command(explain)
 

@@ -15,7 +15,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from engine.atomic import write_csv
+from engine.system.atomic import write_csv
+from engine import runs
 from engine.errors import UserError, run_command
 
 
@@ -59,8 +60,8 @@ def check_labels(table: pd.DataFrame, classes: list[str], csv: str) -> None:
 
 def run(args: argparse.Namespace) -> None:
     from engine import inference
-    from engine.metrics import macro_f1, topk_accuracy
-    from engine.tables import read_test_table
+    from engine.evaluate.metrics import macro_f1, topk_accuracy
+    from engine.data.tables import read_test_table
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be >= 1; got {args.batch_size}")
     scales = inference.parse_scales(args.tta_scales)
@@ -83,7 +84,7 @@ def run(args: argparse.Namespace) -> None:
     classes = members[0].classes
     top = probs.topk(min(5, probs.shape[1]), dim=1)
     pred = top.indices[:, 0].numpy()
-    folder = inference.run_folder_of(paths[0])
+    folder = runs.output_folder_of(paths[0])
     if args.val:
         targets = torch.tensor(pd.to_numeric(table["target"]).astype(int).to_numpy())
         print(f"{Path(csv).name}: acc {topk_accuracy(probs, targets, 1):.4f}  top5 {topk_accuracy(probs, targets, 5):.4f}"
@@ -96,7 +97,7 @@ def run(args: argparse.Namespace) -> None:
         out_path = Path(args.out) if args.out else folder / f"val_{Path(csv).stem}.csv"
     else:
         out = pd.DataFrame({"ID": np.arange(len(table)), "image_path": table["image_path"], "target": pred})
-        out_path = Path(args.out) if args.out else folder / "output.csv"
+        out_path = Path(args.out) if args.out else folder / runs.OUTPUT
     write_csv(out, out_path, float_format="%.6g")
     print(f"wrote {out_path}")
     if args.save_probs:

@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from engine.errors import UserError
+from engine.errors import Stopped, UserError, run_command
+from engine.recipe import load_recipe_args
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -30,27 +31,20 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return p.parse_intermixed_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
-    files = [i for i in args.items if "=" not in i]
-    overrides = [i for i in args.items if "=" in i]
+def run(args: argparse.Namespace) -> None:
+    if args.count is not None and args.count < 0:
+        raise UserError(f"--count must be >= 0, got {args.count}")
+    from engine.sweep.runner import run_sweep
+    recipe = load_recipe_args(args.items)
     try:
-        if len(files) != 1:
-            raise UserError(f"give exactly one recipe file, got {', '.join(files) or 'none'}")
-        if args.count is not None and args.count < 0:
-            raise UserError(f"--count must be >= 0, got {args.count}")
-        from engine.recipe import load_recipe
-        from engine.sweep import run_sweep
-        recipe = load_recipe(files[0], overrides)
         run_sweep(recipe, count=args.count, backend=args.backend, storage=args.storage, resume=args.resume,
                   nproc=args.nproc, name=args.name, show_progress=args.progress)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt as e:
-        print(f"sweep interrupted{f' ({e})' if str(e) else ''}; add trials later with --resume", file=sys.stderr)
-        return 130
-    return 0
+        raise Stopped(f"sweep interrupted{f' ({e})' if str(e) else ''}; add trials later with --resume", 130) from e
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_command(lambda: run(parse_args(sys.argv[1:] if argv is None else argv)))
 
 
 if __name__ == "__main__":

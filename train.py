@@ -10,8 +10,7 @@ import sys
 
 from torch.distributed.elastic.multiprocessing.errors import record
 
-from engine import preempt
-from engine.errors import UserError
+from engine.errors import UserError, run_command
 from engine.recipe import describe, load_recipe_args
 
 DEFAULT_RECIPE = "recipes/demo.py"
@@ -32,25 +31,19 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return p.parse_intermixed_args(argv)  # flags may stand between KEY=VALUE overrides
 
 
+def run(args: argparse.Namespace) -> None:
+    if args.resume and args.items:
+        raise UserError("--resume continues the saved recipe exactly; drop the recipe and KEY=VALUE arguments")
+    from engine.train import train
+    recipe = None if args.resume else load_recipe_args(args.items, DEFAULT_RECIPE)
+    train(recipe, fold=args.fold, name=args.name, resume=args.resume, dry_run=args.dry_run,
+          show_progress=not args.no_progress)
+
+
 @record  # under torchrun, the failing rank's traceback is the one reported
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    try:
-        if args.resume and args.items:
-            raise UserError("--resume continues the saved recipe exactly; drop the recipe and KEY=VALUE arguments")
-        from engine.run import train
-        recipe = None if args.resume else load_recipe_args(args.items, DEFAULT_RECIPE)
-        train(recipe, fold=args.fold, name=args.name, resume=args.resume, dry_run=args.dry_run,
-              show_progress=not args.no_progress)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except preempt.Preempted as e:
-        return e.exit_code
-    except preempt.Diverged as e:
-        print(f"error: {e} (last good checkpoint kept)", file=sys.stderr)
-        return 3
-    return 0
+    return run_command(lambda: run(args))
 
 
 if __name__ == "__main__":

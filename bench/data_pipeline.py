@@ -25,8 +25,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine.data import EpochSampler, ImageDataset, make_loader  # noqa: E402
-from engine.transforms import DEFAULT_CROP_PCT, build_train_transform  # noqa: E402
+from engine.data.loader import EpochSampler, ImageDataset, make_loader  # noqa: E402
+from engine.data.transforms import DEFAULT_CROP_PCT, build_train_transform  # noqa: E402
 
 
 def write_sketches(folder: Path, n: int, min_side: int, max_side: int, seed: int = 0) -> list[str]:
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> None:
         t0 = time.perf_counter()
         paths = write_sketches(root, args.images, *args.sides)
         print(f"wrote {len(paths)} synthetic JPEGs in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
-    from engine.cache import image_loader
+    from engine.data.cache import image_loader
     transform = build_train_transform(args.image_size, args.augment)
     loaders, build_s = {}, {}
     for cache in args.caches:

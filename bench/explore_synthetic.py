@@ -1,4 +1,4 @@
-"""Time `engine.explore` on a synthetic sketch set of realistic size: JPEG line drawings of 200-800 px.
+"""Time `python -m engine.explore` on a synthetic sketch set of realistic size: JPEG line drawings of 200-800 px.
 
     python bench/explore_synthetic.py /tmp/sketch25k --images 25000 --classes 500
 
@@ -65,7 +65,7 @@ def main() -> None:
     start = time.perf_counter()
     build(args.root, args.images, args.classes)
     print(f"data set ready in {time.perf_counter() - start:.0f} s: {args.root}")
-    from engine.exploration import explore
+    from engine.explore.analysis import explore
     from engine.recipe import load_recipe
     root = args.root
     recipe = load_recipe(None, dict(data_dir=str(root / "train"), train_csv=str(root / "train.csv"),

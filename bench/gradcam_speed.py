@@ -15,7 +15,7 @@ import timm
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from engine.gradcam import compute_cams, find_target_layer  # noqa: E402
+from engine.cam.gradcam import compute_cams, find_target_layer  # noqa: E402
 
 CASES = [("test_resnet", 64), ("test_resnet", 224), ("resnet18", 64), ("resnet18", 224)]
 BATCH = 8

@@ -21,12 +21,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine.data import ImageDataset  # noqa: E402
-from engine.demo import build_demo_data  # noqa: E402
-from engine.inference import autocast_dtype, load_ensemble, predict_probs  # noqa: E402
+from engine.data.loader import ImageDataset  # noqa: E402
+from engine.data.demo_digits import build_demo_data  # noqa: E402
+from engine.inference import load_ensemble, predict_probs  # noqa: E402
+from engine.system.device import autocast_dtype  # noqa: E402
 from engine.models import build_model, data_config  # noqa: E402
 from engine.recipe import Recipe  # noqa: E402
-from engine.transforms import build_eval_transform  # noqa: E402
+from engine.data.transforms import build_eval_transform  # noqa: E402
 
 
 def make_checkpoint(model_name: str, image_size: int, classes: list[str], path: Path) -> Path:
@@ -57,7 +58,7 @@ def bare_pass(member, paths, batch_size: int, workers: int) -> float:
     dataset = ImageDataset(paths, None, build_eval_transform(member.recipe.image_size, member.crop_pct))
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=workers,
                                          pin_memory=device.type == "cuda")
-    amp = autocast_dtype(device)
+    amp = autocast_dtype("auto", device)
     outputs = []
     t0 = time.perf_counter()
     for x, _ in loader:

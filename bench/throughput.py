@@ -21,12 +21,10 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine.loop import TrainState, train_one_epoch  # noqa: E402
-from engine.losses import build_loss  # noqa: E402
-from engine.mix import Mixer  # noqa: E402
 from engine.models import build_model, data_config  # noqa: E402
-from engine.optim import build_optimizer, build_scheduler  # noqa: E402
-from engine.transforms import Normalize  # noqa: E402
+from engine.recipe import load_recipe  # noqa: E402
+from engine.train.loop import train_one_epoch  # noqa: E402
+from engine.train.state import build_train_state  # noqa: E402
 
 CLASSES = 10
 
@@ -45,18 +43,15 @@ def fresh_model(name: str, channels_last: bool) -> torch.nn.Module:
 
 
 class Engine:
-    """engine.loop.train_one_epoch over a TrainState built the way engine/fit.py builds it."""
+    """engine.train.loop.train_one_epoch over the TrainState fit() trains (engine.train.state.build_train_state)."""
 
     def __init__(self, model_name: str, amp_dtype: torch.dtype | None, channels_last: bool, steps: int):
         model = fresh_model(model_name, channels_last)
-        cfg = data_config(model)
-        optimizer = build_optimizer(model, "AdamW", 1e-3, 0.05)
-        self.state = TrainState(
-            model=model, forward=model, optimizer=optimizer,
-            scheduler=build_scheduler(optimizer, 10**6, 0, "cosine"),
-            scaler=torch.amp.GradScaler("cpu", enabled=False), criterion=build_loss("CE"),
-            mixer=Mixer(CLASSES), normalize=Normalize(cfg["mean"], cfg["std"], channels_last),
-            device=torch.device("cpu"), amp_dtype=amp_dtype)
+        precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[amp_dtype]
+        recipe = load_recipe(None, {"model": model_name, "optimizer": "AdamW", "lr": 1e-3, "weight_decay": 0.05,
+                                    "precision": precision, "channels_last": channels_last, "epochs": 1000,
+                                    "warmup_epochs": 0.0, "scheduler": "cosine"})
+        self.state = build_train_state(recipe, model, CLASSES, data_config(model), steps, torch.device("cpu"))
         self.epoch = 0
 
     def run(self, batches: list) -> float:

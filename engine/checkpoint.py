@@ -1,7 +1,8 @@
 """Checkpoints: plain dicts of tensors and Python values, written atomically, loaded with weights_only=True.
 
-Keys: model, recipe, classes, epoch, metrics, data (normalisation and crop); last.pt also optimizer,
-scheduler, scaler, ema, rng, early_stopping and progress (step inside the epoch, running sums).
+Keys: model, recipe, classes, epoch, metrics, data (normalisation and crop), fold (`model_checkpoint`);
+last.pt adds optimizer, scheduler, scaler, ema, rng, early_stopping and progress (step inside the epoch,
+running sums), written and read by engine/train/state.py alone.
 """
 from __future__ import annotations
 
@@ -11,8 +12,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine.atomic import write_atomic
+from engine.system.atomic import write_atomic
 from engine.errors import UserError
+
+
+def model_checkpoint(base: dict, model_state: dict, epoch: int, metrics: dict) -> dict:
+    """best.pt: the weights with what predict and cam need to rebuild them (`base`: recipe, classes, data, fold)."""
+    return {**base, "model": model_state, "epoch": epoch, "metrics": metrics}
 
 
 def save_atomic(obj: dict, path: str | Path) -> None:
@@ -56,22 +62,3 @@ def restore_rng(state: dict) -> None:
 
 def _as_tuples(x):
     return tuple(_as_tuples(v) for v in x) if isinstance(x, (list, tuple)) else x
-
-
-def resolve_checkpoint(run_or_ckpt: str | Path, name: str = "last.pt", fold: int = 0) -> Path:
-    """A checkpoint file, or a run folder -> its fold<k>/<name>."""
-    p = Path(run_or_ckpt)
-    if p.is_file():
-        return p
-    for candidate in (p / f"fold{fold}" / name, p / name):
-        if candidate.is_file():
-            return candidate
-    raise UserError(f"no {name} in '{p}' (looked in {p}/fold{fold}/); pass a run folder or a .pt file")
-
-
-def newest_run(output_dir: str | Path = "runs") -> Path:
-    """The most recently created run folder under output_dir (one holding recipe.json)."""
-    runs = [p.parent for p in Path(output_dir).glob("*/*/recipe.json")]
-    if not runs:
-        raise UserError(f"no runs under '{output_dir}/'; train one first: python train.py")
-    return max(runs, key=lambda p: (p.joinpath("recipe.json").stat().st_mtime, p.name))

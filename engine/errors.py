@@ -1,4 +1,4 @@
-"""The one exception type for bad input a user can fix; the CLIs print it as a single line."""
+"""The exceptions a user sees, and the one exit path every command line goes through."""
 from __future__ import annotations
 
 import sys
@@ -14,11 +14,31 @@ class UserError(Exception):
         super().__init__(message)
 
 
+class Stopped(Exception):
+    """Work that ended early on purpose (a signal, divergence); `exit_code` and whether to print the message."""
+
+    exit_code = 1
+    show = True
+
+    def __init__(self, message: str = "", exit_code: int | None = None):
+        super().__init__(message)
+        if exit_code is not None:
+            self.exit_code = exit_code
+
+
 def run_command(action: Callable[[], object]) -> int:
-    """A command line's exit code: 0 when `action()` returns, 2 with one `error: ...` line on a UserError."""
+    """A command line's exit code: 0 when `action()` returns, 2 with one `error: ...` line on a UserError,
+    a Stopped's own code, 130 on Ctrl-C."""
     try:
         action()
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except Stopped as e:
+        if e.show:
+            print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt as e:
+        print(f"interrupted{f' ({e})' if str(e) else ''}", file=sys.stderr)
+        return 130
     return 0

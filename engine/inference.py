@@ -6,21 +6,22 @@ eval transform is the same share one pass over the images, so K folds decode eac
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import torch
 
-from engine import checkpoint
-from engine.cache import DecodeEachTime, cache_short_side
-from engine.data import ImageDataset, default_num_workers
+from engine import checkpoint, runs
+from engine.data.cache import DecodeEachTime, cache_short_side
+from engine.data.loader import ImageDataset, default_num_workers
 from engine.errors import UserError
 from engine.models import build_model
 from engine.recipe import Recipe, from_dict
-from engine.runlog import progress
-from engine.transforms import Normalize, build_eval_transform
+from engine.system.device import autocast, autocast_dtype, memory_format, use_channels_last
+from engine.system.runlog import progress
+from engine.train.state import is_finished
+from engine.data.transforms import Normalize, build_eval_transform
 
 
 @dataclass
@@ -57,9 +58,8 @@ def load_member(path: str | Path, device: torch.device) -> Member:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:
         raise UserError(f"'{path}': weights do not fit {recipe.model} with {len(classes)} classes ({e})") from e
-    channels_last = device.type == "cuda" if recipe.channels_last is None else recipe.channels_last
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    model = model.to(device, memory_format=memory_format).eval()
+    channels_last = use_channels_last(recipe.channels_last, device)
+    model = model.to(device, memory_format=memory_format(channels_last)).eval()
     data = ckpt.get("data") or {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225), "crop_pct": 0.875}
     normalize = Normalize(data["mean"], data["std"], channels_last).to(device)
     return Member(Path(path), model, normalize, recipe, classes, float(data["crop_pct"]))
@@ -94,16 +94,9 @@ def parse_scales(text: str | None) -> tuple[float, ...]:
     return scales
 
 
-def autocast_dtype(device: torch.device) -> torch.dtype | None:
-    """bf16 (fp16 where unsupported) on CUDA; full precision elsewhere."""
-    if device.type != "cuda":
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-
 def eval_dataset(paths: Sequence[str], image_size: int, crop_pct: float, as_validated: bool = True) -> ImageDataset:
     """Image files through the eval transform; `as_validated`: first pre-resized exactly as training's validation
-    images are (engine.cache.pre_resize), so a checkpoint sees what its validation score was measured on."""
+    images are (engine.data.cache.pre_resize), so a checkpoint sees what its validation score was measured on."""
     loader = DecodeEachTime(paths, cache_short_side(image_size, crop_pct)) if as_validated else None
     return ImageDataset(paths, None, build_eval_transform(image_size, crop_pct), loader=loader)
 
@@ -128,7 +121,7 @@ def predict_probs(members: Sequence[Member], image_paths: Sequence[str], batch_s
     device = next(members[0].model.parameters()).device
     n, num_classes = len(image_paths), len(members[0].classes)
     workers = default_num_workers() if num_workers is None else num_workers
-    amp = autocast_dtype(device)
+    amp = autocast_dtype("auto", device)
     groups = view_groups(members, scales)
     total = torch.zeros(n, num_classes, device=device)
     views = 0
@@ -152,7 +145,7 @@ def predict_probs(members: Sequence[Member], image_paths: Sequence[str], batch_s
 
 def run_model(m: Member, x: torch.Tensor, amp: torch.dtype | None, size: int) -> torch.Tensor:
     """Softmax of one model on one normalised batch; a clear error if the model cannot take this size."""
-    with torch.autocast(x.device.type, dtype=amp) if amp else contextlib.nullcontext():
+    with autocast(x.device, amp):
         try:
             logits = m.model(x)
         except torch.OutOfMemoryError as e:
@@ -175,31 +168,26 @@ def check_images_exist(paths: Sequence[str], what: str, root_hint: str) -> None:
 
 def fold_checkpoints(run_dir: Path, kfold: bool) -> list[Path]:
     """A run folder's fold0/best.pt, or with `kfold` every fold's best.pt (an error lists missing folds)."""
-    import json
-    recipe_file = run_dir / "recipe.json"
-    if not recipe_file.is_file():
-        raise UserError(f"'{run_dir}' is not a run folder (no recipe.json); pass a run folder under runs/ or a .pt file")
-    trained_folds = int(json.loads(recipe_file.read_text()).get("folds", 1))
+    trained_folds = int(runs.read_recipe_values(run_dir).get("folds", 1))
     folds = trained_folds if kfold else 1
     if trained_folds > 1 and not kfold:
         print(f"note: {run_dir.name} has {trained_folds} folds; using fold0 only (--kfold averages all of them)")
-    from engine.oof import fold_finished
-    paths = [run_dir / f"fold{k}" / "best.pt" for k in range(folds)]
+    paths = [runs.fold_dir(run_dir, k) / runs.BEST for k in range(folds)]
     missing = [p.parent.name for p in paths if not p.is_file()]
     if missing:
-        raise UserError(f"{run_dir} lacks best.pt for {', '.join(missing)} of {folds} fold(s); train them with "
+        raise UserError(f"{run_dir} lacks {runs.BEST} for {', '.join(missing)} of {folds} fold(s); train them with "
                         f"python train.py --resume {run_dir}  (or --fold K on each machine)")
-    unfinished = [p.parent.name for p in paths if not fold_finished(p.parent)]
+    unfinished = [p.parent.name for p in paths if not is_finished(p.parent / runs.LAST)]
     if unfinished:  # a stopped fold's best.pt is an undertrained model: never average it in silently
         raise UserError(f"{run_dir}: {', '.join(unfinished)} did not finish training; resume with "
-                        f"python train.py --resume {run_dir}, or pass a fold's best.pt explicitly to use it anyway")
+                        f"python train.py --resume {run_dir}, or pass a fold's {runs.BEST} explicitly to use it anyway")
     return paths
 
 
 def resolve_targets(targets: Sequence[str], kfold: bool, runs_dir: str | Path = "runs") -> list[Path]:
     """Run folders and/or checkpoint files -> checkpoint paths; none given: the newest run under runs_dir."""
     if not targets:
-        targets = [str(checkpoint.newest_run(runs_dir))]
+        targets = [str(runs.newest_run(runs_dir))]
     paths: list[Path] = []
     for t in targets:
         p = Path(t)
@@ -210,11 +198,3 @@ def resolve_targets(targets: Sequence[str], kfold: bool, runs_dir: str | Path = 
         else:
             raise UserError(f"'{t}' not found; pass a run folder (runs/<recipe>/<time>) or a checkpoint (.pt)")
     return paths
-
-
-def run_folder_of(path: Path) -> Path:
-    """Where outputs go: the run folder a checkpoint belongs to, else the checkpoint's own folder."""
-    for folder in (path.parent, path.parent.parent):
-        if (folder / "recipe.json").is_file():
-            return folder
-    return path.parent

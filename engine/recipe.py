@@ -237,7 +237,7 @@ def differing_keys(a: Recipe, b: Recipe) -> list[str]:
 
 def save_json(recipe: Recipe, path: str | Path) -> None:
     """Write recipe.json atomically (another machine may be reading it)."""
-    from engine.atomic import write_text
+    from engine.system.atomic import write_text
     write_text(path, json.dumps(recipe.to_dict(), indent=2) + "\n")
 
 

@@ -8,18 +8,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from engine import distributed  # noqa: E402
+from engine.system import distributed  # noqa: E402
 
 
 def evaluate_checkpoint(ckpt_path: str, out: str) -> None:
     """Validation metrics of a checkpoint over the sharded (unpadded) validation rows of its run."""
     from engine.checkpoint import load_checkpoint
-    from engine.data import ImageDataset, ShardSampler, make_loader
-    from engine.loop import evaluate
+    from engine.data.loader import ImageDataset, ShardSampler, make_loader
+    from engine.train.loop import evaluate
     from engine.models import build_model
     from engine.recipe import from_dict
-    from engine.run import load_data
-    from engine.transforms import Normalize, build_eval_transform
+    from engine.train.folds import load_data
+    from engine.data.transforms import Normalize, build_eval_transform
     d = distributed.setup()
     ckpt = load_checkpoint(ckpt_path)
     recipe = from_dict(ckpt["recipe"])
@@ -38,7 +38,7 @@ def evaluate_checkpoint(ckpt_path: str, out: str) -> None:
 
 def fail_on_rank_1(argv: list[str]) -> None:
     """Train normally, except that rank 1 raises inside its third training step."""
-    from engine.mix import Mixer
+    from engine.train.mix import Mixer
     if os.environ.get("RANK") == "1":
         real = Mixer.__call__
         calls = {"n": 0}

@@ -10,9 +10,9 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from engine.cache import cache_short_side, image_loader, open_store, store_name, store_settings
-from engine.data import ImageDataset
-from engine.fit import build_datasets
+from engine.data.cache import cache_short_side, image_loader, open_store, store_name, store_settings
+from engine.data.loader import ImageDataset
+from engine.data.loader import build_datasets
 from engine.recipe import load_recipe
 
 SIZE = 32  # image_size of the tests: images are pre-resized to a shorter side of 36 px

@@ -5,11 +5,11 @@ import pytest
 import torch
 from PIL import Image
 
-from engine.data import EpochSampler, ImageDataset, ShardSampler
+from engine.data.loader import EpochSampler, ImageDataset, ShardSampler
 from engine.errors import UserError
-from engine.images import load_image
-from engine.tables import apply_audit_policy, assign_folds, audit_table, check_image_file, read_train_table
-from engine.transforms import build_train_transform
+from engine.data.images import load_image
+from engine.data.tables import apply_audit_policy, assign_folds, audit_table, check_image_file, read_train_table
+from engine.data.transforms import build_train_transform
 
 
 def sketch(path, value=0, size=(20, 16), mode="L"):

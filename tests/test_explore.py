@@ -99,7 +99,7 @@ def recipe_for(root: Path, out: Path, **changes):
 
 @pytest.fixture(scope="module")
 def explored(tmp_path_factory):
-    from engine.exploration import explore
+    from engine.explore.analysis import explore
     root, expected = planted_data(tmp_path_factory.mktemp("planted"))
     out = tmp_path_factory.mktemp("explore")
     clean = out / "clean_train.csv"
@@ -125,8 +125,8 @@ def test_near_duplicates_are_told_from_exact_copies(explored):
 
 
 def test_clean_csv_is_repaired_and_trains(explored, tmp_path):
-    from engine.run import train
-    from engine.tables import audit_table, read_train_table
+    from engine.train.folds import train
+    from engine.data.tables import audit_table, read_train_table
     root, _, _, clean = explored
     table = pd.read_csv(clean)
     assert list(table.columns) == ["class_name", "image_path", "target"]
@@ -155,7 +155,7 @@ def test_report_embeds_every_plot_and_csvs_sit_beside_it(explored):
 
 
 def test_second_scan_decodes_nothing_until_a_file_changes(explored, monkeypatch, tmp_path):
-    from engine import image_facts
+    from engine.explore import facts as image_facts
     root, _, first, _ = explored
     calls = []
     real = image_facts.decode_for_facts
@@ -171,7 +171,7 @@ def test_second_scan_decodes_nothing_until_a_file_changes(explored, monkeypatch,
 
 
 def test_cli_augment_preview_and_bad_class(explored, tmp_path, capsys):
-    from engine.explore import main
+    from engine.explore.__main__ import main
     root = explored[0]
     args = [f"data_dir={root / 'train'}", f"train_csv={root / 'train.csv'}", f"test_dir={root / 'test'}",
             f"test_csv={root / 'test.csv'}", "image_size=64", "mixup_ratio=0.5", "cutmix_ratio=0.5",

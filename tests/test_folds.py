@@ -9,7 +9,7 @@ import pytest
 
 from conftest import digits_recipe
 from engine.errors import UserError
-from engine.tables import assign_folds
+from engine.data.tables import assign_folds
 
 
 def test_folds_are_stratified_disjoint_and_cover_every_row_once():
@@ -27,7 +27,7 @@ def test_folds_are_stratified_disjoint_and_cover_every_row_once():
 def split_run(digits_dir, tmp_path_factory):
     """A 2-fold run trained as two machines would: --fold 0, then --fold 1 into the same --name folder."""
     from engine.inference import fold_checkpoints
-    from engine.run import train
+    from engine.train.folds import train
     out = tmp_path_factory.mktemp("folds")
     rows = pd.read_csv(digits_dir / "train.csv").groupby("target").head(30)  # 300 rows keep it quick
     rows.to_csv(out / "train.csv", index=False)
@@ -96,7 +96,7 @@ def test_kfold_prediction_averages_both_folds(split_run, tmp_path):
 
 
 def test_report_counts_the_most_confused_pairs(split_run, capsys):
-    from engine.report import main
+    from engine.evaluate.report import main
     run_dir, _ = split_run
     oof = pd.read_csv(run_dir / "oof.csv")
     wrong = oof[oof["pred"] != oof["target"]]

@@ -11,9 +11,9 @@ from PIL import Image
 from torch import nn
 
 import cam
-from engine.cam_figures import page_size
+from engine.cam.figures import page_size
 from engine.errors import UserError
-from engine.gradcam import compute_cams, find_target_layer, ink_mass, resolve_target
+from engine.cam.gradcam import compute_cams, find_target_layer, ink_mass, resolve_target
 
 
 def conv_gap_linear(classes: int = 4, inplace: bool = False) -> nn.Module:
@@ -183,11 +183,11 @@ def test_cam_sees_the_validation_view_of_a_large_image(trained_run, sketch):
     """A 40 px image at crop_pct 0.95: validation pre-resizes (cache) before the eval crop; so must cam and predict."""
     import pandas as pd
 
-    from engine.explain import model_inputs
-    from engine.fit import build_datasets
-    from engine.images import load_image
+    from engine.cam.command import model_inputs
+    from engine.data.loader import build_datasets
+    from engine.data.images import load_image
     from engine.inference import eval_dataset, load_member
-    from engine.transforms import build_eval_transform
+    from engine.data.transforms import build_eval_transform
     member = load_member(trained_run / "fold0" / "best.pt", torch.device("cpu"))
     table = pd.DataFrame({"path": [str(sketch)], "target": [0]})
     validation = build_datasets(member.recipe, table, table, member.crop_pct, 0)[1][0][0]

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine.losses import FocalLoss, SoftTargetCrossEntropy, build_loss, smooth_targets
+from engine.train.losses import FocalLoss, SoftTargetCrossEntropy, build_loss, smooth_targets
 
 
 def numpy_focal(logits, targets, alpha, gamma):

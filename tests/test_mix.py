@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from engine.mix import Mixer, cutmix_box
+from engine.train.mix import Mixer, cutmix_box
 
 
 def batch(n=8, c=3, h=16, w=12):

@@ -10,11 +10,11 @@ import torch
 
 import predict
 from engine.checkpoint import load_checkpoint
-from engine.images import load_image
+from engine.data.images import load_image
 from engine.inference import load_ensemble, predict_probs
 from engine.models import build_model, data_config
 from engine.recipe import from_dict
-from engine.transforms import build_eval_transform
+from engine.data.transforms import build_eval_transform
 
 FAST = ["--workers", "0", "--no-progress"]
 

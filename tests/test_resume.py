@@ -8,8 +8,9 @@ import time
 import pytest
 import torch
 
-from engine import checkpoint, preempt
-from engine.run import train
+from engine import checkpoint
+from engine.system import preemption as preempt
+from engine.train.folds import train
 from tests.conftest import ROOT, digits_recipe
 
 # mixing, accumulation, EMA, drop-path and a partial accumulation window: everything that carries state
@@ -59,8 +60,8 @@ def test_resuming_a_finished_run_trains_nothing(trained_run, capsys):
 
 
 def test_non_finite_losses_are_skipped_counted_then_stop(digits_dir, tmp_path, monkeypatch):
-    import engine.fit
-    real = engine.fit.build_loss
+    import engine.train.state
+    real = engine.train.state.build_loss
 
     def nan_in_epoch_2(*args):
         loss = real(*args)
@@ -71,7 +72,7 @@ def test_non_finite_losses_are_skipped_counted_then_stop(digits_dir, tmp_path, m
             value = loss(logits, targets)
             return value * float("nan") if calls["n"] > 19 else value  # epoch 1 has 19 steps
         return forward
-    monkeypatch.setattr(engine.fit, "build_loss", nan_in_epoch_2)
+    monkeypatch.setattr(engine.train.state, "build_loss", nan_in_epoch_2)
     recipe = digits_recipe(digits_dir, tmp_path, epochs=3, max_bad_steps=4)
     with pytest.raises(preempt.Diverged, match="5 consecutive non-finite updates at epoch 2, step 5"):
         train(recipe, show_progress=False)
@@ -105,7 +106,7 @@ def test_an_exception_out_of_training_leaves_no_data_worker_behind(digits_dir, t
     # workers ignore SIGTERM (see above), so the engine must end them itself, or exit would hang
     code = f"""
 import sys; sys.path.insert(0, {str(ROOT)!r})
-from engine.run import train
+from engine.train.folds import train
 from tests.conftest import digits_recipe
 from pathlib import Path
 def prune(row): raise RuntimeError("pruned")

@@ -6,16 +6,18 @@ import pytest
 import torch
 
 from engine import checkpoint
-from engine.data import EpochSampler, make_loader
-from engine.loop import TrainState, evaluate, train_one_epoch
-from engine.losses import SoftTargetCrossEntropy
-from engine.mix import Mixer
+from engine.data.loader import EpochSampler, make_loader
+from engine.train.loop import evaluate, train_one_epoch
+from engine.train.state import TrainState
+from engine.train.losses import SoftTargetCrossEntropy
+from engine.train.mix import Mixer
 from engine.models import build_model
-from engine.optim import build_optimizer, build_scheduler, lr_factor
+from engine.train.optim import build_optimizer
+from engine.train.schedule import build_scheduler, lr_factor
 from engine.recipe import from_dict
-from engine.tables import read_train_table
-from engine.transforms import Normalize, build_eval_transform
-from engine.data import ImageDataset, ShardSampler
+from engine.data.tables import read_train_table
+from engine.data.transforms import Normalize, build_eval_transform
+from engine.data.loader import ImageDataset, ShardSampler
 
 
 class TensorImages(torch.utils.data.Dataset):
@@ -139,7 +141,7 @@ def test_a_killed_checkpoint_write_keeps_the_previous_file(tmp_path, monkeypatch
 
 
 def test_ema_warms_up_so_early_averages_follow_the_model():
-    from engine.optim import ModelEma
+    from engine.train.ema import ModelEma
     model = torch.nn.Linear(4, 2)
     ema = ModelEma(model, decay=0.9998)
     for _ in range(50):
@@ -151,9 +153,9 @@ def test_ema_warms_up_so_early_averages_follow_the_model():
 
 
 def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path):
-    from engine.distributed import Dist
+    from engine.system.distributed import Dist
     from engine.recipe import load_recipe
-    from engine.run import make_run_dir
+    from engine.runs import make_run_dir
     a = make_run_dir(load_recipe(None, {"output_dir": str(tmp_path), "lr": 1e-3}), None, Dist())
     b = make_run_dir(load_recipe(None, {"output_dir": str(tmp_path), "lr": 3e-3}), None, Dist())
     assert a != b and from_dict(__import__("json").loads((a / "recipe.json").read_text())).lr == 1e-3

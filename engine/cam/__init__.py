@@ -1,0 +1,1 @@
+"""Explaining a model: GradCAM on hooks, its figures and the cam command."""

@@ -1,0 +1,175 @@
+"""Datasets, samplers and loaders: uint8 images in, reproducible augmentation, DDP sharding.
+
+Augmentation randomness is a pure function of (seed, epoch, sample index), so a run gives the same
+batches whatever the number of workers, and a run resumed mid-epoch sees exactly what it would have.
+"""
+from __future__ import annotations
+
+import atexit
+import multiprocessing
+import signal
+import weakref
+from dataclasses import dataclass
+from typing import Callable, Iterator, Sequence
+
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+
+from engine.data.images import load_image
+from engine.data.transforms import build_eval_transform, build_train_transform
+from engine.errors import UserError
+from engine.system.device import cpu_count
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """The seed one sample's augmentation uses in one epoch."""
+    return (seed * 1_000_003 + epoch * 2_147_483_647 + index * 97_531) % (2**63 - 1)
+
+
+class ImageDataset(Dataset):
+    """Images and integer targets. Items are requested as (epoch, index) so augmentation is seeded."""
+
+    def __init__(self, paths: Sequence[str], targets: Sequence[int] | None, transform: Callable,
+                 seed: int = 0, loader: Callable[[int], torch.Tensor] | None = None):
+        self.paths = list(paths)
+        self.targets = torch.as_tensor(list(targets) if targets is not None else [-1] * len(self.paths))
+        self.transform = transform
+        self.seed = seed
+        self.loader = loader or (lambda i: load_image(self.paths[i]))  # a cache can stand in here
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        epoch, index = item if isinstance(item, tuple) else (0, item)
+        image = self.loader(index)
+        with torch.random.fork_rng(devices=[]):  # leave the caller's RNG alone
+            torch.manual_seed(sample_seed(self.seed, epoch, index))
+            image = self.transform(image)
+        return image, self.targets[index]
+
+
+class EpochSampler(Sampler):
+    """Shuffled (or not), sharded across DDP ranks; yields (epoch, index); can skip already-seen batches."""
+
+    def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int, rank: int = 0, world: int = 1):
+        self.inner = DistributedSampler(range(n), num_replicas=world, rank=rank, shuffle=shuffle, seed=seed)
+        self.batch_size = batch_size
+        self.epoch = 0
+        self.skip = 0
+
+    def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
+        """Next pass is `epoch`, starting after `skip_batches` batches (mid-epoch resume)."""
+        self.epoch, self.skip = epoch, skip_batches
+        self.inner.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        indices = list(self.inner)[self.skip * self.batch_size:]
+        return iter([(self.epoch, i) for i in indices])
+
+    def __len__(self) -> int:
+        return max(0, len(self.inner) - self.skip * self.batch_size)
+
+
+class ShardSampler(Sampler):
+    """Evaluation sharding without padding: rank r gets rows r, r + world, ... so nothing is counted twice."""
+
+    def __init__(self, n: int, rank: int = 0, world: int = 1):
+        self.indices = list(range(rank, n, world))
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+def default_num_workers(local_world: int = 1) -> int:
+    """Leave one core per process for the training step, the rest decode and augment.
+
+    With a GPU the workers are what keeps it fed (an H100 trains faster than 14 workers augment), so
+    they get every spare core; on CPU the step computes on the same cores, so at most 8 workers.
+    """
+    spare = cpu_count() // max(1, local_world) - 1
+    return max(0, spare if torch.cuda.is_available() else min(8, spare))
+
+
+_LOADERS: "weakref.WeakSet[DataLoader]" = weakref.WeakSet()
+
+
+def _ignore_stop_signals(worker_id: int) -> None:
+    """Workers leave SIGTERM/SIGINT to the main process, which checkpoints and then ends them.
+
+    torchrun and SLURM signal the whole process group; a worker killed first would crash the main
+    process mid-checkpoint. The main process ends them with `stop_workers` (and at exit).
+    """
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def stop_workers() -> None:
+    """End every loader's persistent workers now, also after an exception that left them running."""
+    for loader in list(_LOADERS):
+        iterator = getattr(loader, "_iterator", None)
+        if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+            iterator._shutdown_workers()
+        loader._iterator = None
+
+
+@atexit.register  # runs before multiprocessing's own exit hook, whose SIGTERM the workers ignore
+def _kill_leftover_workers() -> None:
+    stop_workers()
+    for child in multiprocessing.active_children():
+        if child.daemon:
+            child.kill()
+
+
+def make_loader(dataset: Dataset, batch_size: int, sampler: Sampler, num_workers: int, train: bool,
+                pin_memory: bool = False) -> DataLoader:
+    """A DataLoader with the engine's defaults (persistent workers, prefetch, pinned memory on CUDA)."""
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                      drop_last=train and len(sampler) > batch_size, pin_memory=pin_memory,
+                      generator=torch.Generator(), worker_init_fn=_ignore_stop_signals,  # its own: starting an epoch must not draw from the global RNG
+                      persistent_workers=num_workers > 0, prefetch_factor=4 if num_workers > 0 else None)
+    if num_workers > 0:
+        _LOADERS.add(loader)
+    return loader
+
+
+@dataclass
+class FoldLoaders:
+    """One fold's loaders: training (with its epoch sampler) and validation (rank-sharded)."""
+    train: DataLoader
+    val: DataLoader
+    sampler: EpochSampler
+    workers: int
+
+
+def build_datasets(recipe, train: pd.DataFrame, val: pd.DataFrame, crop_pct: float,
+                   fold: int) -> tuple[ImageDataset, ImageDataset]:
+    """Training and validation datasets of one fold (uint8 images, augmentation seeded per fold)."""
+    from engine.data.cache import image_loader  # the decode-once cache, when the recipe asks for it
+    train_tf = build_train_transform(recipe.image_size, recipe.augment, recipe.random_erase, recipe.crop_scale)
+    eval_tf = build_eval_transform(recipe.image_size, crop_pct)
+    seed = recipe.seed + 7919 * fold
+    return (ImageDataset(train["path"], train["target"], train_tf, seed, image_loader(recipe, train["path"], crop_pct)),
+            ImageDataset(val["path"], val["target"], eval_tf, seed, image_loader(recipe, val["path"], crop_pct)))
+
+
+def build_loaders(recipe, train: pd.DataFrame, val: pd.DataFrame, crop_pct: float, fold: int, d) -> FoldLoaders:
+    """One fold's loaders (`d`: the process's place in the job), checked for size."""
+    train_ds, val_ds = build_datasets(recipe, train, val, crop_pct, fold)
+    workers = recipe.num_workers if recipe.num_workers is not None else default_num_workers(d.local_world)
+    sampler = EpochSampler(len(train_ds), recipe.batch_size, True, recipe.seed + fold, d.rank, d.world)
+    pin = d.device.type == "cuda"
+    train_loader = make_loader(train_ds, recipe.batch_size, sampler, workers, True, pin_memory=pin)
+    val_loader = make_loader(val_ds, recipe.batch_size * 2, ShardSampler(len(val_ds), d.rank, d.world), workers,
+                             False, pin_memory=pin)
+    if len(val_ds) < d.world:
+        raise UserError(f"fold {fold}: {len(val_ds)} validation rows for {d.world} processes; "
+                        f"raise val_fraction or use fewer processes")
+    if len(train_loader) == 0:
+        raise UserError(f"fold {fold}: no training batches (batch_size {recipe.batch_size} x {d.world} process(es) > "
+                        f"{len(train_ds)} rows); lower batch_size")
+    return FoldLoaders(train_loader, val_loader, sampler, workers)

@@ -1,0 +1,1 @@
+"""Judging predictions: metrics, the prediction CSVs, out-of-fold results and the evaluation report."""

@@ -1,0 +1,193 @@
+"""Evaluation report of a run's validation predictions (oof.csv or any val_predictions.csv).
+
+    python -m engine.report RUN_OR_CSV [--data-dir DIR]
+
+Writes into the run folder (or the CSV's folder): confused_pairs.csv and report_confusion.png (the
+worst classes against what they are mistaken for), report_per_class.png, report_curves.png (every
+fold's metrics.csv) and report_mistakes.png (the most confident mistakes, with their images).
+Every plot stays readable at 500 classes: no plot labels more than a few dozen classes.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure  # figures without pyplot: no GUI backend, no global state
+from matplotlib.ticker import MaxNLocator
+
+from engine import runs
+from engine.errors import run_command
+from engine.evaluate.predictions import class_names, confident_mistakes, read_predictions
+from engine.system.atomic import write_atomic, write_csv
+
+WORST = 20  # classes in the heat map rows
+MISTAKES = 24  # images in the gallery
+
+
+def confusion(table: pd.DataFrame, n: int) -> np.ndarray:
+    """n x n counts: rows are true classes, columns predicted classes."""
+    t, p = table["target"].to_numpy(int), table["pred"].to_numpy(int)
+    return np.bincount(t * n + p, minlength=n * n).reshape(n, n)
+
+
+def confused_pairs(conf: np.ndarray, names: list[str], k: int = 20) -> pd.DataFrame:
+    """The k most frequent (true, predicted) mistakes with their share of the true class."""
+    off = conf.copy()
+    np.fill_diagonal(off, 0)
+    order = np.argsort(off, axis=None)[::-1][:k]
+    rows = [(names[i], names[j], int(off[i, j]), off[i, j] / max(1, conf[i].sum()))
+            for i, j in zip(*np.unravel_index(order, off.shape)) if off[i, j] > 0]
+    return pd.DataFrame(rows, columns=["true", "predicted", "count", "share_of_true"])
+
+
+def save(fig: Figure, path: Path) -> Path:
+    write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=100, bbox_inches="tight"), binary=True)
+    return path
+
+
+def plot_worst_confusion(conf: np.ndarray, names: list[str], path: Path, k: int = WORST) -> Path:
+    """Heat map: the k least accurate classes (rows) against themselves and their top confusions (columns)."""
+    totals = conf.sum(1)
+    acc = np.where(totals > 0, np.diag(conf) / np.maximum(totals, 1), np.inf)
+    rows = [i for i in np.argsort(acc, kind="stable")[:k] if totals[i] > 0]
+    off = conf.astype(float)
+    np.fill_diagonal(off, 0)
+    cols = list(rows)
+    for i in rows:  # add each worst class's two biggest confusions, up to 1.5 k columns
+        for j in np.argsort(off[i])[::-1][:2]:
+            if off[i, j] > 0 and j not in cols and len(cols) < int(1.5 * k):
+                cols.append(int(j))
+    share = conf[np.ix_(rows, cols)] / np.maximum(totals[rows], 1)[:, None]
+    fig = Figure(figsize=(2 + 0.45 * len(cols), 2 + 0.4 * len(rows)), layout="constrained")
+    ax = fig.subplots()
+    image = ax.imshow(share, cmap="Blues", vmin=0, vmax=1, aspect="auto")
+    ax.set_xticks(range(len(cols)), [names[j] for j in cols], rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(len(rows)), [f"{names[i]} ({acc[i]:.0%})" for i in rows], fontsize=8)
+    for r in range(len(rows)):
+        for c in range(len(cols)):
+            if share[r, c] >= 0.05:
+                ax.text(c, r, f"{share[r, c]:.2f}", ha="center", va="center", fontsize=6,
+                        color="white" if share[r, c] > 0.5 else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true class (accuracy)")
+    ax.set_title(f"the {len(rows)} least accurate classes: share of each predicted as ...")
+    fig.colorbar(image, ax=ax, fraction=0.03)
+    return save(fig, path)
+
+
+def plot_per_class(conf: np.ndarray, names: list[str], path: Path, k: int = 30) -> Path:
+    """Left: every class's accuracy, sorted (no labels); right: the k worst classes, labelled."""
+    totals = conf.sum(1)
+    present = np.flatnonzero(totals > 0)
+    acc = np.diag(conf)[present] / totals[present]
+    order = np.argsort(acc, kind="stable")
+    fig = Figure(figsize=(14, max(4, 0.25 * min(k, len(order)) + 1.5)), layout="constrained")
+    left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": [3, 2]})
+    left.plot(np.arange(len(order)), acc[order], color="tab:blue")
+    left.axhline(acc.mean(), color="tab:red", linestyle="--", label=f"mean {acc.mean():.3f}")
+    left.set_xlabel(f"classes sorted by accuracy ({len(order)} with validation images)")
+    left.set_ylabel("accuracy")
+    left.set_ylim(0, 1.02)
+    left.legend(loc="lower right")
+    worst = order[:k]
+    right.barh(np.arange(len(worst)), acc[worst], color="tab:orange")
+    right.set_yticks(np.arange(len(worst)), [f"{names[present[i]]} (n={totals[present[i]]})" for i in worst], fontsize=8)
+    right.invert_yaxis()
+    right.set_xlim(0, 1)
+    right.set_title(f"the {len(worst)} least accurate classes")
+    return save(fig, path)
+
+
+def plot_curves(run_dir: Path, path: Path) -> Path | None:
+    """Loss and accuracy per epoch for every fold (train dashed, validation solid)."""
+    files = runs.fold_files(run_dir, runs.METRICS)
+    if not files:
+        return None
+    fig = Figure(figsize=(13, 4.5), layout="constrained")
+    loss_ax, acc_ax = fig.subplots(1, 2)
+    for i, f in enumerate(files):
+        m = pd.read_csv(f)
+        color = f"C{i % 10}"
+        fold = f.parent.name
+        loss_ax.plot(m["epoch"], m["train_loss"], "--x", color=color, alpha=0.7, markersize=3)
+        loss_ax.plot(m["epoch"], m["val_loss"], "-o", color=color, markersize=3, label=fold)
+        acc_ax.plot(m["epoch"], m["train_acc"], "--x", color=color, alpha=0.7, markersize=3)
+        acc_ax.plot(m["epoch"], m["val_acc"], "-o", color=color, markersize=3, label=fold)
+    loss_ax.set(title="loss (dashed: train, solid: validation)", xlabel="epoch", ylabel="loss")
+    acc_ax.set(title="accuracy (dashed: train, solid: validation)", xlabel="epoch", ylabel="accuracy")
+    for ax in (loss_ax, acc_ax):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, ncol=2)
+    return save(fig, path)
+
+
+def plot_mistakes(table: pd.DataFrame, names: list[str], image_root: Path | None, path: Path,
+                  k: int = MISTAKES) -> Path | None:
+    """The k most confident wrong predictions: the image, its true class and what it was taken for."""
+    from engine.data.images import load_image
+    wrong = confident_mistakes(table, k)
+    if wrong.empty:
+        return None
+    cols = 6
+    rows = -(-len(wrong) // cols)
+    fig = Figure(figsize=(2.3 * cols, 2.6 * rows), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
+    for ax in axes:
+        ax.axis("off")
+    for ax, r in zip(axes, wrong.itertuples()):
+        image_path = Path(r.image_path) if image_root is None else image_root / str(r.image_path)
+        try:
+            ax.imshow(load_image(str(image_path)).permute(1, 2, 0).numpy())
+        except Exception:
+            ax.text(0.5, 0.5, "image not found", ha="center", va="center", transform=ax.transAxes, fontsize=8)
+        ax.set_title(f"true: {names[int(r.target)]}\npred: {names[int(r.pred)]} ({r.confidence:.2f})", fontsize=8)
+    fig.suptitle("most confident mistakes")
+    return save(fig, path)
+
+
+def make_report(source: str | Path, data_dir: str | None = None) -> list[Path]:
+    """Write the report's files next to the predictions; returns their paths."""
+    source = Path(source)
+    table, out_dir = read_predictions(source)
+    run_dir = runs.find_run_dir(source)
+    recipe = runs.read_recipe_values(run_dir) if run_dir else {}
+    n = max(int(table[["target", "pred"]].to_numpy().max()) + 1, int(recipe.get("num_classes") or 0))
+    names = class_names(table, n)
+    conf = confusion(table, n)
+    pairs = confused_pairs(conf, names)
+    pairs_path = out_dir / "confused_pairs.csv"
+    write_csv(pairs, pairs_path)
+    image_root = Path(data_dir) if data_dir else Path(recipe["data_dir"]) if "data_dir" in recipe else None
+    written = [pairs_path, plot_worst_confusion(conf, names, out_dir / "report_confusion.png"),
+               plot_per_class(conf, names, out_dir / "report_per_class.png"),
+               plot_curves(run_dir, out_dir / "report_curves.png") if run_dir else None,
+               plot_mistakes(table, names, image_root, out_dir / "report_mistakes.png")]
+    return [p for p in written if p is not None]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="Evaluation report of a run folder or a predictions CSV.")
+    p.add_argument("source", metavar="RUN_OR_CSV", help="run folder (its oof.csv or val_predictions.csv) or a CSV")
+    p.add_argument("--data-dir", help="folder the CSV's image paths are relative to (default: the run's data_dir)")
+    args = p.parse_args(sys.argv[1:] if argv is None else argv)
+    return run_command(lambda: report_command(args.source, args.data_dir))
+
+
+def report_command(source: str, data_dir: str | None) -> None:
+    """Draw the report and print the headline numbers and the most confused pairs."""
+    written = make_report(source, data_dir)
+    table, _ = read_predictions(Path(source))
+    n = int(table[["target", "pred"]].to_numpy().max()) + 1
+    pairs = confused_pairs(confusion(table, n), class_names(table, n), 10)
+    print(f"{len(table)} predictions, accuracy {(table['pred'] == table['target']).mean():.4f}")
+    if len(pairs):
+        print("most confused (true -> predicted):\n" + pairs.to_string(index=False))
+    print("wrote " + ", ".join(str(w) for w in written))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

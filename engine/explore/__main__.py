@@ -1,0 +1,51 @@
+"""Explore a recipe's data before training: EDA plots, data audit and repair, one HTML report.
+
+    python -m engine.explore [RECIPE] [KEY=VALUE ...] [--write-clean PATH] [--out DIR] [--classes A B ...]
+    python -m engine.explore [RECIPE] --augment      # a grid of what the model sees after augmentation and mixing
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from engine.errors import run_command
+
+DEFAULT_RECIPE = "recipes/demo.py"
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m engine.explore",
+                                description="EDA plots, data audit and repair of a recipe's data, as one HTML report.")
+    p.add_argument("items", nargs="*", metavar="RECIPE | KEY=VALUE",
+                   help=f"a recipe file (default {DEFAULT_RECIPE}) and overrides such as data_dir=data/train")
+    p.add_argument("--out", metavar="DIR", help="output folder (default <output_dir>/explore/<recipe>/)")
+    p.add_argument("--write-clean", metavar="PATH", help="also write a cleaned train.csv training can use")
+    p.add_argument("--classes", nargs="+", metavar="CLASS", help="classes for the sample grid (default: 8 at random)")
+    p.add_argument("--augment", action="store_true",
+                   help="only write augment.png: one batch through the training transforms and mixing")
+    p.add_argument("--workers", type=int, help="decoding processes (default: one per CPU core)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p.parse_intermixed_args(argv)  # flags may stand between KEY=VALUE overrides
+
+
+def run(args: argparse.Namespace) -> None:
+    """The report (or with --augment only the augmentation picture) for the recipe's data."""
+    from engine.explore.analysis import default_out_dir, explore
+    from engine.recipe import load_recipe_args
+    recipe = load_recipe_args(args.items, DEFAULT_RECIPE)
+    out = args.out or default_out_dir(recipe)
+    if args.augment:
+        from pathlib import Path
+        from engine.explore.augment_preview import write_augment_preview
+        print(f"wrote {write_augment_preview(recipe, Path(out) / 'augment.png')}")
+        return
+    result = explore(recipe, out, args.classes, args.write_clean, args.workers, not args.no_progress)
+    print(f"report: {result.report}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    return run_command(lambda: run(args))
+
+if __name__ == "__main__":
+    sys.exit(main())

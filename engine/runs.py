@@ -1,0 +1,158 @@
+"""The run folder: every file name in it, and how runs, folds and checkpoints are found.
+
+    runs/<recipe>/<YYYYmmdd-HHMMSS>[-name]/
+      recipe.json  train.log  oof.csv  oof_metrics.json  output.csv
+      fold<k>/  best.pt  last.pt  metrics.csv  val_predictions.csv
+
+No other module spells these names: they ask this one for the path.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from engine.errors import UserError
+from engine.recipe import Recipe, differing_keys, from_dict, save_json
+from engine.system import distributed
+from engine.system.distributed import Dist
+
+RECIPE = "recipe.json"
+TRAIN_LOG = "train.log"
+BEST = "best.pt"
+LAST = "last.pt"
+METRICS = "metrics.csv"
+VAL_PREDICTIONS = "val_predictions.csv"
+OOF = "oof.csv"
+OOF_METRICS = "oof_metrics.json"
+OUTPUT = "output.csv"
+FOLD_PREFIX = "fold"
+
+
+def fold_dir(run_dir: Path, fold: int) -> Path:
+    """fold<k>/ of a run (also for folds = 1)."""
+    return Path(run_dir) / f"{FOLD_PREFIX}{fold}"
+
+
+def fold_of(folder: Path) -> int | None:
+    """k for a fold<k> folder, else None."""
+    rest = folder.name[len(FOLD_PREFIX):]
+    return int(rest) if folder.name.startswith(FOLD_PREFIX) and rest.isdigit() else None
+
+
+def is_run_dir(path: Path) -> bool:
+    """A run folder holds recipe.json."""
+    return (Path(path) / RECIPE).is_file()
+
+
+def read_recipe(run_dir: Path) -> Recipe:
+    """The recipe a run was trained with (its recipe.json)."""
+    return from_dict(read_recipe_values(run_dir))
+
+
+def read_recipe_values(run_dir: Path) -> dict:
+    """recipe.json as a dict; a clear error when it is missing or damaged."""
+    path = Path(run_dir) / RECIPE
+    if not path.is_file():
+        raise UserError(f"'{run_dir}' is not a run folder (no {RECIPE}); pass a run folder under runs/ or a .pt file")
+    try:
+        values = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path} is damaged ({type(e).__name__}: {e}); every checkpoint also carries its recipe: "
+                        f"restore the file from a checkpoint or pass the .pt file itself") from e
+    if not isinstance(values, dict):
+        raise UserError(f"{path} does not hold a recipe (a JSON object of recipe keys)")
+    return values
+
+
+def make_run_dir(recipe: Recipe, name: str | None, d: Dist) -> Path:
+    """A new run folder (rank 0 picks the name), or the existing one named `name` for this recipe."""
+    base = Path(recipe.output_dir) / recipe.name
+    run_dir = None
+    if d.is_main:
+        existing = named_runs(base, name) if name else []
+        if existing:
+            run_dir = existing[-1]
+            changed = differing_keys(read_recipe(run_dir), recipe)
+            if changed:
+                raise UserError(f"run folder {run_dir} was trained with other values of {', '.join(changed)}; "
+                                f"use the same recipe or pick a new --name")
+        else:
+            for _ in range(10):  # two runs started in the same second must not share a folder
+                run_dir = base / (time.strftime("%Y%m%d-%H%M%S") + (f"-{name}" if name else ""))
+                try:
+                    run_dir.mkdir(parents=True)
+                    break
+                except FileExistsError:
+                    time.sleep(1.0)
+            else:
+                raise UserError(f"could not create a new run folder in {base}; is another run starting there?")
+            save_json(recipe, run_dir / RECIPE)
+    return Path(distributed.broadcast_object(str(run_dir)))
+
+
+def named_runs(base: Path, name: str) -> list[Path]:
+    """Run folders <time>-<name> under base, oldest first."""
+    return sorted(p for p in Path(base).glob(f"*-{name}") if p.name.split("-", 2)[2:] == [name])
+
+
+def find_resume(target: str) -> tuple[Path, Recipe]:
+    """--resume accepts a run folder or any checkpoint inside one; returns (run folder, saved recipe)."""
+    p = Path(target)
+    if not p.exists():
+        raise UserError(f"--resume {target}: not found; pass a run folder (runs/<recipe>/<time>) or its {LAST}")
+    run_dir = p if p.is_dir() else p.parent.parent if fold_of(p.parent) is not None else p.parent
+    if not is_run_dir(run_dir):
+        raise UserError(f"--resume {target}: no {RECIPE} in {run_dir}; pass a run folder under runs/")
+    return run_dir, read_recipe(run_dir)
+
+
+def find_run_dir(path: Path) -> Path | None:
+    """The run folder a folder, CSV or checkpoint belongs to (itself, its parent or grandparent), if any."""
+    path = Path(path)
+    for folder in ((path,) if path.is_dir() else ()) + (path.parent, path.parent.parent):
+        if is_run_dir(folder):
+            return folder
+    return None
+
+
+def output_folder_of(path: Path) -> Path:
+    """Where outputs for a checkpoint go: its run folder, else the checkpoint's own folder."""
+    return find_run_dir(path) or Path(path).parent
+
+
+def resolve_checkpoint(run_or_ckpt: str | Path, name: str = LAST, fold: int = 0) -> Path:
+    """A checkpoint file, or a run folder -> its fold<k>/<name>."""
+    p = Path(run_or_ckpt)
+    if p.is_file():
+        return p
+    for candidate in (fold_dir(p, fold) / name, p / name):
+        if candidate.is_file():
+            return candidate
+    raise UserError(f"no {name} in '{p}' (looked in {fold_dir(p, fold)}/); pass a run folder or a .pt file")
+
+
+def newest_run(output_dir: str | Path = "runs") -> Path:
+    """The most recently created run folder under output_dir (one holding recipe.json)."""
+    runs = [p.parent for p in Path(output_dir).glob(f"*/*/{RECIPE}")]
+    if not runs:
+        raise UserError(f"no runs under '{output_dir}/'; train one first: python train.py")
+    return max(runs, key=lambda p: (p.joinpath(RECIPE).stat().st_mtime, p.name))
+
+
+def trial_run_dir(recipe: Recipe, run_name: str) -> Path | None:
+    """The run folder train() made for `--name run_name` (None if it never got that far)."""
+    found = named_runs(Path(recipe.output_dir) / recipe.name, run_name)
+    return found[-1] if found else None
+
+
+def fold_files(run_dir: Path, name: str) -> list[Path]:
+    """Every fold<k>/<name> that exists, in fold order."""
+    found = [p for p in Path(run_dir).glob(f"{FOLD_PREFIX}*/{name}") if fold_of(p.parent) is not None]
+    return sorted(found, key=lambda p: fold_of(p.parent))
+
+
+def prediction_csvs(run_dir: Path) -> list[Path]:
+    """A run's validation predictions: oof.csv once every fold finished, else each fold's val_predictions.csv."""
+    oof = Path(run_dir) / OOF
+    return [oof] if oof.is_file() else fold_files(run_dir, VAL_PREDICTIONS)

@@ -1,0 +1,123 @@
+"""One fold, start to finish: build the model, loaders and train state, run the epochs, validate, keep
+best.pt / last.pt / metrics.csv / val_predictions.csv, stop early, and resume exactly from a last.pt."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+import torch
+
+from engine import checkpoint, runs
+from engine.evaluate.predictions import write_val_predictions
+from engine.data.loader import build_loaders
+from engine.models import build_model, count_parameters, data_config
+from engine.recipe import Recipe
+from engine.system import distributed, preemption
+from engine.system.device import PRECISION_NAMES
+from engine.system.distributed import Dist
+from engine.system.runlog import RunLog
+from engine.train.early_stopping import EarlyStopping
+from engine.train.loop import evaluate, train_one_epoch
+from engine.train.state import TrainState, build_train_state
+
+
+def fit(recipe: Recipe, fold: int, train: pd.DataFrame, val: pd.DataFrame, classes: list[str], fold_dir: Path,
+        d: Dist, log: RunLog, resume: dict | None = None, show_progress: bool = True,
+        on_epoch: Callable[[dict], None] | None = None) -> dict:
+    """Train one fold; returns the best epoch's metrics. Raises Preempted or Diverged after saving last.pt.
+
+    `on_epoch(metrics_row)` is called after each epoch's checkpoints (a sweep's pruner listens here).
+    """
+    torch.manual_seed(recipe.seed + fold)
+    model = build_model(recipe.model, len(classes), recipe.pretrained, recipe.pretrained_path, recipe.drop_path)
+    data_cfg = data_config(model)
+    loaders = build_loaders(recipe, train, val, data_cfg["crop_pct"], fold, d)
+    s = build_train_state(recipe, model, len(classes), data_cfg, len(loaders.train), d.device, fold, d.rank, d.enabled)
+    torch.manual_seed(recipe.seed + fold + 1000 * (d.rank + 1))  # same init everywhere, own dropout per rank
+    base = {"recipe": recipe.to_dict(), "classes": list(classes), "data": data_cfg, "fold": fold}
+    early = EarlyStopping(recipe.monitor, recipe.early_stopping)
+    start_epoch, start_step, metrics = 0, 0, {}
+    if resume is not None:
+        start_epoch, start_step, early_state = s.restore(resume)
+        early, metrics = EarlyStopping(recipe.monitor, recipe.early_stopping, early_state), resume.get("metrics", {})
+        log.print(f"fold {fold}: resumed at epoch {start_epoch + 1}, step {start_step}")
+    else:
+        log.print(start_line(recipe, fold, s, loaders, d))
+
+    for epoch in range(start_epoch, recipe.epochs):
+        loaders.sampler.set_epoch(epoch, start_step)
+        if s.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(s.device)
+        t0 = time.perf_counter()
+        mixing = epoch < recipe.epochs - recipe.mix_off_epochs
+        stats = train_one_epoch(s, loaders.train, epoch, start_step, mixing, show_progress and d.is_main)
+        if "stopped_at" in stats:
+            save_last(s, base, epoch, stats["stopped_at"], False, metrics, early, fold_dir, d)
+            raise preemption.Preempted(f"stopped at epoch {epoch + 1}, step {stats['stopped_at']}; last.pt written",
+                                       preemption.signal_number())
+        start_step, train_time = 0, time.perf_counter() - t0
+        res = evaluate(s.eval_model, loaders.val, s.device, s.normalize, s.amp_dtype)
+        metrics = epoch_metrics(epoch, stats, res, s, train_time, time.perf_counter() - t0)
+        improved = early.update(metrics)
+        stop = early.stop_reason(metrics)
+        if d.is_main:
+            log.metrics(fold_dir / runs.METRICS, metrics, prefix=f"fold{fold}/")
+            log.print(epoch_line(metrics, recipe.epochs, improved))
+            if metrics["data_wait"] > 0.1:
+                fix = "a lighter augment" if recipe.cache != "none" else "cache='memory'"
+                log.print(f"warning: the step waited for data {metrics['data_wait']:.0%} of the epoch; raise "
+                          f"num_workers (now {loaders.workers}) or use {fix}")
+            if improved:
+                best = checkpoint.model_checkpoint(base, s.eval_model.state_dict(), epoch + 1, metrics)
+                checkpoint.save_atomic(best, fold_dir / runs.BEST)
+                write_val_predictions(fold_dir / runs.VAL_PREDICTIONS, val, res["probs"], classes)
+        save_last(s, base, epoch + 1, 0, stop is not None or epoch + 1 == recipe.epochs, metrics, early, fold_dir, d)
+        if on_epoch is not None:
+            on_epoch(metrics)
+        if stop:
+            log.print(stop)
+            break
+    distributed.barrier()
+    return early.result()
+
+
+def save_last(s: TrainState, base: dict, epoch: int, step: int, finished: bool, metrics: dict,
+              early: EarlyStopping, fold_dir: Path, d: Dist) -> None:
+    """Every rank's RNG state goes in (for an exact resume); rank 0 writes last.pt."""
+    rng = distributed.all_objects(checkpoint.rng_state())
+    if d.is_main:
+        last = s.last_checkpoint(base, epoch, step, finished, metrics, early.state, rng)
+        checkpoint.save_atomic(last, fold_dir / runs.LAST)
+    if step:
+        distributed.barrier()  # stopping mid-epoch: nobody exits before last.pt is on disk
+
+
+def start_line(recipe: Recipe, fold: int, s: TrainState, loaders, d: Dist) -> str:
+    """What a fold trains on, said once at its start."""
+    line = (f"fold {fold}: {recipe.model} ({count_parameters(s.model) / 1e6:.2f}M params), "
+            f"{len(loaders.train.dataset)} train / {len(loaders.val.dataset)} val images, {len(loaders.train)} steps "
+            f"per epoch, {d.device.type}{' x' + str(d.world) if d.enabled else ''}, precision "
+            f"{PRECISION_NAMES[s.amp_dtype]}, {loaders.workers} workers")
+    if s.mixer.active:
+        line += "\nnote: under mixup/cutmix, train acc is measured against each sample's dominant label"
+    return line
+
+
+def epoch_metrics(epoch: int, stats: dict, res: dict, s: TrainState, train_time: float, total_time: float) -> dict:
+    """One metrics.csv row."""
+    on_cuda = s.device.type == "cuda"
+    return {"epoch": epoch + 1, "train_loss": stats["train_loss"], "train_acc": stats["train_acc"],
+            "val_loss": res["loss"], "val_acc": res["acc"], "val_top5": res["top5"], "val_f1": res["f1"],
+            "lr": s.optimizer.param_groups[0]["lr"], "img_per_s": stats["seen"] / train_time,
+            "data_wait": stats["data_wait"] / train_time, "skipped_steps": s.skipped_steps, "time_s": total_time,
+            "gpu_mem_gb": torch.cuda.max_memory_allocated(s.device) / 2**30 if on_cuda else 0.0}
+
+
+def epoch_line(m: dict, epochs: int, improved: bool) -> str:
+    """The per-epoch summary the console shows."""
+    return (f"epoch {m['epoch']:>3}/{epochs}  train loss {m['train_loss']:.4f} acc {m['train_acc']:.3f}  |  "
+            f"val loss {m['val_loss']:.4f} acc {m['val_acc']:.3f} top5 {m['val_top5']:.3f} f1 {m['val_f1']:.3f}  |  "
+            f"lr {m['lr']:.2e}  {m['img_per_s']:.0f} img/s  data {m['data_wait']:.0%}  {m['time_s']:.1f}s"
+            + (f"  mem {m['gpu_mem_gb']:.1f}G" if m.get("gpu_mem_gb") else "") + ("  * best" if improved else ""))
