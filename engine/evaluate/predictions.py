@@ -14,15 +14,20 @@ from engine.system.atomic import write_csv
 REQUIRED = ("image_path", "target", "pred", "confidence")
 
 
-def write_val_predictions(path: Path, table: pd.DataFrame, probs: torch.Tensor, classes: list[str]) -> None:
-    """One row per validation image: target, prediction, confidence and the top-5 classes."""
+def predictions_frame(image_paths, targets, probs: torch.Tensor, classes: list[str]) -> pd.DataFrame:
+    """One row per image: target, prediction, confidence and the top-5 classes (val_predictions.csv's columns)."""
     top = probs.topk(min(5, probs.shape[1]), dim=1)
     pred = top.indices[:, 0].numpy()
-    out = pd.DataFrame({"image_path": table["image_path"].values, "target": table["target"].values,
-                        "class_name": table["class_name"].values, "pred": pred,
-                        "pred_name": [classes[p] for p in pred], "confidence": top.values[:, 0].numpy(),
-                        "top5": [" ".join(map(str, row)) for row in top.indices.tolist()]})
-    write_csv(out, path)
+    targets = [int(t) for t in targets]
+    return pd.DataFrame({"image_path": list(image_paths), "target": targets,
+                         "class_name": [classes[t] if 0 <= t < len(classes) else "?" for t in targets],
+                         "pred": pred, "pred_name": [classes[p] for p in pred], "confidence": top.values[:, 0].numpy(),
+                         "top5": [" ".join(map(str, row)) for row in top.indices.tolist()]})
+
+
+def write_val_predictions(path: Path, table: pd.DataFrame, probs: torch.Tensor, classes: list[str]) -> None:
+    """A fold's val_predictions.csv: its validation rows as `predictions_frame` describes them."""
+    write_csv(predictions_frame(table["image_path"].values, table["target"].values, probs, classes), path)
 
 
 def read_predictions_csv(path: Path) -> pd.DataFrame:

@@ -63,7 +63,7 @@ def fit(recipe: Recipe, fold: int, train: pd.DataFrame, val: pd.DataFrame, class
         improved = early.update(metrics)
         stop = early.stop_reason(metrics)
         if d.is_main:
-            log.metrics(fold_dir / runs.METRICS, metrics, prefix=f"fold{fold}/")
+            log.metrics(fold_dir / runs.METRICS, metrics, prefix=f"{fold_dir.name}/")
             log.print(epoch_line(metrics, recipe.epochs, improved))
             if metrics["data_wait"] > 0.1:
                 fix = "a lighter augment" if recipe.cache != "none" else "cache='memory'"

@@ -1,0 +1,92 @@
+"""The layout's promises: stages import one way, no import circles, small modules, one owner per run-folder name."""
+from __future__ import annotations
+
+import ast
+from collections import defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+ENGINE = ROOT / "engine"
+CLIS = ["train.py", "predict.py", "sweep.py", "cam.py", "engine/report.py", "engine/explore/__main__.py"]
+# a unit may import only units of a lower rank (or itself): system <- data <- evaluate <- train <- the side features
+RANK = {"errors": 0, "system": 1, "recipe": 2, "checkpoint": 2, "models": 2, "runs": 3, "data": 4, "evaluate": 5,
+        "train": 6, "inference": 7, "cam": 8, "explore": 8, "sweep": 8, "predict_command": 8, "report": 9}
+RUN_FOLDER_NAMES = ("recipe.json", "best.pt", "last.pt", "metrics.csv", "val_predictions.csv", "oof.csv",
+                    "oof_metrics.json", "output.csv")
+
+
+def engine_imports(path: Path) -> set[str]:
+    """Every engine module a file imports, also inside functions."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "engine":
+            found |= {f"engine.{a.name}" for a in node.names} if node.module == "engine" else {node.module}
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.split(".")[0] == "engine"}
+    return found
+
+
+def module_name(path: Path) -> str:
+    return ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+
+
+def unit(module: str) -> str:
+    return module.split(".")[1] if "." in module else module
+
+
+MODULES = {module_name(p): engine_imports(p) for p in ENGINE.rglob("*.py")}
+
+
+def test_every_unit_has_a_rank():
+    assert {unit(m) for m in MODULES if m != "engine"} <= set(RANK)
+
+
+def test_stages_import_one_way():
+    upward = [f"{m} imports {t}" for m, targets in MODULES.items() for t in targets
+              if m != "engine" and unit(t) != unit(m) and RANK[unit(t)] >= RANK[unit(m)]]
+    assert not upward, "\n".join(upward)
+
+
+def find_circle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import circle of a module graph, or None (depth-first search for a back edge)."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(m: str, path: list[str]) -> list[str] | None:
+        state[m] = 1
+        for t in sorted(graph.get(m, ())):
+            if state.get(t) == 1:
+                return path[path.index(t):] + [t]
+            if t not in state and (circle := visit(t, path + [t])):
+                return circle
+        state[m] = 2
+        return None
+    return next((c for m in sorted(graph) if m not in state and (c := visit(m, [m]))), None)
+
+
+def test_no_import_circles():
+    graph = {m: {t if t in MODULES else t.rsplit(".", 1)[0] for t in targets}  # `from pkg import f` names a function
+             for m, targets in MODULES.items()}
+    assert find_circle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]  # the check itself works
+    assert find_circle(graph) is None
+
+
+def test_modules_and_commands_stay_small():
+    big = [f"{p.relative_to(ROOT)}: {n}" for p in ENGINE.rglob("*.py") if (n := len(p.read_text().splitlines())) > 300]
+    long_clis = [f"{c}: {n}" for c in CLIS if (n := len((ROOT / c).read_text().splitlines())) > 100]
+    assert not big and not long_clis, big + long_clis
+
+
+def test_run_folder_names_are_spelled_only_in_runs_py():
+    spelled = []
+    for path in [*ENGINE.rglob("*.py"), *(ROOT / c for c in CLIS)]:
+        if path.name == "runs.py" and path.parent == ENGINE:
+            continue
+        tree = ast.parse(path.read_text())
+        docstrings = {id(n.body[0].value) for n in ast.walk(tree)
+                      if isinstance(n, (ast.Module, ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef))
+                      and n.body and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+                if any(node.value == name or node.value.endswith("/" + name) for name in RUN_FOLDER_NAMES):
+                    spelled.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.value!r}")
+    assert not spelled, "\n".join(spelled)
