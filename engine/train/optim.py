@@ -38,7 +38,7 @@ def finetune_groups(model: torch.nn.Module, weight_decay: float, layer_decay: fl
             params = [p for p in g["params"] if (name_of[id(p)] in head) == in_head]
             if not params:
                 continue
-            where = "head" if in_head else (f"layer {layer.get(name_of[id(params[0])], '?')}" if layer else "body")
+            where = "head" if in_head else (f"layer {layer.get(name_of[id(params[0])], '?')}" if layer else "backbone")
             out.append({"params": params, "weight_decay": g["weight_decay"],
                         "lr_scale": g.get("lr_scale", 1.0) * (head_lr_scale if in_head else 1.0),
                         "name": f"{where} {'decay' if g['weight_decay'] else 'no decay'}"})
