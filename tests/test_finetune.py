@@ -129,17 +129,19 @@ def test_head_lr_scale_alone_scales_only_the_head():
             assert g["lr"] == pytest.approx(1e-3 if id(p) in head else 1e-4, rel=1e-12)
 
 
-@pytest.mark.parametrize("name", ["test_vit", "test_convnext"])
-def test_gradients_with_and_without_checkpointing_agree(name):
+@pytest.mark.parametrize("name,freeze", [("test_vit", "none"), ("test_convnext", "none"), ("test_vit", 1)])
+def test_gradients_with_and_without_checkpointing_agree(name, freeze):
     torch.manual_seed(0)
     model = timm.create_model(name, num_classes=3)
+    freezing.apply_freeze(model, freezing.trainable_names(model, freeze))
     x = torch.randn(2, 3, 32, 32)
     grads = []
     for on in (False, True):
         model.zero_grad()
         model.set_grad_checkpointing(on)
         model(x).square().sum().backward()
-        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad})
+    assert set(grads[0]) == set(grads[1]) == {n for n, p in model.named_parameters() if p.requires_grad}
     for n in grads[0]:
         assert torch.allclose(grads[0][n], grads[1][n], atol=1e-6, rtol=1e-5), n
 

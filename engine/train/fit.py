@@ -18,7 +18,7 @@ from engine.system import distributed, preemption
 from engine.system.device import PRECISION_NAMES
 from engine.system.distributed import Dist
 from engine.system.runlog import RunLog
-from engine.train import freezing
+from engine.train.freezing import count as count_trainable
 from engine.train.early_stopping import EarlyStopping
 from engine.train.loop import evaluate, train_one_epoch
 from engine.train.state import TrainState, build_train_state
@@ -53,7 +53,7 @@ def fit(recipe: Recipe, fold: int, train: pd.DataFrame, val: pd.DataFrame, class
     for epoch in range(start_epoch, recipe.epochs):
         loaders.sampler.set_epoch(epoch, start_step)
         if s.maybe_unfreeze(epoch):
-            log.print(f"epoch {epoch + 1}: everything trains now ({freezing.count(s.model)[0] / 1e6:.2f}M parameters)")
+            log.print(f"epoch {epoch + 1}: everything trains now ({count_trainable(s.model)[0] / 1e6:.2f}M parameters)")
         if s.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(s.device)
         t0 = time.perf_counter()
@@ -102,7 +102,7 @@ def save_last(s: TrainState, base: dict, epoch: int, step: int, finished: bool, 
 
 def start_line(recipe: Recipe, fold: int, s: TrainState, loaders, d: Dist) -> str:
     """What a fold trains on, said once at its start."""
-    trainable, frozen = freezing.count(s.model)
+    trainable, frozen = count_trainable(s.model)
     line = (f"fold {fold}: {recipe.model} ({count_parameters(s.model) / 1e6:.2f}M params"
             + (f", {trainable / 1e6:.2f}M trainable, {frozen / 1e6:.2f}M frozen" if frozen else "") + "), "
             f"{len(loaders.train.dataset)} train / {len(loaders.val.dataset)} val images, {len(loaders.train)} steps "

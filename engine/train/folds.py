@@ -133,10 +133,10 @@ def describe_dry_run(recipe: Recipe, d: Dist, say) -> None:
 def describe_training(recipe: Recipe, model, updates_per_epoch: int, say) -> None:
     """Trainable and frozen parameter counts, each optimizer group's peak LR and weight decay, and what joins
     at unfreeze_epoch."""
-    from engine.train import freezing
+    from engine.train.freezing import apply_freeze, count, trainable_names
     from engine.train.optim import build_optimizer, joining_groups
-    freezing.apply_freeze(model, freezing.trainable_names(model, recipe.freeze))
-    trainable, frozen = freezing.count(model)
+    apply_freeze(model, trainable_names(model, recipe.freeze))
+    trainable, frozen = count(model)
     say(f"trainable: {trainable / 1e6:.3f}M parameters, frozen: {frozen / 1e6:.3f}M (freeze = {recipe.freeze!r})")
     optimizer = build_optimizer(model, recipe.optimizer, recipe.lr, recipe.weight_decay, recipe.momentum,
                                 recipe.layer_decay, recipe.head_lr_scale)
@@ -148,7 +148,7 @@ def describe_training(recipe: Recipe, model, updates_per_epoch: int, say) -> Non
         say("unfreezes: never (unfreeze_epoch = None)" if frozen else "unfreezes: nothing is frozen")
         return
     already = {n for n, p in model.named_parameters() if p.requires_grad}
-    freezing.apply_freeze(model, {n for n, _ in model.named_parameters()})
+    apply_freeze(model, {n for n, _ in model.named_parameters()})
     warmup = max(round(recipe.warmup_epochs * updates_per_epoch), updates_per_epoch)
     say(f"unfreezes at epoch {recipe.unfreeze_epoch}: {frozen / 1e6:.3f}M parameters join, warming up over "
         f"{warmup} updates:")

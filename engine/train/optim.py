@@ -30,7 +30,7 @@ def finetune_groups(model: torch.nn.Module, weight_decay: float, layer_decay: fl
     else:
         groups = param_groups_weight_decay(model, weight_decay, no_weight_decay_list=no_wd)
     name_of = {id(p): n for n, p in model.named_parameters()}
-    layer = layer_ids(model) if layer_decay is not None else {}
+    layer = layer_ids(model) if layer_decay is not None and hasattr(model, "group_matcher") else {}
     head = head_names(model)
     out = []
     for g in groups:

@@ -17,7 +17,7 @@ from engine.system import device as dev
 from engine.train.ema import ModelEma
 from engine.train.losses import build_loss
 from engine.train.mix import Mixer
-from engine.train import freezing
+from engine.train.freezing import apply_freeze, set_train_mode, trainable_names, unfreeze_index
 from engine.train.optim import add_groups, build_optimizer, joining_groups
 from engine.train.schedule import build_scheduler
 
@@ -58,11 +58,11 @@ class TrainState:
 
     def train_mode(self) -> None:
         """Training mode, except frozen parts: their batch-norm statistics and dropout stay still."""
-        freezing.set_train_mode(self.forward, self.model)
+        set_train_mode(self.forward, self.model)
 
     def maybe_unfreeze(self, epoch: int) -> bool:
         """At the recipe's unfreeze_epoch, everything trains from here on; returns whether it happened now."""
-        at = freezing.unfreeze_index(self.recipe.unfreeze_epoch) if self.recipe else None
+        at = unfreeze_index(self.recipe.unfreeze_epoch) if self.recipe else None
         if at is None or self.unfrozen or epoch < at:
             return False
         self.unfreeze(epoch)
@@ -73,7 +73,7 @@ class TrainState:
         and a fresh DDP wrapper, since DDP registers the parameters that train when it wraps the model."""
         r = self.recipe
         already = {n for n, p in self.model.named_parameters() if p.requires_grad}
-        freezing.apply_freeze(self.model, {n for n, _ in self.model.named_parameters()})
+        apply_freeze(self.model, {n for n, _ in self.model.named_parameters()})
         warmup = max(round(r.warmup_epochs * self.updates_per_epoch), self.updates_per_epoch)
         add_groups(self.optimizer, joining_groups(self.model, already, r.weight_decay, r.layer_decay, r.head_lr_scale),
                    r.lr, epoch * self.updates_per_epoch, warmup)
@@ -152,7 +152,7 @@ def build_train_state(recipe: Recipe, model: torch.nn.Module, num_classes: int, 
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     amp_dtype = dev.autocast_dtype(recipe.precision, device)
     updates_per_epoch = math.ceil(steps_per_epoch / recipe.accumulate_grad_batches)
-    freezing.apply_freeze(model, freezing.trainable_names(model, recipe.freeze))
+    apply_freeze(model, trainable_names(model, recipe.freeze))
     if recipe.grad_checkpointing:
         model.set_grad_checkpointing(True)
     optimizer = build_optimizer(model, recipe.optimizer, recipe.lr, recipe.weight_decay, recipe.momentum,
