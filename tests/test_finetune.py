@@ -171,7 +171,7 @@ def frozen_run(tiny_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("frozen")
     start = saved_model(out / "start.pt", "test_resnet", 10)  # 10-class head: replaced by ours
     recipe = tiny_recipe(tiny_dir, out, model="test_resnet", pretrained_path=str(start), freeze="backbone",
-                         head="mlp", head_hidden=16, flip="hv", epochs=2)
+                         head="mlp", head_hidden=16, flip="hv", epochs=1)
     return train(recipe, show_progress=False), torch.load(start, weights_only=True)
 
 
