@@ -18,7 +18,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("targets", nargs="*", metavar="RUN_OR_CKPT", help="run folders and/or .pt files (default: newest run)")
     p.add_argument("--kfold", action="store_true", help="use every fold's best.pt of each run folder")
-    p.add_argument("--tta", action="store_true", help="add the horizontally flipped view")
+    p.add_argument("--tta", action="store_true", help="add the flipped views the model trained with (recipe flip: h 2 views, hv 4)")
     p.add_argument("--tta-scales", metavar="S,S", help="extra views at these scales of the image size, e.g. 0.9,1.1")
     p.add_argument("--out", help="output CSV (default: output.csv in the run folder)")
     p.add_argument("--save-probs", action="store_true", help="also write the class probabilities (<out>_probs.csv)")

@@ -1,7 +1,8 @@
 """Prediction: checkpoints -> models, class probabilities over a table of images, TTA and ensembles.
 
 An ensemble's probabilities are the mean of the softmax of every (model, view) pair: the views are
-the eval crop, its horizontal flip (TTA) and the same at other scales (multi-scale TTA). Models whose
+the eval crop, its flips (TTA: the flips the model trained with, its recipe's `flip`: "h" 2 views, "hv" 4) and
+the same at other scales (multi-scale TTA). Models whose
 eval transform is the same share one pass over the images, so K folds decode each image once.
 """
 from __future__ import annotations
@@ -16,12 +17,12 @@ from engine import checkpoint, runs
 from engine.data.cache import DecodeEachTime, cache_short_side
 from engine.data.loader import ImageDataset, default_num_workers
 from engine.errors import UserError
-from engine.models import build_model
+from engine.models import model_from_recipe
 from engine.recipe import Recipe, from_dict
 from engine.system.device import autocast, autocast_dtype, memory_format, use_channels_last
 from engine.system.runlog import progress
 from engine.train.state import is_finished
-from engine.data.transforms import Normalize, build_eval_transform
+from engine.data.transforms import FLIP_VIEWS, Normalize, build_eval_transform
 
 
 @dataclass
@@ -53,7 +54,7 @@ def load_member(path: str | Path, device: torch.device) -> Member:
     ckpt = checkpoint.load_checkpoint(path)
     recipe = from_dict(ckpt["recipe"])
     classes = list(ckpt["classes"])
-    model = build_model(recipe.model, len(classes))
+    model = model_from_recipe(recipe, classes, weights=False)  # the recipe's head (linear or mlp), no download
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:
@@ -136,11 +137,16 @@ def predict_probs(members: Sequence[Member], image_paths: Sequence[str], batch_s
             rows = slice(start, start + x.shape[0])
             for m in group:
                 xn = m.normalize(x)
-                for view in (xn, xn.flip(3)) if flip else (xn,):
-                    total[rows] += run_model(m, view, amp, size)
+                for dims in tta_flips(m, flip):
+                    total[rows] += run_model(m, xn.flip(dims) if dims else xn, amp, size)
             start += x.shape[0]
-        views += len(group) * (2 if flip else 1)
+        views += sum(len(tta_flips(m, flip)) for m in group)
     return (total / views).cpu()
+
+
+def tta_flips(m: Member, flip: bool) -> tuple[tuple[int, ...], ...]:
+    """The flipped dims of each view: with TTA the flips the member trained with, else the plain view only."""
+    return FLIP_VIEWS[m.recipe.flip] if flip else ((),)
 
 
 def run_model(m: Member, x: torch.Tensor, amp: torch.dtype | None, size: int) -> torch.Tensor:

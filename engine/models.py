@@ -1,8 +1,10 @@
-"""Models from timm: by name, with pretrained weights from timm or a local file, any class count."""
+"""Models from timm: by name, with pretrained weights from timm or a local file (.pt or .safetensors), any class
+count; the recipe's head (timm's linear classifier or an MLP on the pooled pre-logits features) and init_head."""
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Sequence
 
 import timm
 import torch
@@ -32,12 +34,17 @@ def build_model(name: str, num_classes: int, pretrained: bool = False, pretraine
     return model
 
 
-def load_pretrained(model: torch.nn.Module, path: str) -> None:
-    """Load a local state dict (plain, or a checkpoint's 'model' / 'state_dict'); skip a mismatched head."""
+def load_pretrained(model: torch.nn.Module, path: str) -> list[str]:
+    """Load a local state dict (plain, a checkpoint's 'model' / 'state_dict', or .safetensors); skip a mismatched
+    head. Returns the names of the tensors it loaded."""
     if not Path(path).is_file():
         raise UserError(f"pretrained_path '{path}' not found")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        if str(path).endswith(".safetensors"):  # what the model hub ships; safetensors comes with timm
+            from safetensors.torch import load_file
+            state = load_file(path, device="cpu")
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise UserError(f"pretrained_path '{path}' is not a loadable weights file ({type(e).__name__})") from e
     for wrapper in ("model", "state_dict", "model_ema"):
@@ -56,9 +63,9 @@ def load_pretrained(model: torch.nn.Module, path: str) -> None:
     head = model.get_classifier() if hasattr(model, "get_classifier") else None
     if skipped and head is not None and hasattr(model, "reset_classifier"):
         model.reset_classifier(model.num_classes)  # fresh head sized for our classes
-    if int(os.environ.get("RANK", 0)) == 0:  # under torchrun, say it once
-        print(f"loaded {matched}/{len(own)} tensors from {path}"
-              + (f"; new classifier for {len(skipped)} mismatched tensors" if skipped else ""))
+    _say(f"loaded {matched}/{len(own)} tensors from {path}"
+         + (f"; new classifier for {len(skipped)} mismatched tensors" if skipped else ""))
+    return [k for k in state if k in own]
 
 
 def data_config(model: torch.nn.Module) -> dict:
@@ -70,3 +77,79 @@ def data_config(model: torch.nn.Module) -> dict:
 
 def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def model_from_recipe(recipe, classes: Sequence[str], weights: bool = True) -> torch.nn.Module:
+    """The recipe's model for these classes: timm backbone, pretrained weights (when `weights`), the recipe's head
+    (`head`, `head_hidden`, `head_dropout`) and, with init_head="imagenet", the matching ImageNet-1k head rows."""
+    pretrained, path = recipe.pretrained and weights, recipe.pretrained_path if weights else None
+    if recipe.init_head != "imagenet" or not (pretrained or path):
+        model = build_model(recipe.model, len(classes), pretrained, path, recipe.drop_path)
+        set_head(model, recipe.head, len(classes), recipe.head_hidden, recipe.head_dropout)
+        return model
+    model = build_model(recipe.model, 1000, pretrained and not path, None, recipe.drop_path)  # keep the 1000-row head
+    if path:
+        loaded = set(load_pretrained(model, path))
+        head_loaded = all(name in loaded for name in _classifier_names(model))
+    else:
+        head_loaded = model.pretrained_cfg.get("num_classes") == 1000
+    init_from_imagenet(model, list(classes), head_loaded)
+    return model
+
+
+def _classifier_names(model: torch.nn.Module) -> list[str]:
+    head = {id(p) for p in model.get_classifier().parameters()}
+    return [name for name, p in model.named_parameters() if id(p) in head]
+
+
+def _say(text: str) -> None:
+    if int(os.environ.get("RANK", 0)) == 0:  # under torchrun, say it once
+        print(text)
+
+
+def init_from_imagenet(model: torch.nn.Module, classes: list[str], head_loaded: bool = True) -> None:
+    """Replace a 1000-class ImageNet head by one for `classes`, each class named by a WordNet id (n01440764)
+    starting as its ImageNet-1k row (timm's synset list); the others start random, with a warning naming them."""
+    old = model.get_classifier()
+    model.reset_classifier(len(classes))  # timm's own init for the new head: what unmatched rows keep
+    if not head_loaded or model.num_classes == 0 or getattr(old, "out_features", None) != 1000:
+        _say("warning: init_head='imagenet' needs pretrained weights with a 1000-class ImageNet head; the head starts random")
+        return
+    row_of = {wnid: i for i, wnid in enumerate(timm.data.ImageNetInfo().label_names())}
+    new = model.get_classifier()
+    matched = [(i, row_of[c]) for i, c in enumerate(classes) if c in row_of]
+    with torch.no_grad():
+        for i, row in matched:
+            new.weight[i] = old.weight[row]
+            if new.bias is not None and old.bias is not None:
+                new.bias[i] = old.bias[row]
+    missing = [c for c in classes if c not in row_of]
+    if not matched:
+        _say("warning: init_head='imagenet': no class name is an ImageNet-1k WordNet id (like n01440764); "
+             "the head starts random")
+    elif missing:
+        _say(f"warning: init_head='imagenet': {len(missing)} of {len(classes)} classes have no ImageNet-1k row and "
+             f"start random: {', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}")
+    else:
+        _say(f"init_head='imagenet': all {len(classes)} classes start from their ImageNet-1k rows")
+
+
+class MlpHead(torch.nn.Sequential):
+    """head="mlp": Linear -> GELU -> Dropout -> Linear on the pooled pre-logits features."""
+
+    def __init__(self, in_features: int, hidden: int, num_classes: int, dropout: float = 0.0):
+        super().__init__(torch.nn.Linear(in_features, hidden), torch.nn.GELU(), torch.nn.Dropout(dropout),
+                         torch.nn.Linear(hidden, num_classes))
+
+
+def set_head(model: torch.nn.Module, head: str, num_classes: int, hidden: int = 512, dropout: float = 0.0) -> None:
+    """Put the recipe's head where timm's classifier is, so `model.get_classifier()` returns it and
+    `model.forward_head(features, pre_logits=True)` still gives the features it takes."""
+    if head == "linear":
+        return
+    old = model.get_classifier()
+    in_features = getattr(old, "in_features", None) or getattr(model, "head_hidden_size", None) or model.num_features
+    attribute = next(name for name, module in model.named_modules() if module is old)  # "fc", "head", "head.fc"
+    parent_name, _, leaf = attribute.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, leaf, MlpHead(in_features, hidden, num_classes, dropout))

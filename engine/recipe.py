@@ -15,7 +15,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 from engine.errors import UserError
 
@@ -43,6 +43,23 @@ class Recipe:
     pretrained_path: Optional[str] = key(None, "local weights file to start from; the classifier is adapted to num_classes")
     num_classes: Optional[int] = key(None, "number of classes; None: taken from the data", bounds="[1, inf)")
     drop_path: float = key(0.0, "stochastic depth rate, for models that support it", bounds="[0, 1)")
+    # fine-tuning: what trains, at which learning rate, and the head (engine/train/freezing.py, engine/train/optim.py)
+    freeze: Union[str, int] = key("none", 'what stays frozen: "none", "backbone" (only the head trains), or an int N: '
+                                  "all but the last N of timm's layer groups and the head")
+    unfreeze_epoch: Optional[int] = key(None, "from this epoch (1-based, as the console counts) everything trains, the "
+                                        "new parameters with their own warm-up; None: never", bounds="[1, inf)")
+    layer_decay: Optional[float] = key(None, "layer-wise LR decay: group g of depth d gets lr * layer_decay^(d - g) "
+                                       "(timm's grouping); None: off", bounds="(0, 1]")
+    head_lr_scale: float = key(1.0, "the head's LR is lr * head_lr_scale (lr=1e-4 head_lr_scale=10: 1e-3 for the head)",
+                               bounds="(0, inf)")
+    grad_checkpointing: bool = key(False, "timm gradient checkpointing: less activation memory, about 30% slower steps")
+    head: str = key("linear", "classifier on timm's pooled pre-logits features", ("linear", "mlp"))
+    head_hidden: int = key(512, 'hidden width of head="mlp"', bounds="[1, inf)")
+    head_dropout: float = key(0.0, 'dropout before the last layer of head="mlp"', bounds="[0, 1)")
+    flip: str = key("h", "random training flips: horizontal, horizontal+vertical, none; predict.py --tta uses the same",
+                    ("h", "hv", "none"))
+    init_head: str = key("random", 'start the head random, or from the pretrained ImageNet-1k head rows of classes named '
+                         "by WordNet id (n01440764, ...)", ("random", "imagenet"))
     # data
     data_dir: str = key("data/train", "folder the train.csv image paths are relative to (or a folder of class folders)")
     train_csv: Optional[str] = key("data/train.csv", "CSV of class_name,image_path,target; None: class folders under data_dir")
@@ -122,6 +139,8 @@ def describe() -> str:
 
 def _type_name(hint: Any) -> str:
     args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if len(args) > 1:  # Union[str, int]
+        return " or ".join(a.__name__ for a in args)
     return f"{args[0].__name__} or None" if args else hint.__name__
 
 
@@ -133,7 +152,8 @@ def check_value(name: str, value: Any) -> Any:
         raise UserError(f"unknown recipe key '{name}'{hint}")
     hint = _HINTS[name]
     optional = type(None) in typing.get_args(hint)
-    base = next((a for a in typing.get_args(hint) if a is not type(None)), hint)
+    bases = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
+    base = next((b for b in bases if isinstance(value, b) and not (b is int and isinstance(value, bool))), bases[0])
     if value is None and optional:
         return None
     ok = (isinstance(value, base) and not (base is int and isinstance(value, bool))) or (
@@ -157,6 +177,15 @@ def _check_recipe(r: Recipe) -> Recipe:
     if r.mixup_ratio + r.cutmix_ratio > 1 + 1e-9:
         raise UserError(f"mixup_ratio + cutmix_ratio must be <= 1 (a batch is mixed one way or the other); "
                         f"got {r.mixup_ratio} + {r.cutmix_ratio}")
+    if isinstance(r.freeze, str) and r.freeze not in ("none", "backbone"):
+        raise UserError(f'recipe key \'freeze\' must be "none", "backbone" or an int N >= 0; got {r.freeze!r}')
+    if isinstance(r.freeze, int) and r.freeze < 0:
+        raise UserError(f"recipe key 'freeze' must be an int N >= 0 (the last N layer groups train); got {r.freeze}")
+    if r.unfreeze_epoch is not None and r.freeze == "none":
+        raise UserError(f"unfreeze_epoch = {r.unfreeze_epoch} needs something frozen: set freeze "
+                        f'("backbone" or an int N) or unfreeze_epoch=None')
+    if r.init_head == "imagenet" and r.head != "linear":
+        raise UserError('init_head="imagenet" copies rows of a linear ImageNet head; use head="linear" or init_head="random"')
     if r.folds == 1 and not 0 < r.val_fraction < 1:
         raise UserError(f"val_fraction must be in (0, 1) when folds = 1; got {r.val_fraction}")
     return r
@@ -227,7 +256,7 @@ def load_recipe_args(items: list[str], default: str | None = None) -> Recipe:
 
 # keys that change how fast or where a run goes, not what it learns
 HARDWARE_KEYS = {"num_workers", "cache", "compile", "channels_last", "wandb", "wandb_project", "wandb_entity",
-                 "output_dir"}
+                 "output_dir", "grad_checkpointing"}
 
 
 def differing_keys(a: Recipe, b: Recipe) -> list[str]:

@@ -150,7 +150,8 @@ def build_datasets(recipe, train: pd.DataFrame, val: pd.DataFrame, crop_pct: flo
                    fold: int) -> tuple[ImageDataset, ImageDataset]:
     """Training and validation datasets of one fold (uint8 images, augmentation seeded per fold)."""
     from engine.data.cache import image_loader  # the decode-once cache, when the recipe asks for it
-    train_tf = build_train_transform(recipe.image_size, recipe.augment, recipe.random_erase, recipe.crop_scale)
+    train_tf = build_train_transform(recipe.image_size, recipe.augment, recipe.random_erase, recipe.crop_scale,
+                                      recipe.flip)
     eval_tf = build_eval_transform(recipe.image_size, crop_pct)
     seed = recipe.seed + 7919 * fold
     return (ImageDataset(train["path"], train["target"], train_tf, seed, image_loader(recipe, train["path"], crop_pct)),

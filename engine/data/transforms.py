@@ -19,10 +19,20 @@ def eval_resize(image_size: int, crop_pct: float = DEFAULT_CROP_PCT) -> int:
     return int(math.floor(image_size / crop_pct))
 
 
+FLIP_VIEWS = {"none": ((),), "h": ((), (3,)), "hv": ((), (3,), (2,), (2, 3))}  # dims flipped per TTA view (NCHW)
+
+
+def flip_ops(flip: str = "h") -> list:
+    """Random training flips: "h" horizontal, "hv" horizontal and vertical (sketches have no fixed up), "none"."""
+    if flip not in FLIP_VIEWS:
+        raise ValueError(f"unknown flip {flip!r}")
+    return ([v2.RandomHorizontalFlip()] if "h" in flip else []) + ([v2.RandomVerticalFlip()] if "v" in flip else [])
+
+
 def build_train_transform(image_size: int, augment: str = "light", random_erase: float = 0.0,
-                          crop_scale: float = 0.35) -> v2.Compose:
-    """Random resized crop (area share crop_scale..1) + flip, the `augment` preset, optional random erasing."""
-    ops = [v2.RandomResizedCrop(image_size, scale=(crop_scale, 1.0), antialias=True), v2.RandomHorizontalFlip()]
+                          crop_scale: float = 0.35, flip: str = "h") -> v2.Compose:
+    """Random resized crop (area share crop_scale..1) + flips, the `augment` preset, optional random erasing."""
+    ops = [v2.RandomResizedCrop(image_size, scale=(crop_scale, 1.0), antialias=True), *flip_ops(flip)]
     if augment == "light":
         ops.append(v2.RandomAffine(degrees=10, translate=(0.06, 0.06), scale=(0.9, 1.1), shear=5, fill=PAPER))
     elif augment == "randaugment":

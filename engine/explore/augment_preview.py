@@ -56,7 +56,8 @@ def write_augment_preview(recipe: Recipe, path: str | Path, columns: int = MAX_C
     classes = {int(t): c for t, c in zip(table["target"], table["class_name"])}
     names = [classes.get(i, str(i)) for i in range(max(classes) + 1)]
     seen = ImageDataset(rows["path"], rows["target"], build_eval_transform(recipe.image_size), recipe.seed)
-    train_tf = build_train_transform(recipe.image_size, recipe.augment, recipe.random_erase, recipe.crop_scale)
+    train_tf = build_train_transform(recipe.image_size, recipe.augment, recipe.random_erase, recipe.crop_scale,
+                                     recipe.flip)
     trained = ImageDataset(rows["path"], rows["target"], train_tf, recipe.seed)
     normalize = Normalize(MEAN, STD)
     y = torch.tensor(rows["target"].tolist())

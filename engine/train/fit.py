@@ -12,12 +12,13 @@ import torch
 from engine import checkpoint, runs
 from engine.evaluate.predictions import write_val_predictions
 from engine.data.loader import build_loaders
-from engine.models import build_model, count_parameters, data_config
+from engine.models import count_parameters, data_config, model_from_recipe
 from engine.recipe import Recipe
 from engine.system import distributed, preemption
 from engine.system.device import PRECISION_NAMES
 from engine.system.distributed import Dist
 from engine.system.runlog import RunLog
+from engine.train.freezing import count as count_trainable
 from engine.train.early_stopping import EarlyStopping
 from engine.train.loop import evaluate, train_one_epoch
 from engine.train.state import TrainState, build_train_state
@@ -31,7 +32,7 @@ def fit(recipe: Recipe, fold: int, train: pd.DataFrame, val: pd.DataFrame, class
     `on_epoch(metrics_row)` is called after each epoch's checkpoints (a sweep's pruner listens here).
     """
     torch.manual_seed(recipe.seed + fold)
-    model = build_model(recipe.model, len(classes), recipe.pretrained, recipe.pretrained_path, recipe.drop_path)
+    model = model_from_recipe(recipe, classes)
     data_cfg = data_config(model)
     loaders = build_loaders(recipe, train, val, data_cfg["crop_pct"], fold, d)
     s = build_train_state(recipe, model, len(classes), data_cfg, len(loaders.train), d.device, fold, d.rank, d.enabled)
@@ -45,9 +46,14 @@ def fit(recipe: Recipe, fold: int, train: pd.DataFrame, val: pd.DataFrame, class
         log.print(f"fold {fold}: resumed at epoch {start_epoch + 1}, step {start_step}")
     else:
         log.print(start_line(recipe, fold, s, loaders, d))
+        if recipe.init_head == "imagenet":  # the copied ImageNet rows predict before the first step
+            res = evaluate(s.eval_model, loaders.val, s.device, s.normalize, s.amp_dtype)
+            log.print(f"fold {fold}: the ImageNet-initialised head scores val acc {res['acc']:.3f} before training")
 
     for epoch in range(start_epoch, recipe.epochs):
         loaders.sampler.set_epoch(epoch, start_step)
+        if s.maybe_unfreeze(epoch):
+            log.print(f"epoch {epoch + 1}: everything trains now ({count_trainable(s.model)[0] / 1e6:.2f}M parameters)")
         if s.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(s.device)
         t0 = time.perf_counter()
@@ -96,7 +102,9 @@ def save_last(s: TrainState, base: dict, epoch: int, step: int, finished: bool, 
 
 def start_line(recipe: Recipe, fold: int, s: TrainState, loaders, d: Dist) -> str:
     """What a fold trains on, said once at its start."""
-    line = (f"fold {fold}: {recipe.model} ({count_parameters(s.model) / 1e6:.2f}M params), "
+    trainable, frozen = count_trainable(s.model)
+    line = (f"fold {fold}: {recipe.model} ({count_parameters(s.model) / 1e6:.2f}M params"
+            + (f", {trainable / 1e6:.2f}M trainable, {frozen / 1e6:.2f}M frozen" if frozen else "") + "), "
             f"{len(loaders.train.dataset)} train / {len(loaders.val.dataset)} val images, {len(loaders.train)} steps "
             f"per epoch, {d.device.type}{' x' + str(d.world) if d.enabled else ''}, precision "
             f"{PRECISION_NAMES[s.amp_dtype]}, {loaders.workers} workers")

@@ -51,10 +51,10 @@ def train(recipe: Recipe, fold: int | None = None, name: str | None = None, resu
     if fold is not None and not 0 <= fold < recipe.folds:
         raise UserError(f"--fold {fold} is out of range: the recipe has folds = {recipe.folds} (0..{recipe.folds - 1})")
     folds = list(range(recipe.folds)) if fold is None else [fold]
-    table, classes, audit = load_data(recipe, d, say)
     if dry_run:
-        describe_dry_run(recipe, table, classes, d, say)
+        describe_dry_run(recipe, d, say)
         return None
+    table, classes, audit = load_data(recipe, d, say)
     run_dir = run_dir or runs.make_run_dir(recipe, name, d)
     log = RunLog(run_dir, d.is_main, recipe.wandb, recipe.wandb_project, recipe.wandb_entity,
                  wandb_name=f"{recipe.name}/{run_dir.name}", config=recipe.to_dict())
@@ -98,21 +98,60 @@ def fold_state(fold_dir: Path) -> dict | None:
     return checkpoint.load_checkpoint(path) if path.is_file() else None
 
 
-def describe_dry_run(recipe: Recipe, table: pd.DataFrame, classes: list[str], d: Dist, say) -> None:
-    """Print the resolved recipe, the data, model size and steps per epoch; train nothing."""
-    from engine.models import build_model, count_parameters
+def describe_dry_run(recipe: Recipe, d: Dist, say) -> None:
+    """Print the resolved recipe, the data, model size, what trains at which LR, steps per epoch; train nothing.
+    Without the data (a recipe checked on another machine) the model part still runs if num_classes is set."""
+    from engine.models import count_parameters, data_config, model_from_recipe
     say("resolved recipe:")
     for key, value in recipe.to_dict().items():
         say(f"  {key} = {value!r}")
-    model = build_model(recipe.model, len(classes), False, None, recipe.drop_path)
-    n_train = int((table["fold"] != 0).sum())
+    try:
+        table, classes, _ = load_data(recipe, d, say)
+    except UserError as e:
+        if recipe.num_classes is None:
+            raise
+        say(f"data: not checked ({e}); the model below has num_classes = {recipe.num_classes}")
+        table, classes = None, [str(i) for i in range(recipe.num_classes)]
+    model = model_from_recipe(recipe, classes, weights=False)
+    say(f"model: {recipe.model}, {count_parameters(model) / 1e6:.2f}M parameters, head {recipe.head!r}"
+        f"{', gradient checkpointing' if recipe.grad_checkpointing else ''}")
+    n_train = int((table["fold"] != 0).sum()) if table is not None else 0
     per_step = recipe.batch_size * d.world
+    updates = -(-(n_train // per_step) // recipe.accumulate_grad_batches)
+    describe_training(recipe, model, max(1, updates), say)
+    if table is None:
+        return
     counts = np.bincount(table["target"], minlength=len(classes))
     say(f"data: {len(table)} usable rows, {len(classes)} classes ({counts.min()}..{counts.max()} per class), "
         f"fold 0: {n_train} train / {len(table) - n_train} val")
-    say(f"model: {recipe.model}, {count_parameters(model) / 1e6:.2f}M parameters")
     from engine.data.cache import cache_summary  # what cache="memory"/"disk" will take, from image headers
-    from engine.models import data_config
     say(cache_summary(recipe, list(table["path"]), data_config(model)["crop_pct"]))
     say(f"steps per epoch: {n_train // per_step} (batch {recipe.batch_size} x {d.world} process(es)), "
-        f"updates per epoch: {-(-(n_train // per_step) // recipe.accumulate_grad_batches)}")
+        f"updates per epoch: {updates}")
+
+
+def describe_training(recipe: Recipe, model, updates_per_epoch: int, say) -> None:
+    """Trainable and frozen parameter counts, each optimizer group's peak LR and weight decay, and what joins
+    at unfreeze_epoch."""
+    from engine.train.freezing import apply_freeze, count, trainable_names
+    from engine.train.optim import build_optimizer, joining_groups
+    apply_freeze(model, trainable_names(model, recipe.freeze))
+    trainable, frozen = count(model)
+    say(f"trainable: {trainable / 1e6:.3f}M parameters, frozen: {frozen / 1e6:.3f}M (freeze = {recipe.freeze!r})")
+    optimizer = build_optimizer(model, recipe.optimizer, recipe.lr, recipe.weight_decay, recipe.momentum,
+                                recipe.layer_decay, recipe.head_lr_scale)
+    say(f"parameter groups ({recipe.optimizer}; peak lr, before the schedule):")
+    for g in optimizer.param_groups:
+        say(f"  {g['name']:<18} {sum(p.numel() for p in g['params']) / 1e6:9.3f}M  lr {g['lr']:.3e}  "
+            f"weight decay {g['weight_decay']:g}")
+    if recipe.unfreeze_epoch is None:
+        say("unfreezes: never (unfreeze_epoch = None)" if frozen else "unfreezes: nothing is frozen")
+        return
+    already = {n for n, p in model.named_parameters() if p.requires_grad}
+    apply_freeze(model, {n for n, _ in model.named_parameters()})
+    warmup = max(round(recipe.warmup_epochs * updates_per_epoch), updates_per_epoch)
+    say(f"unfreezes at epoch {recipe.unfreeze_epoch}: {frozen / 1e6:.3f}M parameters join, warming up over "
+        f"{warmup} updates:")
+    for g in joining_groups(model, already, recipe.weight_decay, recipe.layer_decay, recipe.head_lr_scale):
+        say(f"  + {g['name']:<16} {sum(p.numel() for p in g['params']) / 1e6:9.3f}M  "
+            f"lr {recipe.lr * g['lr_scale']:.3e}  weight decay {g['weight_decay']:g}")

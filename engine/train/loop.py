@@ -41,7 +41,7 @@ def optimizer_update(s: TrainState, skip: bool = False) -> bool:
 def train_one_epoch(s: TrainState, loader, epoch: int, start_step: int = 0, mixing: bool = True,
                     show_progress: bool = True) -> dict:
     """One pass over the loader from `start_step`; stops early (returning `stopped_at`) on a signal."""
-    s.forward.train()
+    s.train_mode()
     n_steps = start_step + len(loader)
     sums = s.sums if start_step else {"loss": 0.0, "correct": 0.0, "seen": 0, "wait": 0.0}
     # device-side running sums continue from a resumed epoch's, so the epoch's numbers are exact too

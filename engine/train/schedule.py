@@ -1,4 +1,5 @@
-"""The learning rate as a pure function of the update count: linear warm-up, then cosine (or flat)."""
+"""The learning rate as a pure function of the update count: linear warm-up, then cosine (or flat); each group
+at its own peak (lr * lr_scale), and groups that join later (unfreeze_epoch) with a warm-up of their own."""
 from __future__ import annotations
 
 import math
@@ -16,8 +17,37 @@ def lr_factor(update: int, total_updates: int, warmup_updates: int, scheduler: s
     return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
+def join_factor(since_join: int, warmup_updates: int) -> float:
+    """Linear warm-up of a group that joined `since_join` updates ago (1 after its warm-up)."""
+    return 1.0 if since_join >= warmup_updates else (since_join + 1) / (warmup_updates + 1)
+
+
+class UpdateSchedule(torch.optim.lr_scheduler.LRScheduler):
+    """Steps once per optimizer update; group lr = its peak (initial_lr) * lr_factor * join_factor."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, total_updates: int, warmup_updates: int,
+                 scheduler: str = "cosine"):
+        self.total_updates, self.warmup_updates, self.shape = total_updates, warmup_updates, scheduler
+        super().__init__(optimizer)
+
+    def get_lr(self) -> list[float]:
+        u = self.last_epoch
+        factor = lr_factor(u, self.total_updates, self.warmup_updates, self.shape)
+        lrs = []
+        for g in self.optimizer.param_groups:
+            lr = g["initial_lr"] * factor
+            if "join_update" in g:
+                lr *= join_factor(u - g["join_update"], g["join_warmup"])
+            lrs.append(lr)
+        return lrs
+
+    def refresh(self) -> None:
+        """Set every group's lr for the current update (after groups were added)."""
+        for g, lr in zip(self.optimizer.param_groups, self.get_lr()):
+            g["lr"] = lr
+
+
 def build_scheduler(optimizer: torch.optim.Optimizer, total_updates: int, warmup_updates: int,
-                    scheduler: str = "cosine") -> torch.optim.lr_scheduler.LambdaLR:
-    """A LambdaLR stepping once per optimizer update."""
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda u: lr_factor(u, total_updates, warmup_updates, scheduler))
+                    scheduler: str = "cosine") -> UpdateSchedule:
+    """The schedule, stepping once per optimizer update."""
+    return UpdateSchedule(optimizer, total_updates, warmup_updates, scheduler)

@@ -2,6 +2,7 @@
 and the one owner of last.pt's training fields (written by `last_checkpoint`, read by `restore`)."""
 from __future__ import annotations
 
+import gc
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +17,8 @@ from engine.system import device as dev
 from engine.train.ema import ModelEma
 from engine.train.losses import build_loss
 from engine.train.mix import Mixer
-from engine.train.optim import build_optimizer
+from engine.train.freezing import apply_freeze, set_train_mode, trainable_names, unfreeze_index
+from engine.train.optim import add_groups, build_optimizer, joining_groups
 from engine.train.schedule import build_scheduler
 
 
@@ -41,6 +43,10 @@ class TrainState:
     bad_steps: int = 0  # consecutive non-finite updates
     skipped_steps: int = 0  # all skipped updates
     sums: dict = field(default_factory=dict)  # running sums of the current epoch (resumable)
+    recipe: Recipe | None = None  # for unfreezing: lr, weight decay, layer decay, head scale, unfreeze_epoch
+    updates_per_epoch: int = 1
+    distributed: bool = False
+    unfrozen: bool = False  # whether unfreeze_epoch has been reached (saved in last.pt's progress)
 
     @property
     def ddp(self) -> bool:
@@ -49,6 +55,33 @@ class TrainState:
 
     def autocast(self):
         return dev.autocast(self.device, self.amp_dtype)
+
+    def train_mode(self) -> None:
+        """Training mode, except frozen parts: their batch-norm statistics and dropout stay still."""
+        set_train_mode(self.forward, self.model)
+
+    def maybe_unfreeze(self, epoch: int) -> bool:
+        """At the recipe's unfreeze_epoch, everything trains from here on; returns whether it happened now."""
+        at = unfreeze_index(self.recipe.unfreeze_epoch) if self.recipe else None
+        if at is None or self.unfrozen or epoch < at:
+            return False
+        self.unfreeze(epoch)
+        return True
+
+    def unfreeze(self, epoch: int) -> None:
+        """Every parameter trains: new optimizer groups joining with their own warm-up (at least one epoch),
+        and a fresh DDP wrapper, since DDP registers the parameters that train when it wraps the model."""
+        r = self.recipe
+        already = {n for n, p in self.model.named_parameters() if p.requires_grad}
+        apply_freeze(self.model, {n for n, _ in self.model.named_parameters()})
+        warmup = max(round(r.warmup_epochs * self.updates_per_epoch), self.updates_per_epoch)
+        add_groups(self.optimizer, joining_groups(self.model, already, r.weight_decay, r.layer_decay, r.head_lr_scale),
+                   r.lr, epoch * self.updates_per_epoch, warmup)
+        self.scheduler.refresh()
+        self.forward = None
+        gc.collect()  # the old DDP wrapper's gradient hooks go with it
+        self.forward = wrap_forward(self.model, self.device, self.distributed, r.compile)
+        self.unfrozen = True
 
     @property
     def eval_model(self) -> torch.nn.Module:
@@ -64,11 +97,13 @@ class TrainState:
                 "rng": rng, "early_stopping": dict(early_stopping),
                 "progress": {"epoch": epoch, "step": step, "finished": finished, "sums": dict(self.sums),
                              "bad_steps": self.bad_steps, "skipped_steps": self.skipped_steps,
-                             "ema_updates": self.ema.updates if self.ema else 0}}
+                             "ema_updates": self.ema.updates if self.ema else 0, "unfrozen": self.unfrozen}}
 
     def restore(self, ckpt: dict) -> tuple[int, int, dict]:
         """Load a last.pt into the live objects; returns (epoch, step inside it, early-stopping state)."""
         self.model.load_state_dict(ckpt["model"])
+        if ckpt["progress"].get("unfrozen") and not self.unfrozen:  # the optimizer's joined groups must exist first
+            self.unfreeze(ckpt["progress"]["epoch"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         if ckpt["scaler"]:  # empty unless it trained in fp16
@@ -99,21 +134,32 @@ def is_finished(last_pt: Path) -> bool:
     return finished(state)
 
 
+def wrap_forward(model: torch.nn.Module, device: torch.device, distributed: bool, compile: bool) -> torch.nn.Module:
+    """What the loop calls: the model, DDP-wrapped under torchrun, compiled if asked."""
+    forward = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None) \
+        if distributed else model
+    return torch.compile(forward) if compile else forward
+
+
 def build_train_state(recipe: Recipe, model: torch.nn.Module, num_classes: int, data_cfg: dict,
                       steps_per_epoch: int, device: torch.device, fold: int = 0, rank: int = 0,
                       distributed: bool = False) -> TrainState:
-    """The state fit() trains: model on its device, optimizer, schedule, scaler, loss, mixer, EMA, DDP."""
-    on_cuda = device.type == "cuda"
+    """The state fit() trains: model on its device, frozen parts, optimizer, schedule, scaler, loss, mixer, EMA,
+    DDP."""
     channels_last = dev.use_channels_last(recipe.channels_last, device)
     model = model.to(device, memory_format=dev.memory_format(channels_last))
     if recipe.sync_bn and distributed:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     amp_dtype = dev.autocast_dtype(recipe.precision, device)
     updates_per_epoch = math.ceil(steps_per_epoch / recipe.accumulate_grad_batches)
-    optimizer = build_optimizer(model, recipe.optimizer, recipe.lr, recipe.weight_decay, recipe.momentum)
+    apply_freeze(model, trainable_names(model, recipe.freeze))
+    if recipe.grad_checkpointing:
+        model.set_grad_checkpointing(True)
+    optimizer = build_optimizer(model, recipe.optimizer, recipe.lr, recipe.weight_decay, recipe.momentum,
+                                recipe.layer_decay, recipe.head_lr_scale)
     s = TrainState(
         model=model,
-        forward=DistributedDataParallel(model, device_ids=[device] if on_cuda else None) if distributed else model,
+        forward=wrap_forward(model, device, distributed, recipe.compile),
         optimizer=optimizer,
         scheduler=build_scheduler(optimizer, recipe.epochs * updates_per_epoch,
                                   round(recipe.warmup_epochs * updates_per_epoch), recipe.scheduler),
@@ -124,7 +170,6 @@ def build_train_state(recipe: Recipe, model: torch.nn.Module, num_classes: int, 
         normalize=Normalize(data_cfg["mean"], data_cfg["std"], channels_last).to(device),
         device=device, amp_dtype=amp_dtype, accumulate=recipe.accumulate_grad_batches,
         clip_grad_norm=recipe.clip_grad_norm, max_bad_steps=recipe.max_bad_steps,
-        ema=ModelEma(model, recipe.ema_decay) if recipe.ema_decay > 0 else None, rank=rank)
-    if recipe.compile:
-        s.forward = torch.compile(s.forward)
+        ema=ModelEma(model, recipe.ema_decay) if recipe.ema_decay > 0 else None, rank=rank,
+        recipe=recipe, updates_per_epoch=updates_per_epoch, distributed=distributed)
     return s
