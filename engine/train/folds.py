@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from engine import checkpoint, runs
+from engine.data.background import resolve_background
 from engine.data.demo_digits import ensure_demo_data
 from engine.data.loader import stop_workers
 from engine.errors import UserError
@@ -16,14 +17,15 @@ from engine.evaluate.oof import finish_folds
 from engine.recipe import Recipe
 from engine.system import distributed, preemption
 from engine.system.distributed import Dist
-from engine.system.runlog import RunLog
+from engine.system.runlog import RunLog, progress
 from engine.train.fit import fit
 from engine.train.state import finished, is_finished
 from engine.data.tables import Audit, apply_audit_policy, assign_folds, audit_table, read_train_table
 
 
-def load_data(recipe: Recipe, d: Dist, log=print) -> tuple[pd.DataFrame, list[str], Audit]:
-    """Read and audit the training table (rank 0 checks the files, the others receive the result)."""
+def load_data(recipe: Recipe, d: Dist, log=print, show_progress: bool = True) -> tuple[pd.DataFrame, list[str], Audit]:
+    """Read and audit the training table and measure its paper colour (rank 0 checks the files, the others
+    receive the result)."""
     if d.is_main:
         ensure_demo_data(recipe.data_dir, log)
     distributed.barrier()
@@ -31,6 +33,9 @@ def load_data(recipe: Recipe, d: Dist, log=print) -> tuple[pd.DataFrame, list[st
     if d.is_main:
         audit = audit_table(read_train_table(recipe.data_dir, recipe.train_csv), recipe.num_classes)
         table = apply_audit_policy(audit, recipe.bad_images, log).copy()
+        audit.background = resolve_background(recipe.background, table["path"],
+                                              progress=lambda it, n: progress(it, n, "background", show_progress))
+        log(audit.background.describe())
         table["fold"] = assign_folds(table["target"].to_numpy(), recipe.folds, recipe.val_fraction, recipe.seed)
         result = (table, audit.classes, audit)
     return distributed.broadcast_object(result)
@@ -51,7 +56,7 @@ def train(recipe: Recipe, fold: int | None = None, name: str | None = None, resu
     if fold is not None and not 0 <= fold < recipe.folds:
         raise UserError(f"--fold {fold} is out of range: the recipe has folds = {recipe.folds} (0..{recipe.folds - 1})")
     folds = list(range(recipe.folds)) if fold is None else [fold]
-    table, classes, audit = load_data(recipe, d, say)
+    table, classes, audit = load_data(recipe, d, say, show_progress)
     if dry_run:
         describe_dry_run(recipe, table, classes, d, say)
         return None
@@ -71,7 +76,8 @@ def train(recipe: Recipe, fold: int | None = None, name: str | None = None, resu
                 results[k] = state["metrics"]
                 continue
             train_rows, val_rows = table[table["fold"] != k], table[table["fold"] == k]
-            results[k] = fit(recipe, k, train_rows, val_rows, classes, fold_dir, d, log, state, show_progress, on_epoch)
+            results[k] = fit(recipe, k, train_rows, val_rows, classes, fold_dir, d, log, state, show_progress, on_epoch,
+                             audit.background.rgb)
         if d.is_main:
             waiting = [k for k in range(recipe.folds) if k not in results
                        and not is_finished(runs.fold_dir(run_dir, k) / runs.LAST)]
@@ -100,7 +106,7 @@ def fold_state(fold_dir: Path) -> dict | None:
 
 def describe_dry_run(recipe: Recipe, table: pd.DataFrame, classes: list[str], d: Dist, say) -> None:
     """Print the resolved recipe, the data, model size and steps per epoch; train nothing."""
-    from engine.models import build_model, count_parameters
+    from engine.models import build_model, count_parameters, small_map_warning
     say("resolved recipe:")
     for key, value in recipe.to_dict().items():
         say(f"  {key} = {value!r}")
@@ -111,6 +117,8 @@ def describe_dry_run(recipe: Recipe, table: pd.DataFrame, classes: list[str], d:
     say(f"data: {len(table)} usable rows, {len(classes)} classes ({counts.min()}..{counts.max()} per class), "
         f"fold 0: {n_train} train / {len(table) - n_train} val")
     say(f"model: {recipe.model}, {count_parameters(model) / 1e6:.2f}M parameters")
+    if small_map := small_map_warning(model, recipe.image_size, recipe.model):
+        say(small_map)
     from engine.data.cache import cache_summary  # what cache="memory"/"disk" will take, from image headers
     from engine.models import data_config
     say(cache_summary(recipe, list(table["path"]), data_config(model)["crop_pct"]))

@@ -1,0 +1,101 @@
+"""Small drawings: the demo digits (dark on white) and the same digits inverted (light on dark), trained by
+train.py as a user would; one row per (candidate, data set, seed) with its validation accuracy and wall time.
+
+    python bench/doodles.py demo  --repo PATH --seeds 0 1 2 --label before   # recipes/demo.py on both sets
+    python bench/doodles.py grid  --seeds 0                                   # the recipes/doodles.py candidates
+    python bench/doodles.py table                                             # the collected rows, as markdown
+
+Rows are appended to --results (default /tmp/doodles_bench/results.csv), so runs can be split and resumed.
+Every run is a `python train.py ...` subprocess of the chosen checkout (--repo: the code before a change).
+"""
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+# candidates: recipe + overrides. 28-64 px drawings, tens of classes, thousands of images; ~5 min on 2 cores
+CANDIDATES = {
+    "demo (resnet18 32px 12ep light)": ("recipes/demo.py", {}),
+    "resnet18 64px 12ep light": ("recipes/demo.py", {"image_size": 64}),
+    "resnet18 32px 30ep light": ("recipes/demo.py", {"epochs": 30}),
+    "resnet18 32px 30ep trivialaugment": ("recipes/demo.py", {"epochs": 30, "augment": "trivialaugment"}),
+    "resnet18 48px 20ep light+erase": ("recipes/demo.py", {"image_size": 48, "epochs": 20, "random_erase": 0.25}),
+}
+
+
+def build_sets(root: Path) -> dict[str, Path]:
+    """data/demo-style digits under root/digits and the same images inverted under root/digits_inv."""
+    from PIL import Image
+    from engine.data.demo_digits import build_demo_data
+    plain = build_demo_data(root / "digits")
+    inverted = root / "digits_inv"
+    if not (inverted / "test.csv").is_file():
+        for png in sorted(plain.rglob("*.png")):
+            target = inverted / png.relative_to(plain)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(255 - np.asarray(Image.open(png))).save(target)
+        for csv in ("train.csv", "test_labels.csv", "test.csv"):  # test.csv last: marks the set complete
+            (inverted / csv).write_text((plain / csv).read_text())
+    return {"digits": plain, "digits_inv": inverted}
+
+
+def run_one(repo: Path, recipe: str, overrides: dict, data: Path, out: Path, name: str) -> dict:
+    """One `python train.py` run; its last epoch's and best epoch's validation accuracy, and its wall time."""
+    keys = {"data_dir": str(data / "train"), "train_csv": str(data / "train.csv"), "test_dir": str(data / "test"),
+            "test_csv": str(data / "test.csv"), "output_dir": str(out), **overrides}
+    cmd = [sys.executable, "train.py", recipe, *[f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}"
+                                                 for k, v in keys.items()], "--name", name, "--no-progress"]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if proc.returncode:
+        raise SystemExit(f"failed: {' '.join(cmd)}\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+    metrics = pd.read_csv(next(out.glob(f"*/*-{name}/fold0/metrics.csv")))
+    best = metrics.loc[metrics["val_loss"].idxmin()]
+    bg = next((line for line in proc.stdout.splitlines() if line.startswith("background:")), "")
+    return {"val_acc_last": float(metrics["val_acc"].iloc[-1]), "val_acc_best_loss": float(best["val_acc"]),
+            "wall_s": round(wall, 1), "background_line": bg}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("mode", choices=("demo", "grid", "table"))
+    p.add_argument("--repo", default=str(ROOT), help="checkout whose train.py runs (default: this one)")
+    p.add_argument("--label", default="after", help="names the code version in the results")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--sets", nargs="+", default=["digits", "digits_inv"])
+    p.add_argument("--only", nargs="*", help="grid: candidate names to run (default: all)")
+    p.add_argument("--work", default="/tmp/doodles_bench")
+    p.add_argument("--results", default=None)
+    args = p.parse_args()
+    work = Path(args.work)
+    results = Path(args.results or work / "results.csv")
+    if args.mode == "table":
+        rows = pd.read_csv(results)
+        print(rows.to_markdown(index=False))
+        return
+    sets = build_sets(work / "data")
+    todo = {"demo (recipes/demo.py)": ("recipes/demo.py", {})} if args.mode == "demo" else \
+        {k: v for k, v in CANDIDATES.items() if not args.only or k in args.only}
+    for seed in args.seeds:
+        for cand, (recipe, overrides) in todo.items():
+            for set_name in args.sets:
+                name = f"{args.label}-{abs(hash((cand, set_name))) % 10**8}-s{seed}-{time.time_ns() % 10**6}"
+                res = run_one(Path(args.repo), recipe, {**overrides, "seed": seed}, sets[set_name], work / "runs", name)
+                row = {"label": args.label, "candidate": cand, "data": set_name, "seed": seed, **res,
+                       "load_avg_1m": round(float(open("/proc/loadavg").read().split()[0]), 2)}
+                print(row, file=sys.stderr, flush=True)
+                pd.DataFrame([row]).to_csv(results, mode="a", header=not results.is_file(), index=False)
+
+
+if __name__ == "__main__":
+    main()
