@@ -14,6 +14,7 @@ from typing import Sequence
 import torch
 
 from engine import checkpoint, runs
+from engine.data.background import WHITE, checkpoint_background
 from engine.data.cache import DecodeEachTime, cache_short_side
 from engine.data.loader import ImageDataset, default_num_workers
 from engine.errors import UserError
@@ -34,6 +35,7 @@ class Member:
     recipe: Recipe
     classes: list[str]
     crop_pct: float
+    background: tuple[int, int, int] = WHITE  # the paper colour it trained on (engine.data.background)
 
 
 def pick_device(name: str | None = None) -> torch.device:
@@ -63,7 +65,7 @@ def load_member(path: str | Path, device: torch.device) -> Member:
     model = model.to(device, memory_format=memory_format(channels_last)).eval()
     data = ckpt.get("data") or {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225), "crop_pct": 0.875}
     normalize = Normalize(data["mean"], data["std"], channels_last).to(device)
-    return Member(Path(path), model, normalize, recipe, classes, float(data["crop_pct"]))
+    return Member(Path(path), model, normalize, recipe, classes, float(data["crop_pct"]), checkpoint_background(data))
 
 
 def load_ensemble(paths: Sequence[str | Path], device: torch.device) -> list[Member]:

@@ -153,3 +153,37 @@ def set_head(model: torch.nn.Module, head: str, num_classes: int, hidden: int = 
     parent_name, _, leaf = attribute.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     setattr(parent, leaf, MlpHead(in_features, hidden, num_classes, dropout))
+def last_feature_map(model: torch.nn.Module, image_size: int) -> tuple[int, int] | None:
+    """(h, w) of the model's last feature map for one image_size input (a forward of one zero image), or None
+    when the model does not give a spatial map there (token models, or it cannot take that size)."""
+    modes = {m: m.training for m in model.modules()}
+    param = next(model.parameters(), None)
+    try:
+        model.eval()  # batch-norm in train mode refuses one 1x1 sample
+        with torch.no_grad():
+            out = model.forward_features(torch.zeros(1, 3, image_size, image_size,
+                                                     device=param.device if param is not None else "cpu"))
+    except Exception:  # the run itself will say what is wrong with this size
+        return None
+    finally:
+        for m, training in modes.items():
+            m.training = training
+    out = out[-1] if isinstance(out, (list, tuple)) else out
+    if not torch.is_tensor(out) or out.ndim != 4:
+        return None
+    return tuple(out.shape[1:3]) if getattr(model, "output_fmt", "NCHW") == "NHWC" else tuple(out.shape[2:])
+
+
+def small_map_warning(model: torch.nn.Module, image_size: int, name: str) -> str | None:
+    """A warning when the last feature map at image_size is 2x2 or smaller, saying what to change; else None."""
+    info = getattr(model, "feature_info", None)
+    reduction = info[-1].get("reduction") if isinstance(info, list) and info and isinstance(info[-1], dict) else None
+    if reduction and image_size >= 4 * reduction:  # clearly large enough: skip the forward (costly at 224 px)
+        return None
+    grid = last_feature_map(model, image_size)
+    if grid is None or max(grid) > 2:
+        return None
+    reduction = max(1, round(image_size / max(grid)))  # how many input pixels one map cell spans
+    return (f"warning: {name} reduces a {image_size} px image to a {grid[0]}x{grid[1]} feature map at its last "
+            f"stage, so that stage sees almost no layout; use image_size >= {3 * reduction} (a 3x3 map or larger: "
+            f"small images are upscaled) or a model made for small inputs (fewer stride-2 stages)")

@@ -20,9 +20,12 @@ from typing import Any, Optional, Union
 from engine.errors import UserError
 
 
-def key(default: Any, doc: str, choices: tuple = (), bounds: str = "") -> Any:
-    """Declare a recipe key: its default, a one-line doc, and the allowed values or interval ("[0, 1)")."""
-    meta = {"doc": doc, "choices": choices, "bounds": bounds}
+def key(default: Any, doc: str, choices: tuple = (), bounds: str = "", parse: Any = None) -> Any:
+    """Declare a recipe key: its default, a one-line doc, and the allowed values or interval ("[0, 1)").
+
+    `parse(value)` checks and converts a key that takes more than one type (raising ValueError saying what fits).
+    """
+    meta = {"doc": doc, "choices": choices, "bounds": bounds, "parse": parse}
     if isinstance(default, (dict, list)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -32,6 +35,17 @@ def in_bounds(value: float, bounds: str) -> bool:
     """Whether value lies in an interval written like "[0, 1)" or "(0, inf)"."""
     low, high = (float(b) for b in bounds[1:-1].split(","))
     return (low <= value if bounds[0] == "[" else low < value) and (value <= high if bounds[-1] == "]" else value < high)
+
+
+def parse_background(value: Any) -> Any:
+    """`background`: "auto", "white", "black" or an RGB triple of ints 0-255 (a list, as JSON gives it, too)."""
+    if isinstance(value, str) and value in ("auto", "white", "black"):
+        return value
+    if isinstance(value, (tuple, list)) and len(value) == 3 and all(
+            isinstance(c, int) and not isinstance(c, bool) and 0 <= c <= 255 for c in value):
+        return tuple(value)
+    raise ValueError(f'must be "auto", "white", "black" or an RGB triple of ints 0-255 such as (0, 0, 0); '
+                     f'got {value!r}')
 
 
 @dataclass
@@ -76,6 +90,9 @@ class Recipe:
     augment: str = key("light", "augmentation on top of random-resized crop and flip: none, light (small affine), ...",
                        ("none", "light", "randaugment", "trivialaugment"))
     random_erase: float = key(0.0, "probability of random erasing a patch of each training image", bounds="[0, 1]")
+    background: Any = key("auto", "paper colour that augmentation fills and erases with and CAM ink differs from: "
+                          "auto (measured from the image borders), white, black or an RGB triple (0, 0, 0)",
+                          parse=parse_background)
     # optimisation
     batch_size: int = key(64, "images per process per micro-batch", bounds="[1, inf)")
     epochs: int = key(10, "passes over the training data", bounds="[1, inf)")
@@ -150,6 +167,11 @@ def check_value(name: str, value: Any) -> Any:
         close = difflib.get_close_matches(name, FIELDS, n=1)
         hint = f"; did you mean '{close[0]}'?" if close else "; see `python train.py --help`"
         raise UserError(f"unknown recipe key '{name}'{hint}")
+    if FIELDS[name].metadata["parse"] is not None:
+        try:
+            return FIELDS[name].metadata["parse"](value)
+        except ValueError as e:
+            raise UserError(f"recipe key '{name}' {e}") from e
     hint = _HINTS[name]
     optional = type(None) in typing.get_args(hint)
     bases = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]

@@ -74,11 +74,11 @@ def explain_images(member: Member, paths: list[Path], out: Path, target: str | N
             for i, path in enumerate(batch):
                 name, targets = names[start + i], res.targets[i].tolist()
                 save_page(out / f"{name}_cam.png", seen[i], res.maps[i], targets, res.probs[i],
-                          res.flat[i].tolist(), classes, str(path))
+                          res.flat[i].tolist(), classes, str(path), member.background)
                 if save_maps:
                     np.save(out / f"{name}_cam.npy", res.maps[i].numpy().astype(np.float32))
                 for rank, cls in enumerate(targets):
-                    on_ink, ink_area = ink_mass(res.maps[i, rank], seen[i])
+                    on_ink, ink_area = ink_mass(res.maps[i, rank], seen[i], member.background)
                     rows.append({"image_path": str(path), "page": f"{name}_cam.png", "class": cls,
                                  "class_name": classes[cls], "prob": float(res.probs[i, cls]),
                                  "cam_on_ink": on_ink, "ink_area": ink_area, "flat": bool(res.flat[i, rank])})
@@ -153,7 +153,8 @@ def run_cam(images: Sequence[str] = (), ckpt: str | None = None, runs_dir: str =
     paths = image_paths(images)
     folder = Path(out or runs.output_folder_of(path) / "cams")
     folder.mkdir(parents=True, exist_ok=True)
-    print(f"{path}: {member.recipe.model}, {len(member.classes)} classes, {method}")
+    print(f"{path}: {member.recipe.model}, {len(member.classes)} classes, {method}, ink: what differs from the "
+          f"paper {member.background}")
     table = explain_images(member, paths, folder, target, method, layer, top_k, batch_size, save_maps, not no_progress)
     write_csv(table, folder / "cams.csv")
     on_ink = table.loc[~table["flat"], "cam_on_ink"]

@@ -15,7 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from engine.cam.gradcam import INK_BELOW, ink_mass  # noqa: E402
+from engine.cam.gradcam import ink_mass, ink_pixels  # noqa: E402
 
 PANEL_IN, TITLE_IN, DPI = 2.5, 0.6, 100  # fixed figure geometry: a page's pixel size depends only on its rows
 CMAP = "turbo"
@@ -49,15 +49,19 @@ def _blank(ax) -> None:
 
 
 def save_page(path: str | Path, image: torch.Tensor, maps: torch.Tensor, targets: list[int], probs: torch.Tensor,
-              flat: list[bool], classes: list[str], title: str) -> None:
-    """One PNG: a row per explained class (input | heat map | overlay | map on ink), titled with the top-3."""
+              flat: list[bool], classes: list[str], title: str, background: tuple = (255, 255, 255)) -> None:
+    """One PNG: a row per explained class (input | heat map | overlay | map on ink), titled with the top-3.
+
+    Ink is what differs from the paper colour `background` (the checkpoint's), dark or light strokes alike.
+    """
     rows = len(targets)
     width, height = page_size(rows)
     fig, axes = plt.subplots(rows, 4, figsize=(width / DPI, height / DPI), dpi=DPI, squeeze=False)
     fig.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=1 - (TITLE_IN + 0.1) / (height / DPI),
                         wspace=0.08, hspace=0.25)
     fig.suptitle(f"{short(title, 60)}\ntop-3: {top_classes(probs, classes)}", fontsize=9)
-    grey = image.float().mean(0).numpy()
+    is_ink = ink_pixels(image, background).numpy()
+    paper = np.broadcast_to(np.array(background, dtype=np.uint8), (*is_ink.shape, 3))
     for row, (cls, cam, is_flat) in enumerate(zip(targets, maps, flat)):
         ax_in, ax_heat, ax_over, ax_ink = axes[row]
         label = f"{short(classes[cls])} ({probs[cls]:.1%})"
@@ -70,9 +74,9 @@ def save_page(path: str | Path, image: torch.Tensor, maps: torch.Tensor, targets
         if is_flat:
             ax_heat.text(0.5, 0.5, "constant map:\nno spatial signal", ha="center", va="center",
                          transform=ax_heat.transAxes, fontsize=8, color="white")
-        on_ink, ink_area = ink_mass(cam, image)
-        ink = np.where(grey < INK_BELOW * 255, cam.numpy(), np.nan)
-        ax_ink.imshow(np.ones_like(grey), cmap="gray", vmin=0, vmax=1)
+        on_ink, ink_area = ink_mass(cam, image, background)
+        ink = np.where(is_ink, cam.numpy(), np.nan)
+        ax_ink.imshow(paper)
         ax_ink.imshow(ink, cmap=CMAP, vmin=0, vmax=1, interpolation="nearest")
         ax_ink.set_title(f"{on_ink:.0%} of map on ink ({ink_area:.0%} of pixels)"
                          if not math.isnan(on_ink) else "no map mass", fontsize=8)

@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from engine.errors import UserError
 
 METHODS = ("gradcam", "gradcam++", "layercam")
-INK_BELOW = 0.6  # a pixel darker than 60% grey is ink: sketches are dark strokes on white paper
+INK_BELOW = 0.6  # on white paper a pixel darker than 60% grey is ink
+INK_CONTRAST = 255 - round(255 * INK_BELOW)  # ink: a grey level this far from the paper's (either side)
 
 
 @dataclass
@@ -277,8 +278,16 @@ def compute_cams(model: torch.nn.Module, images: torch.Tensor, targets=None, met
     return CamResult(maps.cpu(), chosen.cpu(), probs.cpu(), flat.cpu(), layer, grid)
 
 
-def ink_mass(cam: torch.Tensor, image: torch.Tensor, ink_below: float = INK_BELOW) -> tuple[float, float]:
-    """(share of the map's mass on ink pixels, share of pixels that are ink) for an H x W map and 3 x H x W uint8 image."""
-    ink = image.float().mean(dim=0) < ink_below * 255
+def ink_pixels(image: torch.Tensor, background: tuple = (255, 255, 255)) -> torch.Tensor:
+    """H x W bool: pixels of a 3 x H x W uint8 image whose grey level differs from the paper's by more than
+    INK_CONTRAST, lighter or darker, so light strokes on black paper count as dark ones on white do."""
+    grey3 = image.to(torch.int32).sum(dim=0)  # 3x the grey level, in integers: exact either way round
+    return (grey3 - sum(int(c) for c in background)).abs() > 3 * INK_CONTRAST
+
+
+def ink_mass(cam: torch.Tensor, image: torch.Tensor, background: tuple = (255, 255, 255)) -> tuple[float, float]:
+    """(share of the map's mass on ink pixels, share of pixels that are ink) for an H x W map and 3 x H x W uint8
+    image on paper of colour `background`."""
+    ink = ink_pixels(image, background)
     total = float(cam.sum())
     return (float(cam[ink].sum()) / total if total > 0 else float("nan")), float(ink.float().mean())

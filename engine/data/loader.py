@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from engine.data.images import load_image
-from engine.data.transforms import build_eval_transform, build_train_transform
+from engine.data.transforms import PAPER, build_eval_transform, build_train_transform
 from engine.errors import UserError
 from engine.system.device import cpu_count
 
@@ -147,20 +147,22 @@ class FoldLoaders:
 
 
 def build_datasets(recipe, train: pd.DataFrame, val: pd.DataFrame, crop_pct: float,
-                   fold: int) -> tuple[ImageDataset, ImageDataset]:
-    """Training and validation datasets of one fold (uint8 images, augmentation seeded per fold)."""
+                   fold: int, background: tuple[int, int, int] = PAPER) -> tuple[ImageDataset, ImageDataset]:
+    """Training and validation datasets of one fold (uint8 images, augmentation seeded per fold, filling with
+    the paper colour `background`)."""
     from engine.data.cache import image_loader  # the decode-once cache, when the recipe asks for it
     train_tf = build_train_transform(recipe.image_size, recipe.augment, recipe.random_erase, recipe.crop_scale,
-                                      recipe.flip)
+                                      flip=recipe.flip, fill=background)
     eval_tf = build_eval_transform(recipe.image_size, crop_pct)
     seed = recipe.seed + 7919 * fold
     return (ImageDataset(train["path"], train["target"], train_tf, seed, image_loader(recipe, train["path"], crop_pct)),
             ImageDataset(val["path"], val["target"], eval_tf, seed, image_loader(recipe, val["path"], crop_pct)))
 
 
-def build_loaders(recipe, train: pd.DataFrame, val: pd.DataFrame, crop_pct: float, fold: int, d) -> FoldLoaders:
+def build_loaders(recipe, train: pd.DataFrame, val: pd.DataFrame, crop_pct: float, fold: int, d,
+                  background: tuple[int, int, int] = PAPER) -> FoldLoaders:
     """One fold's loaders (`d`: the process's place in the job), checked for size."""
-    train_ds, val_ds = build_datasets(recipe, train, val, crop_pct, fold)
+    train_ds, val_ds = build_datasets(recipe, train, val, crop_pct, fold, background)
     workers = recipe.num_workers if recipe.num_workers is not None else default_num_workers(d.local_world)
     sampler = EpochSampler(len(train_ds), recipe.batch_size, True, recipe.seed + fold, d.rank, d.world)
     pin = d.device.type == "cuda"

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from engine.data.background import Background
 from engine.errors import UserError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -95,6 +96,7 @@ class Audit:
     table: pd.DataFrame
     classes: list[str]
     problems: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["row", "image_path", "problem"]))
+    background: Background | None = None  # the paper colour, once measured (engine.data.background)
 
     def summary(self) -> str:
         n_bad = len(self.problems)

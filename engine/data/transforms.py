@@ -1,7 +1,8 @@
 """Train and eval transforms on uint8 tensors (torchvision v2); normalisation happens on the device.
 
-Sketches are ink on white paper, so everything that fills (affine, augment ops, erasing) fills with
-white: a black border would be a stroke the model learns from.
+Everything that fills (affine, augment ops, erasing) fills with the data set's paper colour (`fill`, an
+RGB triple; engine.data.background measures it): on white paper a black border would be a stroke the
+model learns from, and on black paper a white one would.
 """
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import math
 import torch
 from torchvision.transforms import v2
 
-PAPER = 255  # fill value: white paper
+PAPER = (255, 255, 255)  # the default fill: white paper
 DEFAULT_CROP_PCT = 0.875
 
 
@@ -30,19 +31,22 @@ def flip_ops(flip: str = "h") -> list:
 
 
 def build_train_transform(image_size: int, augment: str = "light", random_erase: float = 0.0,
-                          crop_scale: float = 0.35, flip: str = "h") -> v2.Compose:
-    """Random resized crop (area share crop_scale..1) + flips, the `augment` preset, optional random erasing."""
+                          crop_scale: float = 0.35, flip: str = "h",
+                          fill: tuple[int, int, int] = PAPER) -> v2.Compose:
+    """Random resized crop (area share crop_scale..1) + flips, the `augment` preset, optional random erasing;
+    new pixels are painted `fill` (the paper colour, RGB 0-255)."""
+    fill = [int(c) for c in fill]
     ops = [v2.RandomResizedCrop(image_size, scale=(crop_scale, 1.0), antialias=True), *flip_ops(flip)]
     if augment == "light":
-        ops.append(v2.RandomAffine(degrees=10, translate=(0.06, 0.06), scale=(0.9, 1.1), shear=5, fill=PAPER))
+        ops.append(v2.RandomAffine(degrees=10, translate=(0.06, 0.06), scale=(0.9, 1.1), shear=5, fill=fill))
     elif augment == "randaugment":
-        ops.append(v2.RandAugment(num_ops=2, magnitude=9, fill=PAPER))
+        ops.append(v2.RandAugment(num_ops=2, magnitude=9, fill=fill))
     elif augment == "trivialaugment":
-        ops.append(v2.TrivialAugmentWide(fill=PAPER))
+        ops.append(v2.TrivialAugmentWide(fill=fill))
     elif augment != "none":
         raise ValueError(f"unknown augment preset {augment!r}")
     if random_erase > 0:
-        ops.append(v2.RandomErasing(p=random_erase, scale=(0.02, 0.15), value=PAPER))
+        ops.append(v2.RandomErasing(p=random_erase, scale=(0.02, 0.15), value=fill))
     return v2.Compose(ops)
 
 

@@ -11,6 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from engine.data.background import resolve_background  # noqa: E402
 from engine.data.loader import ImageDataset  # noqa: E402
 from engine.data.demo_digits import ensure_demo_data  # noqa: E402
 from engine.errors import UserError  # noqa: E402
@@ -56,8 +57,9 @@ def write_augment_preview(recipe: Recipe, path: str | Path, columns: int = MAX_C
     classes = {int(t): c for t, c in zip(table["target"], table["class_name"])}
     names = [classes.get(i, str(i)) for i in range(max(classes) + 1)]
     seen = ImageDataset(rows["path"], rows["target"], build_eval_transform(recipe.image_size), recipe.seed)
+    paper = resolve_background(recipe.background, table["path"]).rgb  # fills as training will
     train_tf = build_train_transform(recipe.image_size, recipe.augment, recipe.random_erase, recipe.crop_scale,
-                                     recipe.flip)
+                                     flip=recipe.flip, fill=paper)
     trained = ImageDataset(rows["path"], rows["target"], train_tf, recipe.seed)
     normalize = Normalize(MEAN, STD)
     y = torch.tensor(rows["target"].tolist())

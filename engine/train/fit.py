@@ -12,7 +12,8 @@ import torch
 from engine import checkpoint, runs
 from engine.evaluate.predictions import write_val_predictions
 from engine.data.loader import build_loaders
-from engine.models import count_parameters, data_config, model_from_recipe
+from engine.data.background import WHITE, checkpoint_background
+from engine.models import count_parameters, data_config, model_from_recipe, small_map_warning
 from engine.recipe import Recipe
 from engine.system import distributed, preemption
 from engine.system.device import PRECISION_NAMES
@@ -26,15 +27,19 @@ from engine.train.state import TrainState, build_train_state
 
 def fit(recipe: Recipe, fold: int, train: pd.DataFrame, val: pd.DataFrame, classes: list[str], fold_dir: Path,
         d: Dist, log: RunLog, resume: dict | None = None, show_progress: bool = True,
-        on_epoch: Callable[[dict], None] | None = None) -> dict:
+        on_epoch: Callable[[dict], None] | None = None, background: tuple[int, int, int] = WHITE) -> dict:
     """Train one fold; returns the best epoch's metrics. Raises Preempted or Diverged after saving last.pt.
 
     `on_epoch(metrics_row)` is called after each epoch's checkpoints (a sweep's pruner listens here).
+    `background`: the paper colour augmentation fills with; checkpoints keep it for predict and cam.
     """
     torch.manual_seed(recipe.seed + fold)
     model = model_from_recipe(recipe, classes)
-    data_cfg = data_config(model)
-    loaders = build_loaders(recipe, train, val, data_cfg["crop_pct"], fold, d)
+    small_map = small_map_warning(model, recipe.image_size, recipe.model) if d.is_main and resume is None else None
+    if resume is not None:  # the colour it started with (white for checkpoints from before it was saved)
+        background = checkpoint_background(resume.get("data"))
+    data_cfg = {**data_config(model), "background": tuple(int(c) for c in background)}
+    loaders = build_loaders(recipe, train, val, data_cfg["crop_pct"], fold, d, data_cfg["background"])
     s = build_train_state(recipe, model, len(classes), data_cfg, len(loaders.train), d.device, fold, d.rank, d.enabled)
     torch.manual_seed(recipe.seed + fold + 1000 * (d.rank + 1))  # same init everywhere, own dropout per rank
     base = {"recipe": recipe.to_dict(), "classes": list(classes), "data": data_cfg, "fold": fold}
@@ -46,6 +51,8 @@ def fit(recipe: Recipe, fold: int, train: pd.DataFrame, val: pd.DataFrame, class
         log.print(f"fold {fold}: resumed at epoch {start_epoch + 1}, step {start_step}")
     else:
         log.print(start_line(recipe, fold, s, loaders, d))
+        if small_map:
+            log.print(small_map)
         if recipe.init_head == "imagenet":  # the copied ImageNet rows predict before the first step
             res = evaluate(s.eval_model, loaders.val, s.device, s.normalize, s.amp_dtype)
             log.print(f"fold {fold}: the ImageNet-initialised head scores val acc {res['acc']:.3f} before training")

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from engine import checkpoint, runs
+from engine.data.background import resolve_background
 from engine.data.demo_digits import ensure_demo_data
 from engine.data.loader import stop_workers
 from engine.errors import UserError
@@ -16,14 +17,15 @@ from engine.evaluate.oof import finish_folds
 from engine.recipe import Recipe
 from engine.system import distributed, preemption
 from engine.system.distributed import Dist
-from engine.system.runlog import RunLog
+from engine.system.runlog import RunLog, progress
 from engine.train.fit import fit
 from engine.train.state import finished, is_finished
 from engine.data.tables import Audit, apply_audit_policy, assign_folds, audit_table, read_train_table
 
 
-def load_data(recipe: Recipe, d: Dist, log=print) -> tuple[pd.DataFrame, list[str], Audit]:
-    """Read and audit the training table (rank 0 checks the files, the others receive the result)."""
+def load_data(recipe: Recipe, d: Dist, log=print, show_progress: bool = True) -> tuple[pd.DataFrame, list[str], Audit]:
+    """Read and audit the training table and measure its paper colour (rank 0 checks the files, the others
+    receive the result)."""
     if d.is_main:
         ensure_demo_data(recipe.data_dir, log)
     distributed.barrier()
@@ -31,6 +33,9 @@ def load_data(recipe: Recipe, d: Dist, log=print) -> tuple[pd.DataFrame, list[st
     if d.is_main:
         audit = audit_table(read_train_table(recipe.data_dir, recipe.train_csv), recipe.num_classes)
         table = apply_audit_policy(audit, recipe.bad_images, log).copy()
+        audit.background = resolve_background(recipe.background, table["path"],
+                                              progress=lambda it, n: progress(it, n, "background", show_progress))
+        log(audit.background.describe())
         table["fold"] = assign_folds(table["target"].to_numpy(), recipe.folds, recipe.val_fraction, recipe.seed)
         result = (table, audit.classes, audit)
     return distributed.broadcast_object(result)
@@ -52,9 +57,9 @@ def train(recipe: Recipe, fold: int | None = None, name: str | None = None, resu
         raise UserError(f"--fold {fold} is out of range: the recipe has folds = {recipe.folds} (0..{recipe.folds - 1})")
     folds = list(range(recipe.folds)) if fold is None else [fold]
     if dry_run:
-        describe_dry_run(recipe, d, say)
+        describe_dry_run(recipe, d, say, show_progress)
         return None
-    table, classes, audit = load_data(recipe, d, say)
+    table, classes, audit = load_data(recipe, d, say, show_progress)
     run_dir = run_dir or runs.make_run_dir(recipe, name, d)
     log = RunLog(run_dir, d.is_main, recipe.wandb, recipe.wandb_project, recipe.wandb_entity,
                  wandb_name=f"{recipe.name}/{run_dir.name}", config=recipe.to_dict())
@@ -71,7 +76,8 @@ def train(recipe: Recipe, fold: int | None = None, name: str | None = None, resu
                 results[k] = state["metrics"]
                 continue
             train_rows, val_rows = table[table["fold"] != k], table[table["fold"] == k]
-            results[k] = fit(recipe, k, train_rows, val_rows, classes, fold_dir, d, log, state, show_progress, on_epoch)
+            results[k] = fit(recipe, k, train_rows, val_rows, classes, fold_dir, d, log, state, show_progress, on_epoch,
+                             audit.background.rgb)
         if d.is_main:
             waiting = [k for k in range(recipe.folds) if k not in results
                        and not is_finished(runs.fold_dir(run_dir, k) / runs.LAST)]
@@ -98,15 +104,15 @@ def fold_state(fold_dir: Path) -> dict | None:
     return checkpoint.load_checkpoint(path) if path.is_file() else None
 
 
-def describe_dry_run(recipe: Recipe, d: Dist, say) -> None:
+def describe_dry_run(recipe: Recipe, d: Dist, say, show_progress: bool = True) -> None:
     """Print the resolved recipe, the data, model size, what trains at which LR, steps per epoch; train nothing.
     Without the data (a recipe checked on another machine) the model part still runs if num_classes is set."""
-    from engine.models import count_parameters, data_config, model_from_recipe
+    from engine.models import count_parameters, data_config, model_from_recipe, small_map_warning
     say("resolved recipe:")
     for key, value in recipe.to_dict().items():
         say(f"  {key} = {value!r}")
     try:
-        table, classes, _ = load_data(recipe, d, say)
+        table, classes, _ = load_data(recipe, d, say, show_progress)
     except UserError as e:
         if recipe.num_classes is None:
             raise
@@ -115,6 +121,8 @@ def describe_dry_run(recipe: Recipe, d: Dist, say) -> None:
     model = model_from_recipe(recipe, classes, weights=False)
     say(f"model: {recipe.model}, {count_parameters(model) / 1e6:.2f}M parameters, head {recipe.head!r}"
         f"{', gradient checkpointing' if recipe.grad_checkpointing else ''}")
+    if small_map := small_map_warning(model, recipe.image_size, recipe.model):
+        say(small_map)
     n_train = int((table["fold"] != 0).sum()) if table is not None else 0
     per_step = recipe.batch_size * d.world
     updates = -(-(n_train // per_step) // recipe.accumulate_grad_batches)
