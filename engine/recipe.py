@@ -15,7 +15,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 from engine.errors import UserError
 
@@ -43,6 +43,15 @@ class Recipe:
     pretrained_path: Optional[str] = key(None, "local weights file to start from; the classifier is adapted to num_classes")
     num_classes: Optional[int] = key(None, "number of classes; None: taken from the data", bounds="[1, inf)")
     drop_path: float = key(0.0, "stochastic depth rate, for models that support it", bounds="[0, 1)")
+    # issue 13 keys (minimal; the issue13 branch owns them)
+    freeze: Union[str, int] = key("none", "none | backbone (only the head trains) | N: all but the last N blocks",
+                                  ("none", "backbone"))
+    unfreeze_epoch: Optional[int] = key(None, "from this epoch on everything trains (None: never)", bounds="[0, inf)")
+    # feature store (engine/data/feature_store.py)
+    feature_views: int = key(0, "K > 0 with freeze='backbone': store the backbone's features of the eval view and K "
+                                "augmented views once, then train only the head from them (epoch e: view e mod K)",
+                             bounds="[0, inf)")
+    feature_dtype: str = key("fp16", "how stored features are kept (fp32: exact, twice the disk)", ("fp16", "fp32"))
     # data
     data_dir: str = key("data/train", "folder the train.csv image paths are relative to (or a folder of class folders)")
     train_csv: Optional[str] = key("data/train.csv", "CSV of class_name,image_path,target; None: class folders under data_dir")
@@ -121,8 +130,8 @@ def describe() -> str:
 
 
 def _type_name(hint: Any) -> str:
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    return f"{args[0].__name__} or None" if args else hint.__name__
+    args = typing.get_args(hint)
+    return " or ".join("None" if a is type(None) else a.__name__ for a in args) if args else hint.__name__
 
 
 def check_value(name: str, value: Any) -> Any:
@@ -133,7 +142,9 @@ def check_value(name: str, value: Any) -> Any:
         raise UserError(f"unknown recipe key '{name}'{hint}")
     hint = _HINTS[name]
     optional = type(None) in typing.get_args(hint)
-    base = next((a for a in typing.get_args(hint) if a is not type(None)), hint)
+    bases = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
+    # a key of several types (freeze: a word or an int) is checked as the type the value has
+    base = next((b for b in bases if isinstance(value, b) and not isinstance(value, bool)), bases[0])
     if value is None and optional:
         return None
     ok = (isinstance(value, base) and not (base is int and isinstance(value, bool))) or (
@@ -145,7 +156,7 @@ def check_value(name: str, value: Any) -> Any:
     if bounds and not in_bounds(value, bounds):
         raise UserError(f"recipe key '{name}' must be in {bounds}; got {value!r}")
     choices = FIELDS[name].metadata["choices"]
-    if choices and value not in choices:
+    if choices and value not in choices and not (len(bases) > 1 and isinstance(value, int)):
         close = difflib.get_close_matches(str(value), map(str, choices), n=1)
         hint = f"; did you mean '{close[0]}'?" if close else ""
         raise UserError(f"recipe key '{name}' must be one of {', '.join(map(str, choices))}; got {value!r}{hint}")
@@ -157,9 +168,33 @@ def _check_recipe(r: Recipe) -> Recipe:
     if r.mixup_ratio + r.cutmix_ratio > 1 + 1e-9:
         raise UserError(f"mixup_ratio + cutmix_ratio must be <= 1 (a batch is mixed one way or the other); "
                         f"got {r.mixup_ratio} + {r.cutmix_ratio}")
+    if isinstance(r.freeze, int) and r.freeze < 0:
+        raise UserError(f"freeze must be 'none', 'backbone' or an int >= 0; got {r.freeze}")
+    if r.feature_views:
+        _check_feature_store(r)
     if r.folds == 1 and not 0 < r.val_fraction < 1:
         raise UserError(f"val_fraction must be in (0, 1) when folds = 1; got {r.val_fraction}")
     return r
+
+
+def _check_feature_store(r: Recipe) -> None:
+    """A feature store holds features computed once: refuse every key that would change them during training."""
+    fix = "; set it so, or feature_views=0 to train through the backbone"
+    if r.freeze != "backbone":
+        raise UserError(f"feature_views={r.feature_views} needs freeze='backbone' (freeze={r.freeze!r} trains backbone "
+                        f"weights, so stored features would go stale){fix}")
+    if r.unfreeze_epoch is not None:
+        raise UserError(f"feature_views={r.feature_views} cannot unfreeze the backbone (unfreeze_epoch="
+                        f"{r.unfreeze_epoch}); set unfreeze_epoch=None or feature_views=0")
+    if r.drop_path > 0:
+        raise UserError(f"feature_views={r.feature_views} needs drop_path=0 (stochastic depth changes the backbone's "
+                        f"features every step; got {r.drop_path}){fix}")
+    if r.sync_bn:
+        raise UserError(f"feature_views={r.feature_views} cannot use sync_bn=True (a train-mode batch-norm changes the "
+                        f"backbone's features); set sync_bn=False or feature_views=0")
+    if r.cutmix_ratio > 0:
+        raise UserError(f"cutmix_ratio={r.cutmix_ratio} needs pixels, a feature store has none; use mixup_ratio "
+                        f"(it mixes stored features) or feature_views=0")
 
 
 def resolve(base: dict, overrides: dict) -> Recipe:

@@ -114,5 +114,9 @@ def describe_dry_run(recipe: Recipe, table: pd.DataFrame, classes: list[str], d:
     from engine.data.cache import cache_summary  # what cache="memory"/"disk" will take, from image headers
     from engine.models import data_config
     say(cache_summary(recipe, list(table["path"]), data_config(model)["crop_pct"]))
+    if recipe.feature_views:
+        from engine.train.head_fit import describe_stores  # the stores' size, and whether they exist
+        for line in describe_stores(recipe, table, model, data_config(model), d.device):
+            say(line)
     say(f"steps per epoch: {n_train // per_step} (batch {recipe.batch_size} x {d.world} process(es)), "
         f"updates per epoch: {-(-(n_train // per_step) // recipe.accumulate_grad_batches)}")
