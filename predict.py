@@ -37,6 +37,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     p.add_argument("--runs-dir", default="runs", help="where to look for the newest run (default runs/)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-store", action="store_true",
+                   help="run the backbone even for checkpoints trained from a feature store (feature_views > 0)")
     return p.parse_args(argv)
 
 
@@ -80,7 +82,7 @@ def run(args: argparse.Namespace) -> None:
     print(f"predicting {len(table)} images of {csv} with {len(members)} model(s)"
           f"{' x flip' if args.tta else ''}{' x scales ' + args.tta_scales if scales else ''}")
     probs = inference.predict_probs(members, table["path"].tolist(), args.batch_size, args.tta, scales,
-                                    args.workers, not args.no_progress)
+                                    args.workers, not args.no_progress, use_store=not args.no_store)
     classes = members[0].classes
     top = probs.topk(min(5, probs.shape[1]), dim=1)
     pred = top.indices[:, 0].numpy()

@@ -25,10 +25,8 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
-import timm
 import torch
 
-from engine.data.cache import disk_cache_root
 from engine.system import distributed
 from engine.system.device import autocast
 from engine.system.runlog import progress
@@ -63,6 +61,7 @@ def _file_sha1_cached(path: str, size: int, mtime_ns: int) -> str:
 
 def weights_identity(recipe, model: torch.nn.Module, fold: int) -> str:
     """Which weights the backbone starts from: a hash of pretrained_path, the timm tag, or the random-init seed."""
+    import timm  # its version: what a name without a tag or a random init means
     if recipe.pretrained_path:
         return f"file-sha1:{_file_sha1(recipe.pretrained_path)}"
     if recipe.pretrained:
@@ -114,6 +113,7 @@ def store_name(key: dict) -> str:
 
 
 def store_root() -> Path:
+    from engine.data.cache import disk_cache_root  # here: a process that only reads stores skips torchvision
     return disk_cache_root() / "features"
 
 
