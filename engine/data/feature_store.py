@@ -232,9 +232,10 @@ def ensure(key: dict, builder: Builder, d, show_progress: bool = True, log: Call
     root = root or store_root()
     name = store_name(key)
     folder, tmp = root / name, root / f"{name}.building"
-    store = open_trusted(folder, key)
-    if store is not None:
-        return store
+    if not d.enabled:  # under torchrun every rank must reach the same collectives: rank 0 decides below
+        store = open_trusted(folder, key)
+        if store is not None:
+            return store
     views = tuple(key["views"])
     with _main_holds_lock(root / f"{name}.lock", d.is_main):
         plan = None
