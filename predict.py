@@ -30,6 +30,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     p.add_argument("--runs-dir", default="runs", help="where to look for the newest run (default runs/)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-store", action="store_true",
+                   help="run the backbone even for checkpoints trained from a feature store (feature_views > 0)")
     return p.parse_args(argv)
 
 

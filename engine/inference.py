@@ -20,7 +20,8 @@ from engine.data.loader import ImageDataset, default_num_workers
 from engine.errors import UserError
 from engine.models import model_from_recipe
 from engine.recipe import Recipe, from_dict
-from engine.system.device import autocast, autocast_dtype, memory_format, use_channels_last
+from engine.system.device import PRECISION_NAMES, autocast, autocast_dtype, memory_format, use_channels_last
+from engine.system.distributed import Dist
 from engine.system.runlog import progress
 from engine.train.state import is_finished
 from engine.data.transforms import FLIP_VIEWS, Normalize, build_eval_transform
@@ -117,8 +118,10 @@ def view_groups(members: Sequence[Member], scales: Sequence[float]) -> dict[tupl
 @torch.inference_mode()
 def predict_probs(members: Sequence[Member], image_paths: Sequence[str], batch_size: int = 128, flip: bool = False,
                   scales: Sequence[float] = (), num_workers: int | None = None,
-                  show_progress: bool = True) -> torch.Tensor:
-    """Mean softmax (N x C, float32, CPU) of every member over every view of every image, in input order."""
+                  show_progress: bool = True, use_store: bool = True) -> torch.Tensor:
+    """Mean softmax (N x C, float32, CPU) of every member over every view of every image, in input order.
+
+    Members trained from a feature store (`use_store`) read stored backbone features of each view instead."""
     if not members:
         raise UserError("no checkpoints to predict with")
     device = next(members[0].model.parameters()).device
@@ -130,6 +133,14 @@ def predict_probs(members: Sequence[Member], image_paths: Sequence[str], batch_s
     views = 0
     for (size, crop_pct, at_trained_size), group in groups.items():
         dataset = eval_dataset(image_paths, size, crop_pct, as_validated=at_trained_size)  # other scales: raw decode
+        stored = [m for m in group if use_store and trained_from_store(m.recipe)]
+        views += len(stored) * (2 if flip else 1)  # a store holds the eval view and its horizontal flip
+        if stored:
+            total += stored_probs(stored, dataset, size, crop_pct, at_trained_size, flip, amp, batch_size, workers,
+                                  show_progress)
+        group = [m for m in group if m not in stored]
+        if not group:
+            continue
         loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
                                              pin_memory=device.type == "cuda",
                                              prefetch_factor=4 if workers > 0 else None)
@@ -149,6 +160,35 @@ def predict_probs(members: Sequence[Member], image_paths: Sequence[str], batch_s
 def tta_flips(m: Member, flip: bool) -> tuple[tuple[int, ...], ...]:
     """The flipped dims of each view: with TTA the flips the member trained with, else the plain view only."""
     return FLIP_VIEWS[m.recipe.flip] if flip else ((),)
+
+
+def trained_from_store(recipe: Recipe) -> bool:
+    """A frozen backbone whose head trained from stored features: predict from stored features too."""
+    return recipe.feature_views > 0 and recipe.freeze == "backbone"
+
+
+@torch.inference_mode()
+def stored_probs(members: Sequence[Member], dataset: ImageDataset, size: int, crop_pct: float, pre_resized: bool,
+                 flip: bool, amp: torch.dtype | None, batch_size: int, workers: int, show_progress: bool) -> torch.Tensor:
+    """Summed softmax of each member's head over stored features of each view (members sharing a backbone share
+    one store: K folds of a frozen backbone cost one backbone pass, reused by later predictions)."""
+    from engine.data import feature_store as fs
+    device = next(members[0].model.parameters()).device
+    total = torch.zeros(len(dataset), len(members[0].classes), device=device)
+    views = ("eval", "eval_hflip") if flip else ("eval",)
+    for m in members:
+        key = fs.store_key(m.recipe.model, fs.tensor_identity(m.model), size, crop_pct, dataset.paths, views,
+                           PRECISION_NAMES[amp], m.recipe.feature_dtype, pre_resized=pre_resized)
+        builder = fs.Builder(m.model, m.normalize, lambda view: fs.view_images(view, None, dataset), amp, batch_size,
+                             workers)
+        store = fs.ensure(key, builder, Dist(device=device), show_progress)
+        for view in views:
+            features = store.view(view)
+            for rows in torch.arange(len(dataset)).split(4096):
+                with autocast(device, amp):
+                    logits = m.model.get_classifier()(features[rows].to(device).float())
+                total[rows.to(device)] += logits.float().softmax(1)
+    return total
 
 
 def run_model(m: Member, x: torch.Tensor, amp: torch.dtype | None, size: int) -> torch.Tensor:

@@ -55,7 +55,7 @@ def run_predict(args: argparse.Namespace) -> None:
     print(f"predicting {len(table)} images of {csv} with {len(members)} model(s)"
           f"{' x flip' if args.tta else ''}{' x scales ' + args.tta_scales if scales else ''}")
     probs = inference.predict_probs(members, table["path"].tolist(), args.batch_size, args.tta, scales,
-                                    args.workers, not args.no_progress)
+                                    args.workers, not args.no_progress, use_store=not args.no_store)
     classes = members[0].classes
     pred = probs.argmax(1).numpy()
     folder = runs.output_folder_of(paths[0])

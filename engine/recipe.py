@@ -74,6 +74,11 @@ class Recipe:
                     ("h", "hv", "none"))
     init_head: str = key("random", 'start the head random, or from the pretrained ImageNet-1k head rows of classes named '
                          "by WordNet id (n01440764, ...)", ("random", "imagenet"))
+    # feature store (engine/data/feature_store.py)
+    feature_views: int = key(0, "K > 0 with freeze='backbone': store the backbone's features of the eval view and K "
+                                "augmented views once, then train only the head from them (epoch e: view e mod K)",
+                             bounds="[0, inf)")
+    feature_dtype: str = key("fp16", "how stored features are kept (fp32: exact, twice the disk)", ("fp16", "fp32"))
     # data
     data_dir: str = key("data/train", "folder the train.csv image paths are relative to (or a folder of class folders)")
     train_csv: Optional[str] = key("data/train.csv", "CSV of class_name,image_path,target; None: class folders under data_dir")
@@ -187,7 +192,7 @@ def check_value(name: str, value: Any) -> Any:
     if bounds and not in_bounds(value, bounds):
         raise UserError(f"recipe key '{name}' must be in {bounds}; got {value!r}")
     choices = FIELDS[name].metadata["choices"]
-    if choices and value not in choices:
+    if choices and value not in choices and not (len(bases) > 1 and isinstance(value, int)):
         close = difflib.get_close_matches(str(value), map(str, choices), n=1)
         hint = f"; did you mean '{close[0]}'?" if close else ""
         raise UserError(f"recipe key '{name}' must be one of {', '.join(map(str, choices))}; got {value!r}{hint}")
@@ -208,9 +213,31 @@ def _check_recipe(r: Recipe) -> Recipe:
                         f'("backbone" or an int N) or unfreeze_epoch=None')
     if r.init_head == "imagenet" and r.head != "linear":
         raise UserError('init_head="imagenet" copies rows of a linear ImageNet head; use head="linear" or init_head="random"')
+    if r.feature_views:
+        _check_feature_store(r)
     if r.folds == 1 and not 0 < r.val_fraction < 1:
         raise UserError(f"val_fraction must be in (0, 1) when folds = 1; got {r.val_fraction}")
     return r
+
+
+def _check_feature_store(r: Recipe) -> None:
+    """A feature store holds features computed once: refuse every key that would change them during training."""
+    fix = "; set it so, or feature_views=0 to train through the backbone"
+    if r.freeze != "backbone":
+        raise UserError(f"feature_views={r.feature_views} needs freeze='backbone' (freeze={r.freeze!r} trains backbone "
+                        f"weights, so stored features would go stale){fix}")
+    if r.unfreeze_epoch is not None:
+        raise UserError(f"feature_views={r.feature_views} cannot unfreeze the backbone (unfreeze_epoch="
+                        f"{r.unfreeze_epoch}); set unfreeze_epoch=None or feature_views=0")
+    if r.drop_path > 0:
+        raise UserError(f"feature_views={r.feature_views} needs drop_path=0 (stochastic depth changes the backbone's "
+                        f"features every step; got {r.drop_path}){fix}")
+    if r.sync_bn:
+        raise UserError(f"feature_views={r.feature_views} cannot use sync_bn=True (a train-mode batch-norm changes the "
+                        f"backbone's features); set sync_bn=False or feature_views=0")
+    if r.cutmix_ratio > 0:
+        raise UserError(f"cutmix_ratio={r.cutmix_ratio} needs pixels, a feature store has none; use mixup_ratio "
+                        f"(it mixes stored features) or feature_views=0")
 
 
 def resolve(base: dict, overrides: dict) -> Recipe:

@@ -21,6 +21,7 @@ from engine.system.distributed import Dist
 from engine.system.runlog import RunLog
 from engine.train.freezing import count as count_trainable
 from engine.train.early_stopping import EarlyStopping
+from engine.train.head_fit import build_head_training
 from engine.train.loop import evaluate, train_one_epoch
 from engine.train.state import TrainState, build_train_state
 
@@ -39,8 +40,13 @@ def fit(recipe: Recipe, fold: int, train: pd.DataFrame, val: pd.DataFrame, class
     if resume is not None:  # the colour it started with (white for checkpoints from before it was saved)
         background = checkpoint_background(resume.get("data"))
     data_cfg = {**data_config(model), "background": tuple(int(c) for c in background)}
-    loaders = build_loaders(recipe, train, val, data_cfg["crop_pct"], fold, d, data_cfg["background"])
-    s = build_train_state(recipe, model, len(classes), data_cfg, len(loaders.train), d.device, fold, d.rank, d.enabled)
+    if recipe.feature_views:  # frozen backbone: only the head trains, from stored features (train/head_fit.py)
+        loaders, s = build_head_training(recipe, model, data_cfg, train, val, len(classes), fold, d, show_progress,
+                                         log.print)
+    else:
+        loaders = build_loaders(recipe, train, val, data_cfg["crop_pct"], fold, d, data_cfg["background"])
+        s = build_train_state(recipe, model, len(classes), data_cfg, len(loaders.train), d.device, fold, d.rank,
+                              d.enabled)
     torch.manual_seed(recipe.seed + fold + 1000 * (d.rank + 1))  # same init everywhere, own dropout per rank
     base = {"recipe": recipe.to_dict(), "classes": list(classes), "data": data_cfg, "fold": fold}
     early = EarlyStopping(recipe.monitor, recipe.early_stopping)
@@ -71,14 +77,15 @@ def fit(recipe: Recipe, fold: int, train: pd.DataFrame, val: pd.DataFrame, class
             raise preemption.Preempted(f"stopped at epoch {epoch + 1}, step {stats['stopped_at']}; last.pt written",
                                        preemption.signal_number())
         start_step, train_time = 0, time.perf_counter() - t0
-        res = evaluate(s.eval_model, loaders.val, s.device, s.normalize, s.amp_dtype)
+        net = s.eval_model.get_classifier() if recipe.feature_views else s.eval_model  # stored features: the head
+        res = evaluate(net, loaders.val, s.device, s.normalize, s.amp_dtype)
         metrics = epoch_metrics(epoch, stats, res, s, train_time, time.perf_counter() - t0)
         improved = early.update(metrics)
         stop = early.stop_reason(metrics)
         if d.is_main:
             log.metrics(fold_dir / runs.METRICS, metrics, prefix=f"{fold_dir.name}/")
             log.print(epoch_line(metrics, recipe.epochs, improved))
-            if metrics["data_wait"] > 0.1:
+            if metrics["data_wait"] > 0.1 and not recipe.feature_views:  # stored features need no workers
                 fix = "a lighter augment" if recipe.cache != "none" else "cache='memory'"
                 log.print(f"warning: the step waited for data {metrics['data_wait']:.0%} of the epoch; raise "
                           f"num_workers (now {loaders.workers}) or use {fix}")

@@ -134,6 +134,10 @@ def describe_dry_run(recipe: Recipe, d: Dist, say, show_progress: bool = True) -
         f"fold 0: {n_train} train / {len(table) - n_train} val")
     from engine.data.cache import cache_summary  # what cache="memory"/"disk" will take, from image headers
     say(cache_summary(recipe, list(table["path"]), data_config(model)["crop_pct"]))
+    if recipe.feature_views:
+        from engine.train.head_fit import describe_stores  # the stores' size, and whether they exist
+        for line in describe_stores(recipe, table, model, data_config(model), d.device):
+            say(line)
     say(f"steps per epoch: {n_train // per_step} (batch {recipe.batch_size} x {d.world} process(es)), "
         f"updates per epoch: {updates}")
 
