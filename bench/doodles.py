@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 # grid fits a crowded machine; the demo itself is the baseline (`demo` mode, the same runs)
 CANDIDATES = {
     "resnet18 32px 12ep augment=none": ("recipes/demo.py", {"augment": "none"}),
-    "resnet18 32px 18ep trivialaugment": ("recipes/demo.py", {"epochs": 18, "augment": "trivialaugment"}),
+    "resnet18 32px 12ep trivialaugment": ("recipes/demo.py", {"augment": "trivialaugment"}),
     "resnet18 48px 8ep light": ("recipes/demo.py", {"image_size": 48, "epochs": 8}),
 }
 
