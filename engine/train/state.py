@@ -10,7 +10,9 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from engine import checkpoint
-from engine.data.transforms import Normalize
+from engine.data.device_augment import DeviceAugment, on_device
+from engine.data.loader import augment_seed
+from engine.data.transforms import PAPER, Normalize
 from engine.recipe import Recipe
 from engine.system import device as dev
 from engine.train.ema import ModelEma
@@ -37,6 +39,7 @@ class TrainState:
     clip_grad_norm: float | None = None
     max_bad_steps: int = 10
     ema: ModelEma | None = None
+    augment: DeviceAugment | None = None  # augment_on="device": the batched augmentation after the transfer
     rank: int = 0
     bad_steps: int = 0  # consecutive non-finite updates
     skipped_steps: int = 0  # all skipped updates
@@ -101,8 +104,9 @@ def is_finished(last_pt: Path) -> bool:
 
 def build_train_state(recipe: Recipe, model: torch.nn.Module, num_classes: int, data_cfg: dict,
                       steps_per_epoch: int, device: torch.device, fold: int = 0, rank: int = 0,
-                      distributed: bool = False) -> TrainState:
-    """The state fit() trains: model on its device, optimizer, schedule, scaler, loss, mixer, EMA, DDP."""
+                      distributed: bool = False, fill: tuple[int, int, int] = (PAPER,) * 3) -> TrainState:
+    """The state fit() trains: model on its device, optimizer, schedule, scaler, loss, mixer, EMA, DDP,
+    and with augment_on="device" the batched augmentation (`fill`: the background colour)."""
     on_cuda = device.type == "cuda"
     channels_last = dev.use_channels_last(recipe.channels_last, device)
     model = model.to(device, memory_format=dev.memory_format(channels_last))
@@ -124,7 +128,9 @@ def build_train_state(recipe: Recipe, model: torch.nn.Module, num_classes: int, 
         normalize=Normalize(data_cfg["mean"], data_cfg["std"], channels_last).to(device),
         device=device, amp_dtype=amp_dtype, accumulate=recipe.accumulate_grad_batches,
         clip_grad_norm=recipe.clip_grad_norm, max_bad_steps=recipe.max_bad_steps,
-        ema=ModelEma(model, recipe.ema_decay) if recipe.ema_decay > 0 else None, rank=rank)
+        ema=ModelEma(model, recipe.ema_decay) if recipe.ema_decay > 0 else None, rank=rank,
+        augment=DeviceAugment(recipe.image_size, recipe.crop_scale, recipe.augment, recipe.random_erase,
+                              augment_seed(recipe, fold), fill) if on_device(recipe, device) else None)
     if recipe.compile:
         s.forward = torch.compile(s.forward)
     return s
