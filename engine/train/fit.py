@@ -62,6 +62,7 @@ def fit(recipe: Recipe, fold: int, train: pd.DataFrame, val: pd.DataFrame, class
         metrics = epoch_metrics(epoch, stats, res, s, train_time, time.perf_counter() - t0)
         improved = early.update(metrics)
         stop = early.stop_reason(metrics)
+        best = []  # best.pt goes to disk with last.pt, in the background
         if d.is_main:
             log.metrics(fold_dir / runs.METRICS, metrics, prefix=f"fold{fold}/")
             log.print(epoch_line(metrics, recipe.epochs, improved))
@@ -70,26 +71,31 @@ def fit(recipe: Recipe, fold: int, train: pd.DataFrame, val: pd.DataFrame, class
                 log.print(f"warning: the step waited for data {metrics['data_wait']:.0%} of the epoch; raise "
                           f"num_workers (now {loaders.workers}) or use {fix}")
             if improved:
-                best = checkpoint.model_checkpoint(base, s.eval_model.state_dict(), epoch + 1, metrics)
-                checkpoint.save_atomic(best, fold_dir / runs.BEST)
+                best = [(checkpoint.model_checkpoint(base, s.eval_model.state_dict(), epoch + 1, metrics),
+                         fold_dir / runs.BEST)]
                 write_val_predictions(fold_dir / runs.VAL_PREDICTIONS, val, res["probs"], classes)
-        save_last(s, base, epoch + 1, 0, stop is not None or epoch + 1 == recipe.epochs, metrics, early, fold_dir, d)
+        save_last(s, base, epoch + 1, 0, stop is not None or epoch + 1 == recipe.epochs, metrics, early, fold_dir, d,
+                  best)
         if on_epoch is not None:
             on_epoch(metrics)
         if stop:
             log.print(stop)
             break
+    checkpoint.wait_for_writes()  # the fold's files are on disk before anyone reads them
     distributed.barrier()
     return early.result()
 
 
 def save_last(s: TrainState, base: dict, epoch: int, step: int, finished: bool, metrics: dict,
-              early: EarlyStopping, fold_dir: Path, d: Dist) -> None:
-    """Every rank's RNG state goes in (for an exact resume); rank 0 writes last.pt."""
+              early: EarlyStopping, fold_dir: Path, d: Dist, also: list[tuple[dict, Path]] = ()) -> None:
+    """Every rank's RNG state goes in (for an exact resume); rank 0 writes last.pt (after `also`, e.g.
+    best.pt) in the background; stopping mid-epoch, it waits until they are on disk."""
     rng = distributed.all_objects(checkpoint.rng_state())
     if d.is_main:
         last = s.last_checkpoint(base, epoch, step, finished, metrics, early.state, rng)
-        checkpoint.save_atomic(last, fold_dir / runs.LAST)
+        checkpoint.save_in_background([*also, (last, fold_dir / runs.LAST)])
+        if step:
+            checkpoint.wait_for_writes()
     if step:
         distributed.barrier()  # stopping mid-epoch: nobody exits before last.pt is on disk
 

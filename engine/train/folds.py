@@ -87,6 +87,7 @@ def train(recipe: Recipe, fold: int | None = None, name: str | None = None, resu
         raise
     finally:
         stop_workers()  # a pruned sweep trial or an exception must not leave data workers behind
+        checkpoint.wait_for_writes()  # nor a checkpoint half written
         preemption.uninstall()
         log.close()
     return run_dir
