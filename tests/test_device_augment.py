@@ -50,7 +50,7 @@ def device_draws(extent: tuple[int, int], augment: str = "light", random_erase: 
 
 def test_an_identity_draw_returns_the_canvas_unchanged():
     image = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
-    canvas = Canvas(image, torch.tensor([[64, 64]] * 2))
+    canvas = Canvas(image, torch.tensor([[64, 64]] * 2), torch.tensor([False, False]))
     draws = Draws(torch.tensor([[0.0, 0, 64, 64]] * 2), torch.tensor([False, False]), no_change(2), torch.zeros(2, 4))
     out = DeviceAugment(64, augment="none").apply(canvas, draws)
     assert out.shape == (2, 3, 64, 64) and out.dtype == torch.float32
@@ -58,12 +58,24 @@ def test_an_identity_draw_returns_the_canvas_unchanged():
 
 
 def test_canvas_keeps_every_pixel_and_the_true_extent_and_pads_with_the_fill():
-    images = [torch.randint(0, 256, (3, h, w), dtype=torch.uint8) for h, w in ((40, 70), (65, 30))]
+    images = [torch.randint(0, 256, (3, h, w), dtype=torch.uint8) for h, w in ((40, 70), (75, 30))]
     canvas, targets = CanvasCollate(fill=(10, 20, 30))([(im, torch.tensor(i)) for i, im in enumerate(images)])
-    assert canvas.images.shape == (2, 3, 96, 96) and canvas.extents.tolist() == [[40, 70], [65, 30]]
-    assert torch.equal(canvas.images[0, :, :40, :70], images[0]) and torch.equal(canvas.images[1, :, :65, :30], images[1])
+    assert canvas.images.shape == (2, 3, 64, 96) and canvas.extents.tolist() == [[40, 70], [75, 30]]
+    assert canvas.transposed.tolist() == [False, True]  # the portrait image lies on its side: a smaller canvas
+    assert torch.equal(canvas.images[0, :, :40, :70], images[0])
+    assert torch.equal(canvas.images[1, :, :30, :75], images[1].transpose(1, 2))
     assert canvas.images[0, :, 40:].flatten(1).unique(dim=1).tolist() == [[10], [20], [30]]
     assert targets.tolist() == [0, 1]
+
+
+def test_a_portrait_image_warps_as_if_it_lay_upright():
+    image = smooth_image(90, 50)
+    draws = Draws(torch.tensor([[10.0, 5, 60, 40]]), torch.tensor([True]), torch.tensor([[6.0, 2, -1, 1.0, 3]]).double(),
+                  torch.zeros(1, 4))
+    aug = DeviceAugment(48)
+    laid = aug.apply(pad_to_canvas([image]), draws)
+    upright = aug.apply(Canvas(image[None], torch.tensor([[90, 50]]), torch.tensor([False])), draws)
+    assert pad_to_canvas([image]).transposed.item() and (laid - upright).abs().max() < 1e-3
 
 
 @pytest.mark.parametrize("shape", [(256, 341), (256, 256), (400, 256)])
@@ -133,7 +145,7 @@ def test_outside_the_image_is_the_background_fill():
     assert out[:, :12, :].flatten(1).unique(dim=1).tolist() == [[200.0], [30.0], [90.0]]
     assert out[:, 24:40, 24:40].abs().max() < 1e-3  # the image itself, unchanged
     erased = DeviceAugment(64, augment="none", fill=(1, 2, 3)).apply(
-        Canvas(torch.zeros(1, 3, 64, 64, dtype=torch.uint8), torch.tensor([[64, 64]])),
+        Canvas(torch.zeros(1, 3, 64, 64, dtype=torch.uint8), torch.tensor([[64, 64]]), torch.tensor([False])),
         Draws(torch.tensor([[0.0, 0, 64, 64]]), torch.tensor([False]), no_change(), torch.tensor([[5.0, 6, 10, 20]])))
     assert erased[0, :, 5:15, 6:26].flatten(1).unique(dim=1).tolist() == [[1.0], [2.0], [3.0]]
     assert erased[0, :, 15:].abs().max() == 0
