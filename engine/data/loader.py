@@ -126,10 +126,14 @@ def _ignore_stop_signals(worker_id: int) -> None:
 def stop_workers() -> None:
     """End every loader's persistent workers now, also after an exception that left them running."""
     for loader in list(_LOADERS):
-        iterator = getattr(loader, "_iterator", None)
-        if iterator is not None and hasattr(iterator, "_shutdown_workers"):
-            iterator._shutdown_workers()
-        loader._iterator = None
+        _stop(loader)
+
+
+def _stop(loader: DataLoader) -> None:
+    iterator = getattr(loader, "_iterator", None)
+    if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+        iterator._shutdown_workers()
+    loader._iterator = None
 
 
 @atexit.register  # runs before multiprocessing's own exit hook, whose SIGTERM the workers ignore
@@ -159,6 +163,11 @@ class FoldLoaders:
     val: DataLoader
     sampler: EpochSampler
     workers: int
+
+    def stop(self) -> None:
+        """End both loaders' workers now (the fold is done; nothing else would end them until exit)."""
+        for loader in (self.train, self.val):
+            _stop(loader)
 
 
 def augment_seed(recipe, fold: int) -> int:

@@ -81,7 +81,7 @@ def fit(recipe: Recipe, fold: int, train: pd.DataFrame, val: pd.DataFrame, class
         if stop:
             log.print(stop)
             break
-    checkpoint.wait_for_writes()  # the fold's files are on disk before anyone reads them
+    loaders.stop()  # its workers end now, while the last checkpoints are written (folds.train waits for them)
     distributed.barrier()
     return early.result()
 
