@@ -115,6 +115,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--only", nargs="*", default=["engine", "bare", "lightning"])
+    p.add_argument("--baseline", type=Path, help="another checkout of the engine, timed as contender 'baseline'")
     p.add_argument("--run", choices=["bare", "lightning"], help=argparse.SUPPRESS)  # one contender, in this process
     p.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--out", type=Path, help=argparse.SUPPRESS)
@@ -130,6 +131,9 @@ def main(argv: list[str] | None = None) -> None:
                                      "--epochs", str(args.epochs)],
                 "lightning": lambda out: [sys.executable, __file__, "--run", "lightning", "--data", str(data), "--out",
                                           str(out), "--epochs", str(args.epochs)]}
+    if args.baseline:  # e.g. main before this change: same command, run in that checkout
+        commands["baseline"] = lambda out: [a for a in engine_cmd(data, out, args.epochs) if "augment_on" not in a]
+        args.only.append("baseline")
     names = [n for n in commands if n in args.only]
     walls = {n: [] for n in names}
     for r in range(args.rounds):
@@ -137,7 +141,8 @@ def main(argv: list[str] | None = None) -> None:
             out = work / f"{name}-{r}"
             out.mkdir()
             t0 = time.perf_counter()
-            done = subprocess.run(commands[name](out), cwd=ROOT, capture_output=True, text=True)
+            cwd = args.baseline if name == "baseline" else ROOT
+            done = subprocess.run(commands[name](out), cwd=cwd, capture_output=True, text=True)
             walls[name].append(time.perf_counter() - t0)
             if done.returncode:
                 sys.exit(f"{name} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")

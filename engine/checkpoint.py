@@ -27,21 +27,29 @@ def save_atomic(obj: dict, path: str | Path) -> None:
     write_atomic(path, lambda f: torch.save(obj, f), binary=True)
 
 
-def snapshot(obj, _copies: dict | None = None):
+def snapshot(obj, _copies: dict | None = None, buffers: dict | None = None, _at: tuple = ()):
     """`obj` with every tensor copied to the CPU: what training goes on changing is frozen as it is now.
 
-    A tensor reached twice (the model in best.pt and last.pt) is copied once.
+    A tensor reached twice (the model in best.pt and last.pt) is copied once. `buffers` (position ->
+    tensor) are reused from the last snapshot of the same shape: new memory costs page faults that
+    take longer than the copy itself.
     """
     copies = {} if _copies is None else _copies
     if isinstance(obj, torch.Tensor):
         key = (obj.device, obj.data_ptr(), obj.dtype, tuple(obj.shape), obj.stride())
         if key not in copies:
-            copies[key] = obj.detach().to("cpu", copy=True)
+            old = buffers.get(_at) if buffers is not None else None
+            if old is not None and old.shape == obj.shape and old.dtype == obj.dtype:
+                copies[key] = old.copy_(obj.detach())
+            else:
+                copies[key] = obj.detach().to("cpu", copy=True)
+            if buffers is not None:
+                buffers[_at] = copies[key]
         return copies[key]
     if isinstance(obj, dict):
-        return {k: snapshot(v, copies) for k, v in obj.items()}
+        return {k: snapshot(v, copies, buffers, (*_at, k)) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return type(obj)(snapshot(v, copies) for v in obj)
+        return type(obj)(snapshot(v, copies, buffers, (*_at, i)) for i, v in enumerate(obj))
     return obj
 
 
@@ -56,12 +64,13 @@ class BackgroundWriter:
     def __init__(self):
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
+        self._buffers: dict = {}  # CPU copies reused by the next snapshot (written and done with by then)
 
     def submit(self, writes: list[tuple[dict, Path]]) -> None:
         """Snapshot each (checkpoint, path) now and write them in the background, in order."""
         self.join()
         copies: dict = {}
-        frozen = [(snapshot(obj, copies), Path(path)) for obj, path in writes]
+        frozen = [(snapshot(obj, copies, self._buffers, (Path(path).name,)), Path(path)) for obj, path in writes]
         self._thread = threading.Thread(target=self._write, args=(frozen,), name="checkpoint-writer")
         self._thread.start()  # not a daemon: the interpreter waits for it even on an unexpected exit
 
