@@ -68,6 +68,8 @@ def fit(recipe: Recipe, fold: int, train: pd.DataFrame, val: pd.DataFrame, class
             log.print(epoch_line(metrics, recipe.epochs, improved))
             if metrics["data_wait"] > 0.1:
                 fix = "a lighter augment" if recipe.cache != "none" else "cache='memory'"
+                if s.augment is None and s.device.type == "cuda" and recipe.augment in ("none", "light"):
+                    fix = "augment_on='device'"  # the workers only decode then
                 log.print(f"warning: the step waited for data {metrics['data_wait']:.0%} of the epoch; raise "
                           f"num_workers (now {loaders.workers}) or use {fix}")
             if improved:
@@ -105,7 +107,8 @@ def start_line(recipe: Recipe, fold: int, s: TrainState, loaders, d: Dist) -> st
     line = (f"fold {fold}: {recipe.model} ({count_parameters(s.model) / 1e6:.2f}M params), "
             f"{len(loaders.train.dataset)} train / {len(loaders.val.dataset)} val images, {len(loaders.train)} steps "
             f"per epoch, {d.device.type}{' x' + str(d.world) if d.enabled else ''}, precision "
-            f"{PRECISION_NAMES[s.amp_dtype]}, {loaders.workers} workers")
+            f"{PRECISION_NAMES[s.amp_dtype]}, {loaders.workers} workers"
+            f"{', augmentation on the device' if s.augment is not None else ''}")
     if s.mixer.active:
         line += "\nnote: under mixup/cutmix, train acc is measured against each sample's dominant label"
     return line
