@@ -200,3 +200,19 @@ def test_the_augmentation_preview_shows_the_device_path(digits_dir, tmp_path, mo
         recipe = digits_recipe(digits_dir, tmp_path, augment_on=where, mixup_ratio=0.5)
         assert augment_preview.write_augment_preview(recipe, tmp_path / f"{where}.png", columns=4).is_file()
         assert len(calls) == (0 if where == "workers" else 2), where  # one batch per row: unmixed, mixup
+
+
+def test_flip_setting_h_hv_none():
+    extents = torch.tensor([[64, 80]] * N)
+    h = DeviceAugment(32, flip="h").draw(extents, 0, 0)
+    hv = DeviceAugment(32, flip="hv").draw(extents, 0, 0)
+    none = DeviceAugment(32, flip="none").draw(extents, 0, 0)
+    assert h.vflip is None and not none.flip.any() and none.vflip is None
+    for share in (hv.flip.double().mean(), hv.vflip.double().mean()):
+        assert abs(share.item() - 0.5) < 4 * math.sqrt(0.25 / N)
+    image = smooth_image(32, 32)
+    canvas = Canvas(image[None], torch.tensor([[32, 32]]), torch.tensor([False]))
+    upside_down = Draws(torch.tensor([[0.0, 0, 32, 32]]), torch.tensor([False]), no_change(), torch.zeros(1, 4),
+                        torch.tensor([True]))
+    out = DeviceAugment(32, augment="none", flip="hv").apply(canvas, upside_down)[0]
+    assert torch.equal(out.round().byte(), image.flip(1))

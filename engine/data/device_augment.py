@@ -25,6 +25,7 @@ DEGREES, TRANSLATE, SCALE, SHEAR = 10.0, 0.06, (0.9, 1.1), 5.0  # the 'light' pr
 ERASE_SCALE, ERASE_RATIO = (0.02, 0.15), (0.3, 3.3)  # RandomErasing's area share and aspect ratio
 CANVAS_MULTIPLE = 32  # canvas sides are rounded up to this, so few distinct shapes reach the device
 DEVICE_PRESETS = ("none", "light")  # augment presets the device path implements
+DEFAULT_FILL = PAPER if isinstance(PAPER, tuple) else (PAPER,) * 3  # white paper, as an RGB triple
 
 
 def on_device(recipe, device: torch.device) -> bool:
@@ -53,7 +54,7 @@ class Canvas:
         return Canvas(self.images.to(device, non_blocking=non_blocking), self.extents, self.transposed)
 
 
-def pad_to_canvas(images: list[torch.Tensor], fill: tuple[int, int, int] = (PAPER,) * 3,
+def pad_to_canvas(images: list[torch.Tensor], fill: tuple[int, int, int] = DEFAULT_FILL,
                   shared: bool = False) -> Canvas:
     """Pad 3 x h x w uint8 images (portrait ones transposed) onto one canvas filled with `fill`, sides
     rounded up to CANVAS_MULTIPLE. shared: allocate in shared memory (a loader worker sends it without a copy).
@@ -81,6 +82,7 @@ class Draws:
     flip: torch.Tensor  # B, bool
     affine: torch.Tensor  # B x 5: angle (deg), tx, ty (output pixels), scale, shear_x (deg)
     erase: torch.Tensor  # B x 4: top, left, height, width in output pixels; height 0 = no erasing
+    vflip: torch.Tensor | None = None  # B, bool (flip="hv"); None: no vertical flips
 
 
 def draw_seed(seed: int, epoch: int, step: int, rank: int) -> int:
@@ -167,6 +169,8 @@ def affine_matrices(d: Draws, canvas_hw: tuple[int, int], size: int,
     crop[:, 0, 2], crop[:, 1, 2] = -left * size / w, -top * size / h
     flip = torch.eye(3, dtype=torch.float64).repeat(n, 1, 1)
     flip[d.flip, 0, 0], flip[d.flip, 0, 2] = -1.0, float(size)
+    if d.vflip is not None:
+        flip[d.vflip, 1, 1], flip[d.vflip, 1, 2] = -1.0, float(size)
     angle, tx, ty, scale, shear = d.affine.unbind(1)
     a, sh = torch.deg2rad(angle), torch.deg2rad(shear)
     rss = torch.zeros(n, 3, 3, dtype=torch.float64)  # rotation * scale * x-shear, about the centre c
@@ -205,9 +209,12 @@ class DeviceAugment:
     """canvas batch on the device -> augmented float pixels (0..255), each sample with its own draw."""
 
     def __init__(self, size: int, crop_scale: float = 0.35, augment: str = "light", random_erase: float = 0.0,
-                 seed: int = 0, fill: tuple[int, int, int] = (PAPER,) * 3):
+                 seed: int = 0, fill: tuple[int, int, int] = DEFAULT_FILL, flip: str = "h"):
         if augment not in DEVICE_PRESETS:
             raise ValueError(f"augment={augment!r} has no device implementation; use augment_on='workers'")
+        if flip not in ("none", "h", "hv"):
+            raise ValueError(f"unknown flip {flip!r}")
+        self.flip = flip  # random flips: "h" horizontal, "hv" horizontal and vertical, "none"
         self.size, self.crop_scale, self.affine, self.random_erase = size, crop_scale, augment == "light", random_erase
         self.seed, self.fill = seed, tuple(float(v) for v in fill)
 
@@ -216,9 +223,11 @@ class DeviceAugment:
         g = torch.Generator().manual_seed(draw_seed(self.seed, epoch, step, rank))
         n = extents.shape[0]
         crop = draw_crops(g, extents, self.crop_scale)
-        flip = torch.rand(n, generator=g, dtype=torch.float64) < 0.5
+        flip = (torch.rand(n, generator=g, dtype=torch.float64) < 0.5) & ("h" in self.flip)
         affine = draw_affine(g, n, self.size) if self.affine else torch.tensor([[0.0, 0, 0, 1, 0]]).double().repeat(n, 1)
-        return Draws(crop, flip, affine, draw_erase(g, n, self.size, self.random_erase))
+        erase = draw_erase(g, n, self.size, self.random_erase)
+        vflip = torch.rand(n, generator=g, dtype=torch.float64) < 0.5 if "v" in self.flip else None
+        return Draws(crop, flip, affine, erase, vflip)
 
     def apply(self, canvas: Canvas, d: Draws) -> torch.Tensor:
         """Warp and erase the canvas batch with given draws (the preview and tests call this directly)."""

@@ -16,9 +16,9 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
-from engine.data.device_augment import Canvas, on_device, pad_to_canvas
+from engine.data.device_augment import DEFAULT_FILL, Canvas, on_device, pad_to_canvas
 from engine.data.images import load_image
-from engine.data.transforms import PAPER, build_eval_transform, build_train_transform
+from engine.data.transforms import build_eval_transform, build_train_transform
 from engine.errors import UserError
 from engine.system.device import cpu_count
 
@@ -56,7 +56,7 @@ class ImageDataset(Dataset):
 class CanvasCollate:
     """augment_on="device": a batch of decoded images -> (Canvas padded with `fill`, targets)."""
 
-    def __init__(self, fill: tuple[int, int, int] = (PAPER,) * 3):
+    def __init__(self, fill: tuple[int, int, int] = DEFAULT_FILL):
         self.fill = fill
 
     def __call__(self, batch: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[Canvas, torch.Tensor]:
@@ -191,15 +191,15 @@ def build_datasets(recipe, train: pd.DataFrame, val: pd.DataFrame, crop_pct: flo
 
 
 def build_loaders(recipe, train: pd.DataFrame, val: pd.DataFrame, crop_pct: float, fold: int, d,
-                  fill: tuple[int, int, int] = (PAPER,) * 3) -> FoldLoaders:
-    """One fold's loaders (`d`: the process's place in the job), checked for size; `fill`: the background."""
+                  background: tuple[int, int, int] = DEFAULT_FILL) -> FoldLoaders:
+    """One fold's loaders (`d`: the process's place in the job), checked for size; `background`: the fill."""
     batched = on_device(recipe, d.device)
     train_ds, val_ds = build_datasets(recipe, train, val, crop_pct, fold, batched)
     workers = recipe.num_workers if recipe.num_workers is not None else default_num_workers(d.local_world)
     sampler = EpochSampler(len(train_ds), recipe.batch_size, True, recipe.seed + fold, d.rank, d.world)
     pin = d.device.type == "cuda"
     train_loader = make_loader(train_ds, recipe.batch_size, sampler, workers, True, pin_memory=pin,
-                               collate_fn=CanvasCollate(fill) if batched else None)
+                               collate_fn=CanvasCollate(background) if batched else None)
     val_loader = make_loader(val_ds, recipe.batch_size * 2, ShardSampler(len(val_ds), d.rank, d.world), workers,
                              False, pin_memory=pin)
     if len(val_ds) < d.world:

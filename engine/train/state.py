@@ -10,9 +10,9 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from engine import checkpoint
-from engine.data.device_augment import DeviceAugment, on_device
+from engine.data.device_augment import DEFAULT_FILL, DeviceAugment, on_device
 from engine.data.loader import augment_seed
-from engine.data.transforms import PAPER, Normalize
+from engine.data.transforms import Normalize
 from engine.recipe import Recipe
 from engine.system import device as dev
 from engine.train.ema import ModelEma
@@ -104,9 +104,9 @@ def is_finished(last_pt: Path) -> bool:
 
 def build_train_state(recipe: Recipe, model: torch.nn.Module, num_classes: int, data_cfg: dict,
                       steps_per_epoch: int, device: torch.device, fold: int = 0, rank: int = 0,
-                      distributed: bool = False, fill: tuple[int, int, int] = (PAPER,) * 3) -> TrainState:
+                      distributed: bool = False, background: tuple[int, int, int] = DEFAULT_FILL) -> TrainState:
     """The state fit() trains: model on its device, optimizer, schedule, scaler, loss, mixer, EMA, DDP,
-    and with augment_on="device" the batched augmentation (`fill`: the background colour)."""
+    and with augment_on="device" the batched augmentation (`background`: its fill colour)."""
     on_cuda = device.type == "cuda"
     channels_last = dev.use_channels_last(recipe.channels_last, device)
     model = model.to(device, memory_format=dev.memory_format(channels_last))
@@ -130,7 +130,7 @@ def build_train_state(recipe: Recipe, model: torch.nn.Module, num_classes: int, 
         clip_grad_norm=recipe.clip_grad_norm, max_bad_steps=recipe.max_bad_steps,
         ema=ModelEma(model, recipe.ema_decay) if recipe.ema_decay > 0 else None, rank=rank,
         augment=DeviceAugment(recipe.image_size, recipe.crop_scale, recipe.augment, recipe.random_erase,
-                              augment_seed(recipe, fold), fill) if on_device(recipe, device) else None)
+                              augment_seed(recipe, fold), background) if on_device(recipe, device) else None)
     if recipe.compile:
         s.forward = torch.compile(s.forward)
     return s
