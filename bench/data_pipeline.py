@@ -1,5 +1,8 @@
 """Images/s of the training data pipeline alone (decode or cache -> train transforms -> batches), for
-cache none / memory / disk and 1 / 2 dataloader workers, interleaved in one run.
+cache none / memory / disk, 1 / 2 dataloader workers and augment_on workers / device, interleaved in one run.
+
+augment_on="device" here: the workers pad decoded images onto a canvas and the batched warp
+(engine/data/device_augment.py) runs in this process on the CPU (no GPU): it counts in the time.
 
 By default it writes N synthetic sketch JPEGs of varied sizes (ink strokes on white paper) into a
 temporary folder; --data DIR uses your own images instead. The disk cache goes to a temporary folder
@@ -25,7 +28,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine.data.loader import EpochSampler, ImageDataset, make_loader  # noqa: E402
+from engine.data.device_augment import DeviceAugment  # noqa: E402
+from engine.data.loader import CanvasCollate, EpochSampler, ImageDataset, make_loader  # noqa: E402
 from engine.data.transforms import DEFAULT_CROP_PCT, build_train_transform  # noqa: E402
 
 
@@ -57,6 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     p.add_argument("--caches", nargs="+", default=["none", "memory", "disk"])
+    p.add_argument("--augment-on", nargs="+", default=["workers", "device"], choices=["workers", "device"])
     p.add_argument("--rounds", type=int, default=3, help="timed epochs per setting (median reported)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
@@ -80,9 +85,13 @@ def main(argv: list[str] | None = None) -> None:
         image_at = image_loader(recipe, paths, DEFAULT_CROP_PCT)
         build_s[cache] = time.perf_counter() - t0
         for workers in args.workers:
-            ds = ImageDataset(paths, [0] * len(paths), transform, 0, image_at)
-            sampler = EpochSampler(len(ds), args.batch, True, 0)
-            loaders[cache, workers] = (make_loader(ds, args.batch, sampler, workers, True), sampler)
+            for where in args.augment_on:
+                ds = ImageDataset(paths, [0] * len(paths), transform if where == "workers" else None, 0, image_at)
+                sampler = EpochSampler(len(ds), args.batch, True, 0)
+                collate = CanvasCollate() if where == "device" else None
+                loaders[cache, workers, where] = (make_loader(ds, args.batch, sampler, workers, True,
+                                                              collate_fn=collate), sampler)
+    device_augment = DeviceAugment(args.image_size, augment=args.augment)
     if "disk" in args.caches:  # what a later run, fold or trial pays to reuse the disk cache
         t0 = time.perf_counter()
         image_loader(SimpleNamespace(cache="disk", image_size=args.image_size, data_dir=str(root)), paths,
@@ -95,22 +104,27 @@ def main(argv: list[str] | None = None) -> None:
             loader, sampler = loaders[key]
             sampler.set_epoch(r)
             t0 = time.perf_counter()
-            seen = sum(len(y) for _, y in loader)
+            seen = 0
+            for step, (x, y) in enumerate(loader):
+                if key[2] == "device":
+                    x = device_augment(x, r, step)
+                seen += len(y)
             if r:
                 rates[key].append(seen / (time.perf_counter() - t0))
         if r:
-            print(f"round {r}/{args.rounds}: " + "  ".join(f"{c}/{w} {rates[c, w][-1]:.0f}" for c, w in names),
+            print(f"round {r}/{args.rounds}: " + "  ".join(f"{c}/{w}/{a} {rates[c, w, a][-1]:.0f}" for c, w, a in names),
                   file=sys.stderr, flush=True)
 
     print(f"\n{len(paths)} images, train transform '{args.augment}' at {args.image_size} px, batch {args.batch}, "
           f"{args.rounds} epochs per setting, {len(os.sched_getaffinity(0))} CPUs, torch {torch.__version__}")
-    print(f"{'cache':<8} {'workers':>7} {'img/s (median)':>15} {'min':>8} {'max':>8} {'vs none':>8} {'build s':>8}")
-    for cache, workers in names:
-        median = statistics.median(rates[cache, workers])
-        none = rates.get(("none", workers))
+    print(f"{'cache':<8} {'workers':>7} {'augment_on':>10} {'img/s (median)':>15} {'min':>8} {'max':>8} "
+          f"{'vs none':>8} {'build s':>8}")
+    for cache, workers, where in names:
+        median = statistics.median(rates[cache, workers, where])
+        none = rates.get(("none", workers, where))
         ratio = f"{median / statistics.median(none):.2f}x" if none else "-"
-        print(f"{cache:<8} {workers:>7} {median:>15.0f} {min(rates[cache, workers]):>8.0f} "
-              f"{max(rates[cache, workers]):>8.0f} {ratio:>8} {build_s[cache]:>8.1f}")
+        print(f"{cache:<8} {workers:>7} {where:>10} {median:>15.0f} {min(rates[cache, workers, where]):>8.0f} "
+              f"{max(rates[cache, workers, where]):>8.0f} {ratio:>8} {build_s[cache]:>8.1f}")
     if "disk" in args.caches:
         print(f"reopening the disk cache (a later run / fold / trial): {reuse_s:.2f}s")
     del loaders

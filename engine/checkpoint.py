@@ -7,6 +7,7 @@ running sums), written and read by engine/train/state.py alone.
 from __future__ import annotations
 
 import random
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,83 @@ def model_checkpoint(base: dict, model_state: dict, epoch: int, metrics: dict) -
 def save_atomic(obj: dict, path: str | Path) -> None:
     """torch.save through a temporary file and a rename: a killed write leaves the old file."""
     write_atomic(path, lambda f: torch.save(obj, f), binary=True)
+
+
+def snapshot(obj, _copies: dict | None = None, buffers: dict | None = None, _at: tuple = ()):
+    """`obj` with every tensor copied to the CPU: what training goes on changing is frozen as it is now.
+
+    A tensor reached twice (the model in best.pt and last.pt) is copied once. `buffers` (position ->
+    tensor) are reused from the last snapshot of the same shape: new memory costs page faults that
+    take longer than the copy itself.
+    """
+    copies = {} if _copies is None else _copies
+    if isinstance(obj, torch.Tensor):
+        key = (obj.device, obj.data_ptr(), obj.dtype, tuple(obj.shape), obj.stride())
+        if key not in copies:
+            old = buffers.get(_at) if buffers is not None else None
+            if old is not None and old.shape == obj.shape and old.dtype == obj.dtype:
+                copies[key] = old.copy_(obj.detach())
+            else:
+                copies[key] = obj.detach().to("cpu", copy=True)
+            if buffers is not None:
+                buffers[_at] = copies[key]
+        return copies[key]
+    if isinstance(obj, dict):
+        return {k: snapshot(v, copies, buffers, (*_at, k)) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(snapshot(v, copies, buffers, (*_at, i)) for i, v in enumerate(obj))
+    return obj
+
+
+class BackgroundWriter:
+    """Writes checkpoints (atomically, durably) in one thread while training goes on.
+
+    `submit` first waits for the previous writes, so files are written in order and at most one
+    snapshot waits in memory; `join` waits for the writes (fit calls it before it returns and on any
+    way out, so no run ends before its checkpoints are on disk) and raises what a write raised.
+    """
+
+    def __init__(self):
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self._buffers: dict = {}  # CPU copies reused by the next snapshot (written and done with by then)
+
+    def submit(self, writes: list[tuple[dict, Path]]) -> None:
+        """Snapshot each (checkpoint, path) now and write them in the background, in order."""
+        self.join()
+        copies: dict = {}
+        frozen = [(snapshot(obj, copies, self._buffers, (Path(path).name,)), Path(path)) for obj, path in writes]
+        self._thread = threading.Thread(target=self._write, args=(frozen,), name="checkpoint-writer")
+        self._thread.start()  # not a daemon: the interpreter waits for it even on an unexpected exit
+
+    def _write(self, writes: list[tuple[dict, Path]]) -> None:
+        try:
+            for obj, path in writes:
+                save_atomic(obj, path)
+        except BaseException as e:  # raised in the training thread by the next submit or join
+            self._error = e
+
+    def join(self) -> None:
+        """Wait until everything submitted is on disk; raise the write's error, if any."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+
+_WRITER = BackgroundWriter()  # one per process: checkpoints reach the disk in the order training made them
+
+
+def save_in_background(writes: list[tuple[dict, Path]]) -> None:
+    """Snapshot (checkpoint, path) pairs now; write them atomically while training goes on."""
+    _WRITER.submit(writes)
+
+
+def wait_for_writes() -> None:
+    """Block until every checkpoint submitted is on disk (before reading them, stopping, or exiting)."""
+    _WRITER.join()
 
 
 def load_checkpoint(path: str | Path) -> dict:

@@ -94,6 +94,8 @@ class Recipe:
     crop_scale: float = key(0.35, "smallest area share a random-resized crop keeps (1.0: whole image, no crop)", bounds="(0, 1]")
     augment: str = key("light", "augmentation on top of random-resized crop and flip: none, light (small affine), ...",
                        ("none", "light", "randaugment", "trivialaugment"))
+    augment_on: str = key("auto", "where training augmentation runs: workers (per image) or device (batched, after "
+                          "the transfer); auto: device on CUDA, workers on CPU", ("auto", "workers", "device"))
     random_erase: float = key(0.0, "probability of random erasing a patch of each training image", bounds="[0, 1]")
     background: Any = key("auto", "paper colour that augmentation fills and erases with and CAM ink differs from: "
                           "auto (measured from the image borders), white, black or an RGB triple (0, 0, 0)",
@@ -215,6 +217,9 @@ def _check_recipe(r: Recipe) -> Recipe:
         raise UserError('init_head="imagenet" copies rows of a linear ImageNet head; use head="linear" or init_head="random"')
     if r.feature_views:
         _check_feature_store(r)
+    if r.augment_on == "device" and r.augment in ("randaugment", "trivialaugment"):
+        raise UserError(f"augment='{r.augment}' runs only in the workers; set augment_on='workers' (or auto), "
+                        f"or augment='light' to augment on the device")
     if r.folds == 1 and not 0 < r.val_fraction < 1:
         raise UserError(f"val_fraction must be in (0, 1) when folds = 1; got {r.val_fraction}")
     return r

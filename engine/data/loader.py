@@ -16,6 +16,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
+from engine.data.device_augment import DEFAULT_FILL, Canvas, on_device, pad_to_canvas
 from engine.data.images import load_image
 from engine.data.transforms import PAPER, build_eval_transform, build_train_transform
 from engine.errors import UserError
@@ -30,7 +31,7 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
 class ImageDataset(Dataset):
     """Images and integer targets. Items are requested as (epoch, index) so augmentation is seeded."""
 
-    def __init__(self, paths: Sequence[str], targets: Sequence[int] | None, transform: Callable,
+    def __init__(self, paths: Sequence[str], targets: Sequence[int] | None, transform: Callable | None,
                  seed: int = 0, loader: Callable[[int], torch.Tensor] | None = None):
         self.paths = list(paths)
         self.targets = torch.as_tensor(list(targets) if targets is not None else [-1] * len(self.paths))
@@ -44,10 +45,24 @@ class ImageDataset(Dataset):
     def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         epoch, index = item if isinstance(item, tuple) else (0, item)
         image = self.loader(index)
+        if self.transform is None:  # augment_on="device": the image as decoded, augmented after the transfer
+            return image, self.targets[index]
         with torch.random.fork_rng(devices=[]):  # leave the caller's RNG alone
             torch.manual_seed(sample_seed(self.seed, epoch, index))
             image = self.transform(image)
         return image, self.targets[index]
+
+
+class CanvasCollate:
+    """augment_on="device": a batch of decoded images -> (Canvas padded with `fill`, targets)."""
+
+    def __init__(self, fill: tuple[int, int, int] = DEFAULT_FILL):
+        self.fill = fill
+
+    def __call__(self, batch: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[Canvas, torch.Tensor]:
+        shared = torch.utils.data.get_worker_info() is not None  # sent to the main process without a copy
+        return (pad_to_canvas([image for image, _ in batch], self.fill, shared),
+                torch.stack([target for _, target in batch]))
 
 
 class EpochSampler(Sampler):
@@ -111,10 +126,14 @@ def _ignore_stop_signals(worker_id: int) -> None:
 def stop_workers() -> None:
     """End every loader's persistent workers now, also after an exception that left them running."""
     for loader in list(_LOADERS):
-        iterator = getattr(loader, "_iterator", None)
-        if iterator is not None and hasattr(iterator, "_shutdown_workers"):
-            iterator._shutdown_workers()
-        loader._iterator = None
+        _stop(loader)
+
+
+def _stop(loader: DataLoader) -> None:
+    iterator = getattr(loader, "_iterator", None)
+    if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+        iterator._shutdown_workers()
+    loader._iterator = None
 
 
 @atexit.register  # runs before multiprocessing's own exit hook, whose SIGTERM the workers ignore
@@ -126,9 +145,9 @@ def _kill_leftover_workers() -> None:
 
 
 def make_loader(dataset: Dataset, batch_size: int, sampler: Sampler, num_workers: int, train: bool,
-                pin_memory: bool = False) -> DataLoader:
+                pin_memory: bool = False, collate_fn: Callable | None = None) -> DataLoader:
     """A DataLoader with the engine's defaults (persistent workers, prefetch, pinned memory on CUDA)."""
-    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, collate_fn=collate_fn,
                       drop_last=train and len(sampler) > batch_size, pin_memory=pin_memory,
                       generator=torch.Generator(), worker_init_fn=_ignore_stop_signals,  # its own: starting an epoch must not draw from the global RNG
                       persistent_workers=num_workers > 0, prefetch_factor=4 if num_workers > 0 else None)
@@ -145,28 +164,44 @@ class FoldLoaders:
     sampler: EpochSampler
     workers: int
 
+    def stop(self) -> None:
+        """End both loaders' workers now (the fold is done; nothing else would end them until exit)."""
+        for loader in (self.train, self.val):
+            _stop(loader)
+
+
+def augment_seed(recipe, fold: int) -> int:
+    """The seed of a fold's training augmentation (both paths)."""
+    return recipe.seed + 7919 * fold
+
 
 def build_datasets(recipe, train: pd.DataFrame, val: pd.DataFrame, crop_pct: float,
-                   fold: int, background: tuple[int, int, int] = PAPER) -> tuple[ImageDataset, ImageDataset]:
+                   fold: int, background: tuple[int, int, int] = PAPER,
+                   augment_later: bool = False) -> tuple[ImageDataset, ImageDataset]:
     """Training and validation datasets of one fold (uint8 images, augmentation seeded per fold, filling with
-    the paper colour `background`)."""
+    the paper colour `background`).
+
+    augment_later: the training images come as decoded; engine/data/device_augment.py augments them.
+    """
     from engine.data.cache import image_loader  # the decode-once cache, when the recipe asks for it
-    train_tf = build_train_transform(recipe.image_size, recipe.augment, recipe.random_erase, recipe.crop_scale,
-                                      flip=recipe.flip, fill=background)
+    train_tf = None if augment_later else build_train_transform(recipe.image_size, recipe.augment, recipe.random_erase,
+                                                             recipe.crop_scale, flip=recipe.flip, fill=background)
     eval_tf = build_eval_transform(recipe.image_size, crop_pct)
-    seed = recipe.seed + 7919 * fold
+    seed = augment_seed(recipe, fold)
     return (ImageDataset(train["path"], train["target"], train_tf, seed, image_loader(recipe, train["path"], crop_pct)),
             ImageDataset(val["path"], val["target"], eval_tf, seed, image_loader(recipe, val["path"], crop_pct)))
 
 
 def build_loaders(recipe, train: pd.DataFrame, val: pd.DataFrame, crop_pct: float, fold: int, d,
                   background: tuple[int, int, int] = PAPER) -> FoldLoaders:
-    """One fold's loaders (`d`: the process's place in the job), checked for size."""
-    train_ds, val_ds = build_datasets(recipe, train, val, crop_pct, fold, background)
+    """One fold's loaders (`d`: the process's place in the job), checked for size; `background`: the fill."""
+    batched = on_device(recipe, d.device)
+    train_ds, val_ds = build_datasets(recipe, train, val, crop_pct, fold, background, batched)
     workers = recipe.num_workers if recipe.num_workers is not None else default_num_workers(d.local_world)
     sampler = EpochSampler(len(train_ds), recipe.batch_size, True, recipe.seed + fold, d.rank, d.world)
     pin = d.device.type == "cuda"
-    train_loader = make_loader(train_ds, recipe.batch_size, sampler, workers, True, pin_memory=pin)
+    train_loader = make_loader(train_ds, recipe.batch_size, sampler, workers, True, pin_memory=pin,
+                               collate_fn=CanvasCollate(background) if batched else None)
     val_loader = make_loader(val_ds, recipe.batch_size * 2, ShardSampler(len(val_ds), d.rank, d.world), workers,
                              False, pin_memory=pin)
     if len(val_ds) < d.world:

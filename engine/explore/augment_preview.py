@@ -12,6 +12,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from engine.data.background import resolve_background  # noqa: E402
+from engine.data.device_augment import DeviceAugment, on_device, pad_to_canvas  # noqa: E402
 from engine.data.loader import ImageDataset  # noqa: E402
 from engine.data.demo_digits import ensure_demo_data  # noqa: E402
 from engine.errors import UserError  # noqa: E402
@@ -57,11 +58,23 @@ def write_augment_preview(recipe: Recipe, path: str | Path, columns: int = MAX_C
     classes = {int(t): c for t, c in zip(table["target"], table["class_name"])}
     names = [classes.get(i, str(i)) for i in range(max(classes) + 1)]
     seen = ImageDataset(rows["path"], rows["target"], build_eval_transform(recipe.image_size), recipe.seed)
-    paper = resolve_background(recipe.background, table["path"]).rgb  # fills as training will
-    train_tf = build_train_transform(recipe.image_size, recipe.augment, recipe.random_erase, recipe.crop_scale,
-                                     flip=recipe.flip, fill=paper)
-    trained = ImageDataset(rows["path"], rows["target"], train_tf, recipe.seed)
     normalize = Normalize(MEAN, STD)
+    paper = resolve_background(recipe.background, table["path"]).rgb  # fills as training will
+    where = "device" if on_device(recipe, torch.device("cuda" if torch.cuda.is_available() else "cpu")) else "workers"
+    if where == "device":  # what training does with augment_on="device": one batched warp of the padded canvas
+        canvas = pad_to_canvas([ImageDataset(rows["path"], rows["target"], None)[i][0] for i in range(n)], paper)
+        device_augment = DeviceAugment(recipe.image_size, recipe.crop_scale, recipe.augment, recipe.random_erase,
+                                       recipe.seed, paper, recipe.flip)
+
+        def augmented(epoch: int) -> torch.Tensor:
+            return normalize(device_augment(canvas, epoch, 0))
+    else:
+        train_tf = build_train_transform(recipe.image_size, recipe.augment, recipe.random_erase, recipe.crop_scale,
+                                         flip=recipe.flip, fill=paper)
+        trained = ImageDataset(rows["path"], rows["target"], train_tf, recipe.seed)
+
+        def augmented(epoch: int) -> torch.Tensor:
+            return normalize(torch.stack([trained[(epoch, i)][0] for i in range(n)]))
     y = torch.tensor(rows["target"].tolist())
     mixer = Mixer(len(names), recipe.mixup_ratio, recipe.cutmix_ratio, recipe.mix_alpha, recipe.label_smoothing,
                   recipe.seed)
@@ -70,10 +83,9 @@ def write_augment_preview(recipe: Recipe, path: str | Path, columns: int = MAX_C
     modes = [("none", 1 - recipe.mixup_ratio - recipe.cutmix_ratio), ("mixup", recipe.mixup_ratio),
              ("cutmix", recipe.cutmix_ratio)]
     for epoch, (mode, chance) in enumerate(m for m in modes if m[1] > 1e-9):
-        x = normalize(torch.stack([trained[(epoch, i)][0] for i in range(n)]))
-        mixed, soft, info = _find_step(mixer, x, y, mode, epoch)
+        mixed, soft, info = _find_step(mixer, augmented(epoch), y, mode, epoch)
         lam = f", lam {info.lam:.2f}" if mode != "none" else ""
-        grid.append((f"augment='{recipe.augment}', {mode} (p={chance:.2f}{lam})", mixed, soft))
+        grid.append((f"augment='{recipe.augment}' on the {where}, {mode} (p={chance:.2f}{lam})", mixed, soft))
     fig, axes = plt.subplots(len(grid), n, figsize=(1.9 * n, 2.25 * len(grid)), squeeze=False)
     for r, (title, batch, soft) in enumerate(grid):
         for c in range(n):

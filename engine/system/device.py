@@ -35,3 +35,15 @@ def use_channels_last(setting: bool | None, device: torch.device) -> bool:
 
 def memory_format(channels_last: bool) -> torch.memory_format:
     return torch.channels_last if channels_last else torch.contiguous_format
+
+
+def augment_on(setting: str, device: torch.device, preset_on_device: bool = True) -> str:
+    """Where training augmentation runs: the recipe's choice; auto: "device" on CUDA (when the augment
+    preset has a device version), "workers" on CPU.
+
+    On CPU the "device" is the cores the workers would use, and its batched warp there measured slower
+    than the workers' per-image transforms (bench/README.md).
+    """
+    if setting != "auto":
+        return setting
+    return "device" if device.type == "cuda" and preset_on_device else "workers"

@@ -82,34 +82,42 @@ def fit(recipe: Recipe, fold: int, train: pd.DataFrame, val: pd.DataFrame, class
         metrics = epoch_metrics(epoch, stats, res, s, train_time, time.perf_counter() - t0)
         improved = early.update(metrics)
         stop = early.stop_reason(metrics)
+        best = []  # best.pt goes to disk with last.pt, in the background
         if d.is_main:
             log.metrics(fold_dir / runs.METRICS, metrics, prefix=f"{fold_dir.name}/")
             log.print(epoch_line(metrics, recipe.epochs, improved))
             if metrics["data_wait"] > 0.1 and not recipe.feature_views:  # stored features need no workers
                 fix = "a lighter augment" if recipe.cache != "none" else "cache='memory'"
+                if s.augment is None and s.device.type == "cuda" and recipe.augment in ("none", "light"):
+                    fix = "augment_on='device'"  # the workers only decode then
                 log.print(f"warning: the step waited for data {metrics['data_wait']:.0%} of the epoch; raise "
                           f"num_workers (now {loaders.workers}) or use {fix}")
             if improved:
-                best = checkpoint.model_checkpoint(base, s.eval_model.state_dict(), epoch + 1, metrics)
-                checkpoint.save_atomic(best, fold_dir / runs.BEST)
+                best = [(checkpoint.model_checkpoint(base, s.eval_model.state_dict(), epoch + 1, metrics),
+                         fold_dir / runs.BEST)]
                 write_val_predictions(fold_dir / runs.VAL_PREDICTIONS, val, res["probs"], classes)
-        save_last(s, base, epoch + 1, 0, stop is not None or epoch + 1 == recipe.epochs, metrics, early, fold_dir, d)
+        save_last(s, base, epoch + 1, 0, stop is not None or epoch + 1 == recipe.epochs, metrics, early, fold_dir, d,
+                  best)
         if on_epoch is not None:
             on_epoch(metrics)
         if stop:
             log.print(stop)
             break
+    loaders.stop()  # its workers end now, while the last checkpoints are written (folds.train waits for them)
     distributed.barrier()
     return early.result()
 
 
 def save_last(s: TrainState, base: dict, epoch: int, step: int, finished: bool, metrics: dict,
-              early: EarlyStopping, fold_dir: Path, d: Dist) -> None:
-    """Every rank's RNG state goes in (for an exact resume); rank 0 writes last.pt."""
+              early: EarlyStopping, fold_dir: Path, d: Dist, also: list[tuple[dict, Path]] = ()) -> None:
+    """Every rank's RNG state goes in (for an exact resume); rank 0 writes last.pt (after `also`, e.g.
+    best.pt) in the background; stopping mid-epoch, it waits until they are on disk."""
     rng = distributed.all_objects(checkpoint.rng_state())
     if d.is_main:
         last = s.last_checkpoint(base, epoch, step, finished, metrics, early.state, rng)
-        checkpoint.save_atomic(last, fold_dir / runs.LAST)
+        checkpoint.save_in_background([*also, (last, fold_dir / runs.LAST)])
+        if step:
+            checkpoint.wait_for_writes()
     if step:
         distributed.barrier()  # stopping mid-epoch: nobody exits before last.pt is on disk
 
@@ -121,7 +129,8 @@ def start_line(recipe: Recipe, fold: int, s: TrainState, loaders, d: Dist) -> st
             + (f", {trainable / 1e6:.2f}M trainable, {frozen / 1e6:.2f}M frozen" if frozen else "") + "), "
             f"{len(loaders.train.dataset)} train / {len(loaders.val.dataset)} val images, {len(loaders.train)} steps "
             f"per epoch, {d.device.type}{' x' + str(d.world) if d.enabled else ''}, precision "
-            f"{PRECISION_NAMES[s.amp_dtype]}, {loaders.workers} workers")
+            f"{PRECISION_NAMES[s.amp_dtype]}, {loaders.workers} workers"
+            f"{', augmentation on the device' if s.augment is not None else ''}")
     if s.mixer.active:
         line += "\nnote: under mixup/cutmix, train acc is measured against each sample's dominant label"
     return line

@@ -82,6 +82,7 @@ def train(recipe: Recipe, fold: int | None = None, name: str | None = None, resu
             waiting = [k for k in range(recipe.folds) if k not in results
                        and not is_finished(runs.fold_dir(run_dir, k) / runs.LAST)]
             finish_folds(run_dir, recipe, waiting, log, classes)
+        checkpoint.wait_for_writes()  # the report above was drawn while the last checkpoints were written
         best = runs.fold_dir(run_dir, folds[0]) / runs.BEST
         log.print(f"done. run folder: {run_dir}\nnext: python predict.py "
                   + (f"{run_dir}{' --kfold' if recipe.folds > 1 else ''}" if len(folds) == recipe.folds
@@ -93,6 +94,7 @@ def train(recipe: Recipe, fold: int | None = None, name: str | None = None, resu
         raise
     finally:
         stop_workers()  # a pruned sweep trial or an exception must not leave data workers behind
+        checkpoint.wait_for_writes()  # nor a checkpoint half written
         preemption.uninstall()
         log.close()
     return run_dir

@@ -52,7 +52,10 @@ def train_one_epoch(s: TrainState, loader, epoch: int, start_step: int = 0, mixi
     t_ready = time.perf_counter()
     for step, (x, y) in enumerate(bar, start=start_step):
         sums["wait"] += time.perf_counter() - t_ready
-        x = s.normalize(x.to(s.device, non_blocking=True))
+        x = x.to(s.device, non_blocking=True)
+        if s.augment is not None:  # augment_on="device": x is a uint8 Canvas, augmented here as one batch
+            x = s.augment(x, epoch, step, s.rank)
+        x = s.normalize(x)
         y = y.to(s.device, non_blocking=True)
         x, soft, _ = s.mixer(x, y, epoch, step, s.rank, enabled=mixing)
         window = step - step % s.accumulate

@@ -11,6 +11,8 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from engine import checkpoint
+from engine.data.device_augment import DEFAULT_FILL, DeviceAugment, on_device
+from engine.data.loader import augment_seed
 from engine.data.transforms import Normalize
 from engine.recipe import Recipe
 from engine.system import device as dev
@@ -39,6 +41,7 @@ class TrainState:
     clip_grad_norm: float | None = None
     max_bad_steps: int = 10
     ema: ModelEma | None = None
+    augment: DeviceAugment | None = None  # augment_on="device": the batched augmentation after the transfer
     rank: int = 0
     bad_steps: int = 0  # consecutive non-finite updates
     skipped_steps: int = 0  # all skipped updates
@@ -145,7 +148,7 @@ def build_train_state(recipe: Recipe, model: torch.nn.Module, num_classes: int, 
                       steps_per_epoch: int, device: torch.device, fold: int = 0, rank: int = 0,
                       distributed: bool = False) -> TrainState:
     """The state fit() trains: model on its device, frozen parts, optimizer, schedule, scaler, loss, mixer, EMA,
-    DDP."""
+    DDP, and with augment_on="device" the batched augmentation (filling with data_cfg's background)."""
     channels_last = dev.use_channels_last(recipe.channels_last, device)
     model = model.to(device, memory_format=dev.memory_format(channels_last))
     if recipe.sync_bn and distributed:
@@ -171,5 +174,8 @@ def build_train_state(recipe: Recipe, model: torch.nn.Module, num_classes: int, 
         device=device, amp_dtype=amp_dtype, accumulate=recipe.accumulate_grad_batches,
         clip_grad_norm=recipe.clip_grad_norm, max_bad_steps=recipe.max_bad_steps,
         ema=ModelEma(model, recipe.ema_decay) if recipe.ema_decay > 0 else None, rank=rank,
-        recipe=recipe, updates_per_epoch=updates_per_epoch, distributed=distributed)
+        recipe=recipe, updates_per_epoch=updates_per_epoch, distributed=distributed,
+        augment=DeviceAugment(recipe.image_size, recipe.crop_scale, recipe.augment, recipe.random_erase,
+                              augment_seed(recipe, fold), tuple(data_cfg.get("background", DEFAULT_FILL)),
+                              recipe.flip) if on_device(recipe, device) else None)
     return s
