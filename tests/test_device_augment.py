@@ -70,8 +70,8 @@ def test_canvas_keeps_every_pixel_and_the_true_extent_and_pads_with_the_fill():
 
 def test_a_portrait_image_warps_as_if_it_lay_upright():
     image = smooth_image(90, 50)
-    draws = Draws(torch.tensor([[10.0, 5, 60, 40]]), torch.tensor([True]), torch.tensor([[6.0, 2, -1, 1.0, 3]]).double(),
-                  torch.zeros(1, 4))
+    draws = Draws(torch.tensor([[10.0, 5, 60, 40]]), torch.tensor([True]),
+                  torch.tensor([[6.0, 2, -1, 1.0, 3]]).double(), torch.zeros(1, 4))
     aug = DeviceAugment(48)
     laid = aug.apply(pad_to_canvas([image]), draws)
     upright = aug.apply(Canvas(image[None], torch.tensor([[90, 50]]), torch.tensor([False])), draws)

@@ -224,7 +224,8 @@ class DeviceAugment:
         n = extents.shape[0]
         crop = draw_crops(g, extents, self.crop_scale)
         flip = (torch.rand(n, generator=g, dtype=torch.float64) < 0.5) & ("h" in self.flip)
-        affine = draw_affine(g, n, self.size) if self.affine else torch.tensor([[0.0, 0, 0, 1, 0]]).double().repeat(n, 1)
+        still = torch.tensor([[0.0, 0, 0, 1, 0]], dtype=torch.float64).repeat(n, 1)  # augment="none": no affine
+        affine = draw_affine(g, n, self.size) if self.affine else still
         erase = draw_erase(g, n, self.size, self.random_erase)
         vflip = torch.rand(n, generator=g, dtype=torch.float64) < 0.5 if "v" in self.flip else None
         return Draws(crop, flip, affine, erase, vflip)

@@ -147,8 +147,8 @@ def _kill_leftover_workers() -> None:
 def make_loader(dataset: Dataset, batch_size: int, sampler: Sampler, num_workers: int, train: bool,
                 pin_memory: bool = False, collate_fn: Callable | None = None) -> DataLoader:
     """A DataLoader with the engine's defaults (persistent workers, prefetch, pinned memory on CUDA)."""
-    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, collate_fn=collate_fn,
-                      drop_last=train and len(sampler) > batch_size, pin_memory=pin_memory,
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                      collate_fn=collate_fn, drop_last=train and len(sampler) > batch_size, pin_memory=pin_memory,
                       generator=torch.Generator(), worker_init_fn=_ignore_stop_signals,  # its own: starting an epoch must not draw from the global RNG
                       persistent_workers=num_workers > 0, prefetch_factor=4 if num_workers > 0 else None)
     if num_workers > 0:
