@@ -23,7 +23,7 @@ def plot_per_class(per_class: pd.DataFrame, path: Path, top: int = TOP_CLASSES) 
     ax.imshow(values, cmap="RdYlGn", vmin=0, vmax=1, aspect="auto")
     for (i, j), v in np.ndenumerate(values):
         ax.text(j, i, "" if np.isnan(v) else f"{v:.2f}", ha="center", va="center", fontsize=8)
-    ax.set_xticks(range(len(columns)), [c.split("/")[-1] if c != "ensemble" else "ENSEMBLE" for c in columns],
+    ax.set_xticks(range(len(columns)), [c.replace("/", "/\n") if c != "ensemble" else "ENSEMBLE" for c in columns],
                   rotation=30, ha="right", fontsize=8)
     ax.set_yticks(range(len(shown)), [f"{c} ({n})" for c, n in zip(shown["class"], shown["rows"])], fontsize=8)
     ax.axvline(len(columns) - 1.5, color="black", linewidth=1.5)
