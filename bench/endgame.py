@@ -72,7 +72,7 @@ def ensemble(epochs: int, per_class: int) -> None:
 
 
 def planted_set(per_class: int = 50, share: float = 0.5) -> Path:
-    """`per_class` demo images per class plus a mirrored, slightly resized copy of `share` of them (same class)."""
+    """`per_class` demo images per class plus a mirrored copy of `share` of them (same class)."""
     ensure_demo_data("data/demo/train")
     root = OUT / "planted"
     table = pd.read_csv("data/demo/train.csv").groupby("target").head(per_class)
@@ -83,7 +83,7 @@ def planted_set(per_class: int = 50, share: float = 0.5) -> Path:
     for r in copies.itertuples():
         name = f"copies/{Path(r.image_path).stem}_m.png"
         with Image.open(r.image_path) as im:
-            im.transpose(Image.FLIP_LEFT_RIGHT).resize((30, 30)).save(root / name)
+            im.transpose(Image.FLIP_LEFT_RIGHT).save(root / name)  # lossless: at 32 px a resample moves the pHash ~50 bits
         rows.append((r.class_name, str((root / name).resolve()), r.target))  # absolute: outside data_dir
     planted = pd.concat([table, pd.DataFrame(rows, columns=table.columns)], ignore_index=True)
     planted.to_csv(root / "train.csv", index=False)
