@@ -42,11 +42,11 @@ def run_predict(args: argparse.Namespace) -> None:
     scales = inference.parse_scales(args.tta_scales)
     paths, ensemble, weights = inference.resolve_targets(args.targets, args.kfold, args.runs_dir), None, None
     if args.weights == "oof":
-        from engine.evaluate.ensemble import checkpoint_weights, plan_ensemble
+        from engine.evaluate.ensemble import checkpoint_weights, plan_ensemble, run_label
         ensemble = plan_ensemble(args.targets, args.kfold)
         counts = [len(inference.fold_checkpoints(r, args.kfold)) for r in ensemble.runs]
         weights = checkpoint_weights(ensemble.weights, counts)
-        print("oof weights: " + ", ".join(f"{r.name} {w:.2f}" for r, w in zip(ensemble.runs, ensemble.weights)))
+        print("oof weights: " + ", ".join(f"{run_label(r)} {w:.2f}" for r, w in zip(ensemble.runs, ensemble.weights)))
     members = inference.load_ensemble(paths, inference.pick_device(args.device))
     recipe = members[0].recipe
     csv = args.val or args.test_csv or recipe.test_csv
