@@ -74,7 +74,7 @@ def ensemble(epochs: int, per_class: int) -> None:
 def planted_set(per_class: int = 50, share: float = 0.5) -> Path:
     """`per_class` demo images per class plus a mirrored copy of `share` of them (same class)."""
     ensure_demo_data("data/demo/train")
-    root = OUT / "planted"
+    root = OUT / f"planted{per_class}"
     table = pd.read_csv("data/demo/train.csv").groupby("target").head(per_class)
     table["image_path"] = [str((Path("data/demo/train") / p).resolve()) for p in table["image_path"]]
     copies = table.sample(frac=share, random_state=0)
@@ -90,15 +90,15 @@ def planted_set(per_class: int = 50, share: float = 0.5) -> Path:
     return root / "train.csv"
 
 
-def leak(epochs: int, per_class: int) -> None:
+def leak(epochs: int, per_class: int, settings: str = "none,near_duplicates") -> None:
     csv = planted_set(per_class)
     print(f"planted set: {len(pd.read_csv(csv))} rows ({csv})")
-    for groups in ("none", "near_duplicates"):
+    for groups in settings.split(","):
         recipe = load_recipe("recipes/demo.py", {"model": "test_resnet", "folds": 5, "epochs": epochs, "train_csv": str(csv),
-                                                 "fold_groups": groups, "output_dir": str(OUT), "name": f"leak-{groups}",
+                                                 "fold_groups": groups, "output_dir": str(OUT), "name": f"leak{per_class}-{groups}",
                                                  **FAST})
         run_dir = train(recipe, show_progress=False)
-        test = test_accuracy([str(run_dir)], OUT / f"test-leak-{groups}.csv")
+        test = test_accuracy([str(run_dir)], OUT / f"test-leak{per_class}-{groups}.csv")
         oof = pd.read_csv(run_dir / runs.OOF)
         originals = oof[~oof["image_path"].str.contains("copies/")]
         print(f"| fold_groups={groups} | OOF acc {oof_accuracy(run_dir):.4f} | OOF acc on the originals "
@@ -110,5 +110,6 @@ if __name__ == "__main__":
     p.add_argument("what", choices=("ensemble", "leak"))
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--per-class", type=int, default=1000, help="training images per class (all: 1000)")
+    p.add_argument("--fold-groups", default="none,near_duplicates", help="leak: the settings to compare")
     a = p.parse_args()
-    (ensemble if a.what == "ensemble" else leak)(a.epochs, a.per_class)
+    ensemble(a.epochs, a.per_class) if a.what == "ensemble" else leak(a.epochs, a.per_class, a.fold_groups)
