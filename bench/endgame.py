@@ -90,12 +90,12 @@ def planted_set(per_class: int = 50, share: float = 0.5) -> Path:
     return root / "train.csv"
 
 
-def leak(epochs: int, per_class: int, settings: str = "none,near_duplicates") -> None:
+def leak(epochs: int, per_class: int, settings: str = "none,near_duplicates", folds: int = 5) -> None:
     csv = planted_set(per_class)
     print(f"planted set: {len(pd.read_csv(csv))} rows ({csv})")
     for groups in settings.split(","):
-        recipe = load_recipe("recipes/demo.py", {"model": "test_resnet", "folds": 5, "epochs": epochs, "train_csv": str(csv),
-                                                 "fold_groups": groups, "output_dir": str(OUT), "name": f"leak{per_class}-{groups}",
+        recipe = load_recipe("recipes/demo.py", {"model": "test_resnet", "folds": folds, "epochs": epochs, "train_csv": str(csv),
+                                                 "fold_groups": groups, "output_dir": str(OUT), "name": f"leak{per_class}x{epochs}-{groups}",
                                                  **FAST})
         run_dir = train(recipe, show_progress=False)
         test = test_accuracy([str(run_dir)], OUT / f"test-leak{per_class}-{groups}.csv")
@@ -111,5 +111,6 @@ if __name__ == "__main__":
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--per-class", type=int, default=1000, help="training images per class (all: 1000)")
     p.add_argument("--fold-groups", default="none,near_duplicates", help="leak: the settings to compare")
+    p.add_argument("--folds", type=int, default=5, help="leak: folds")
     a = p.parse_args()
-    ensemble(a.epochs, a.per_class) if a.what == "ensemble" else leak(a.epochs, a.per_class, a.fold_groups)
+    ensemble(a.epochs, a.per_class) if a.what == "ensemble" else leak(a.epochs, a.per_class, a.fold_groups, a.folds)
