@@ -4,6 +4,7 @@
     python predict.py runs/resnext/20260101-120000 --kfold --tta
     python predict.py a/fold0/best.pt b/fold0/best.pt --tta-scales 0.9,1.1 --out ensemble.csv
     python predict.py RUN --val data/demo/test_labels.csv   # accuracy, top-5 and macro-F1
+    python predict.py RUN_A RUN_B RUN_C --kfold --weights oof   # runs weighted on their out-of-fold predictions
 """
 from __future__ import annotations
 
@@ -18,6 +19,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("targets", nargs="*", metavar="RUN_OR_CKPT", help="run folders and/or .pt files (default: newest run)")
     p.add_argument("--kfold", action="store_true", help="use every fold's best.pt of each run folder")
+    p.add_argument("--weights", choices=("equal", "oof"), default="equal",
+                   help="equal: mean of every checkpoint; oof: per-run weights fit on the runs' out-of-fold "
+                        "probabilities (writes ensemble.json and a per-class table and plot)")
     p.add_argument("--tta", action="store_true", help="add the flipped views the model trained with (recipe flip: h 2 views, hv 4)")
     p.add_argument("--tta-scales", metavar="S,S", help="extra views at these scales of the image size, e.g. 0.9,1.1")
     p.add_argument("--out", help="output CSV (default: output.csv in the run folder)")

@@ -118,10 +118,12 @@ def view_groups(members: Sequence[Member], scales: Sequence[float]) -> dict[tupl
 @torch.inference_mode()
 def predict_probs(members: Sequence[Member], image_paths: Sequence[str], batch_size: int = 128, flip: bool = False,
                   scales: Sequence[float] = (), num_workers: int | None = None,
-                  show_progress: bool = True, use_store: bool = True) -> torch.Tensor:
+                  show_progress: bool = True, use_store: bool = True,
+                  weights: Sequence[float] | None = None) -> torch.Tensor:
     """Mean softmax (N x C, float32, CPU) of every member over every view of every image, in input order.
 
-    Members trained from a feature store (`use_store`) read stored backbone features of each view instead."""
+    Members trained from a feature store (`use_store`) read stored backbone features of each view instead.
+    `weights` (one per member, summing to 1): a weighted mean of the members' own view means instead."""
     if not members:
         raise UserError("no checkpoints to predict with")
     device = next(members[0].model.parameters()).device
@@ -131,13 +133,19 @@ def predict_probs(members: Sequence[Member], image_paths: Sequence[str], batch_s
     groups = view_groups(members, scales)
     total = torch.zeros(n, num_classes, device=device)
     views = 0
+    def member_views(m: Member) -> int:  # a store holds the eval view and its horizontal flip
+        return (2 if flip else 1) if use_store and trained_from_store(m.recipe) else len(tta_flips(m, flip))
+
+    weight = {id(m): None if weights is None else float(w) / ((1 + len(scales)) * member_views(m))
+              for m, w in zip(members, weights if weights is not None else members)}  # w over the member's views
     for (size, crop_pct, at_trained_size), group in groups.items():
         dataset = eval_dataset(image_paths, size, crop_pct, as_validated=at_trained_size)  # other scales: raw decode
         stored = [m for m in group if use_store and trained_from_store(m.recipe)]
         views += len(stored) * (2 if flip else 1)  # a store holds the eval view and its horizontal flip
-        if stored:
-            total += stored_probs(stored, dataset, size, crop_pct, at_trained_size, flip, amp, batch_size, workers,
+        for part in ([stored] if weights is None else [[m] for m in stored]) if stored else []:
+            summed = stored_probs(part, dataset, size, crop_pct, at_trained_size, flip, amp, batch_size, workers,
                                   show_progress)
+            total += summed if weights is None else weight[id(part[0])] * summed
         group = [m for m in group if m not in stored]
         if not group:
             continue
@@ -151,10 +159,11 @@ def predict_probs(members: Sequence[Member], image_paths: Sequence[str], batch_s
             for m in group:
                 xn = m.normalize(x)
                 for dims in tta_flips(m, flip):
-                    total[rows] += run_model(m, xn.flip(dims) if dims else xn, amp, size)
+                    p = run_model(m, xn.flip(dims) if dims else xn, amp, size)
+                    total[rows] += p if weight[id(m)] is None else weight[id(m)] * p
             start += x.shape[0]
         views += sum(len(tta_flips(m, flip)) for m in group)
-    return (total / views).cpu()
+    return (total / views if weights is None else total).cpu()
 
 
 def tta_flips(m: Member, flip: bool) -> tuple[tuple[int, ...], ...]:

@@ -40,7 +40,13 @@ def run_predict(args: argparse.Namespace) -> None:
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be >= 1; got {args.batch_size}")
     scales = inference.parse_scales(args.tta_scales)
-    paths = inference.resolve_targets(args.targets, args.kfold, args.runs_dir)
+    paths, ensemble, weights = inference.resolve_targets(args.targets, args.kfold, args.runs_dir), None, None
+    if args.weights == "oof":
+        from engine.evaluate.ensemble import checkpoint_weights, plan_ensemble, run_label
+        ensemble = plan_ensemble(args.targets, args.kfold)
+        counts = [len(inference.fold_checkpoints(r, args.kfold)) for r in ensemble.runs]
+        weights = checkpoint_weights(ensemble.weights, counts)
+        print("oof weights: " + ", ".join(f"{run_label(r)} {w:.2f}" for r, w in zip(ensemble.runs, ensemble.weights)))
     members = inference.load_ensemble(paths, inference.pick_device(args.device))
     recipe = members[0].recipe
     csv = args.val or args.test_csv or recipe.test_csv
@@ -55,7 +61,7 @@ def run_predict(args: argparse.Namespace) -> None:
     print(f"predicting {len(table)} images of {csv} with {len(members)} model(s)"
           f"{' x flip' if args.tta else ''}{' x scales ' + args.tta_scales if scales else ''}")
     probs = inference.predict_probs(members, table["path"].tolist(), args.batch_size, args.tta, scales,
-                                    args.workers, not args.no_progress, use_store=not args.no_store)
+                                    args.workers, not args.no_progress, use_store=not args.no_store, weights=weights)
     classes = members[0].classes
     pred = probs.argmax(1).numpy()
     folder = runs.output_folder_of(paths[0])
@@ -76,3 +82,8 @@ def run_predict(args: argparse.Namespace) -> None:
         probs_path = out_path.with_name(out_path.stem + "_probs.csv")
         write_csv(probs_frame, probs_path, float_format="%.6g")
         print(f"wrote {probs_path}")
+    if ensemble is not None:
+        from engine.evaluate.ensemble import write_ensemble_report
+        written = write_ensemble_report(ensemble, out_path.parent)
+        print(f"ensemble OOF acc {ensemble.report['oof_acc']:.4f} (best member "
+              f"{max(m['oof_acc'] for m in ensemble.report['members']):.4f}); wrote {', '.join(map(str, written))}")

@@ -84,8 +84,15 @@ class Recipe:
     train_csv: Optional[str] = key("data/train.csv", "CSV of class_name,image_path,target; None: class folders under data_dir")
     test_dir: Optional[str] = key("data/test", "folder the test.csv image paths are relative to")
     test_csv: Optional[str] = key("data/test.csv", "CSV with an image_path column, predicted by predict.py")
-    val_fraction: float = key(0.2, "hold-out share for validation when folds = 1 (stratified)", bounds="[0, 1)")
+    val_fraction: float = key(0.2, "hold-out share for validation when folds = 1 (stratified); 0: train on every "
+                              "row with no validation (a full-data refit; best.pt is the last epoch)", bounds="[0, 1)")
     folds: int = key(1, "K > 1 trains K stratified folds one after another", bounds="[1, inf)")
+    fold_groups: str = key("near_duplicates", "keep near-duplicate images (also mirrored copies, by perceptual hash) "
+                           "on one side of every train/validation split", ("none", "near_duplicates"))
+    pseudo_labels: Optional[str] = key(None, "predict.py --save-probs CSV of test images: confident ones join every "
+                                       "fold's training rows with their predicted class")
+    pseudo_threshold: float = key(0.9, "a pseudo-labelled image joins when its top probability reaches this",
+                                  bounds="(0, 1]")
     seed: int = key(42, "seed for splits, sampling, augmentation, mixing and initialisation", bounds="[0, inf)")
     image_size: int = key(224, "square input size the model sees", bounds="[1, inf)")
     num_workers: Optional[int] = key(None, "dataloader worker processes; None: from the CPU count", bounds="[0, inf)")
@@ -220,8 +227,8 @@ def _check_recipe(r: Recipe) -> Recipe:
     if r.augment_on == "device" and r.augment in ("randaugment", "trivialaugment"):
         raise UserError(f"augment='{r.augment}' runs only in the workers; set augment_on='workers' (or auto), "
                         f"or augment='light' to augment on the device")
-    if r.folds == 1 and not 0 < r.val_fraction < 1:
-        raise UserError(f"val_fraction must be in (0, 1) when folds = 1; got {r.val_fraction}")
+    if r.folds == 1 and not 0 <= r.val_fraction < 1:
+        raise UserError(f"val_fraction must be in [0, 1) when folds = 1; got {r.val_fraction}")
     return r
 
 
@@ -324,6 +331,10 @@ def save_json(recipe: Recipe, path: str | Path) -> None:
     write_text(path, json.dumps(recipe.to_dict(), indent=2) + "\n")
 
 
+# what a saved recipe that predates a key was trained with, where that differs from the key's default
+LEGACY_VALUES = {"fold_groups": "none"}
+
+
 def from_dict(values: dict) -> Recipe:
     """Recipe from a saved dict (recipe.json or a checkpoint); keys unknown to this version are dropped."""
-    return resolve({k: v for k, v in values.items() if k in FIELDS}, {})
+    return resolve({**LEGACY_VALUES, **{k: v for k, v in values.items() if k in FIELDS}}, {})

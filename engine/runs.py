@@ -1,8 +1,9 @@
 """The run folder: every file name in it, and how runs, folds and checkpoints are found.
 
     runs/<recipe>/<YYYYmmdd-HHMMSS>[-name]/
-      recipe.json  train.log  oof.csv  oof_metrics.json  output.csv
-      fold<k>/  best.pt  last.pt  metrics.csv  val_predictions.csv
+      recipe.json  train.log  oof.csv  oof_probs.npy  oof_metrics.json  output.csv
+      ensemble.json  ensemble_per_class.csv/.png   (predict.py --weights oof)
+      fold<k>/  best.pt  last.pt  metrics.csv  val_predictions.csv  val_probs.npy
 
 No other module spells these names: they ask this one for the path.
 """
@@ -26,6 +27,11 @@ VAL_PREDICTIONS = "val_predictions.csv"
 OOF = "oof.csv"
 OOF_METRICS = "oof_metrics.json"
 OUTPUT = "output.csv"
+VAL_PROBS = "val_probs.npy"  # a fold's validation probabilities at its best epoch, rows as val_predictions.csv
+OOF_PROBS = "oof_probs.npy"  # every fold's VAL_PROBS stacked, rows as oof.csv (ensemble weights are fit on it)
+ENSEMBLE = "ensemble.json"  # written by predict.py --weights oof next to its output CSV
+ENSEMBLE_PER_CLASS = "ensemble_per_class.csv"
+ENSEMBLE_PER_CLASS_PLOT = "ensemble_per_class.png"
 FOLD_PREFIX = "fold"
 
 

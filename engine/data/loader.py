@@ -204,7 +204,7 @@ def build_loaders(recipe, train: pd.DataFrame, val: pd.DataFrame, crop_pct: floa
                                collate_fn=CanvasCollate(background) if batched else None)
     val_loader = make_loader(val_ds, recipe.batch_size * 2, ShardSampler(len(val_ds), d.rank, d.world), workers,
                              False, pin_memory=pin)
-    if len(val_ds) < d.world:
+    if 0 < len(val_ds) < d.world:
         raise UserError(f"fold {fold}: {len(val_ds)} validation rows for {d.world} processes; "
                         f"raise val_fraction or use fewer processes")
     if len(train_loader) == 0:

@@ -13,7 +13,7 @@ import pandas as pd
 
 from engine import runs
 from engine.evaluate.metrics import goal_of, macro_f1, per_class_accuracy
-from engine.evaluate.predictions import class_names, read_fold_predictions
+from engine.evaluate.predictions import class_names, read_fold_predictions, read_probs, write_probs
 from engine.system.atomic import write_csv, write_text
 
 def top5_hits(table: pd.DataFrame) -> np.ndarray:
@@ -68,6 +68,9 @@ def write_oof(run_dir: Path, folds: int, num_classes: int) -> pd.DataFrame:
     """oof.csv (every training row once, predicted by the fold that did not train on it) and oof_metrics.json."""
     table = read_fold_predictions(run_dir, folds)
     write_csv(table, run_dir / runs.OOF)
+    fold_probs = [runs.fold_dir(run_dir, k) / runs.VAL_PROBS for k in range(folds)]
+    if all(p.is_file() for p in fold_probs):  # runs trained before val_probs.npy existed have none
+        write_probs(run_dir / runs.OOF_PROBS, np.concatenate([read_probs(p) for p in fold_probs]))
     metrics = oof_metrics(table, num_classes)
     metrics["folds"] = {str(k): score(part, num_classes) for k, part in table.groupby("fold")}
     write_text(run_dir / runs.OOF_METRICS, json.dumps(metrics, indent=2) + "\n")
@@ -80,6 +83,9 @@ def finish_folds(run_dir: Path, recipe, waiting: list[int], log, classes: list[s
     if waiting:
         log.print(f"folds still to train: {', '.join(map(str, waiting))} (of {recipe.folds}); the out-of-fold "
                   f"results are written when the last one finishes")
+        return
+    if recipe.folds == 1 and recipe.val_fraction == 0:
+        log.print("full-data refit (val_fraction = 0): no validation rows, so no out-of-fold results or report")
         return
     missing = [k for k in range(recipe.folds) if not (runs.fold_dir(run_dir, k) / runs.VAL_PREDICTIONS).is_file()]
     if missing:

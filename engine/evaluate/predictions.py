@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
 from engine import runs
 from engine.errors import UserError
-from engine.system.atomic import write_csv
+from engine.system.atomic import write_atomic, write_csv
 
 REQUIRED = ("image_path", "target", "pred", "confidence")
 
@@ -28,6 +29,17 @@ def predictions_frame(image_paths, targets, probs: torch.Tensor, classes: list[s
 def write_val_predictions(path: Path, table: pd.DataFrame, probs: torch.Tensor, classes: list[str]) -> None:
     """A fold's val_predictions.csv: its validation rows as `predictions_frame` describes them."""
     write_csv(predictions_frame(table["image_path"].values, table["target"].values, probs, classes), path)
+
+
+def write_probs(path: Path, probs: torch.Tensor | np.ndarray) -> None:
+    """Class probabilities as a float16 .npy (half the size; ample precision for weighting and voting)."""
+    array = np.asarray(probs, dtype=np.float16)
+    write_atomic(path, lambda f: np.save(f, array), binary=True)
+
+
+def read_probs(path: Path) -> np.ndarray:
+    """Probabilities written by write_probs, as float32."""
+    return np.load(path).astype(np.float32)
 
 
 def read_predictions_csv(path: Path) -> pd.DataFrame:

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from engine.data.near_duplicates import hamming, hash_words, perceptual_hash  # noqa: F401 (explore's names)
 from engine.system.atomic import write_csv
 from engine.system.device import cpu_count
 
@@ -23,34 +24,6 @@ FACT_COLUMNS = ["path", "file_bytes", "mtime_ns", "error", "format", "mode", "wi
                 "is_colour", "ink", "sha1", "phash"]
 ANALYSIS_SIDE = 256  # facts are computed on a copy at most this big: ink and hashes need no more
 INK_CONTRAST = 48  # a pixel is ink when it differs from the background by more than this (0..255)
-HASH_SIDE, HASH_FREQS = 32, 16  # pHash: DCT of a 32 x 32 thumbnail, its 16 x 16 lowest frequencies
-_DCT = np.cos(np.pi / HASH_SIDE * (np.arange(HASH_SIDE)[:, None]) * (np.arange(HASH_SIDE)[None, :] + 0.5))
-
-
-def perceptual_hash(gray: np.ndarray) -> str:
-    """256-bit pHash of a 2-D uint8 image as 64 hex digits: low DCT frequencies above their median.
-
-    256 bits rather than the usual 64: sketches are mostly white paper, and at 64 bits two unrelated
-    sketches often come within a few bits of each other.
-    """
-    from PIL import Image
-    thumb = np.asarray(Image.fromarray(gray).resize((HASH_SIDE, HASH_SIDE), Image.BOX), dtype=np.float64)
-    low = (_DCT @ thumb @ _DCT.T)[:HASH_FREQS, :HASH_FREQS].ravel()
-    low[0] = np.median(low[1:])  # the DC term only says how dark the image is: its bit is always 0
-    return np.packbits(low > np.median(low[1:])).tobytes().hex()
-
-
-def hash_words(hashes: Sequence[str]) -> np.ndarray:
-    """Hex pHashes -> N x 4 uint64 array for fast distances."""
-    raw = b"".join(bytes.fromhex(h) for h in hashes)
-    return np.frombuffer(raw, dtype=np.uint64).reshape(len(hashes), -1)
-
-
-def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Bitwise distance between hash-word rows (a: N x W, b: M x W -> N x M)."""
-    return np.bitwise_count(a[:, None, :] ^ b[None, :, :]).sum(axis=2, dtype=np.int32)
-
-
 def decode_for_facts(path: str) -> tuple[str, str, int, int, np.ndarray]:
     """(format, mode, width, height, pixels at most ~ANALYSIS_SIDE): the one decode per file.
 

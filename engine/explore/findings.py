@@ -13,12 +13,11 @@ import numpy as np
 import pandas as pd
 
 from engine.system.atomic import write_csv
-from engine.explore.facts import hash_words
+from engine.data.near_duplicates import NEAR_DUPLICATE_BITS, duplicate_groups, hash_words, near_pairs  # noqa: F401
 from engine.data.tables import Audit, audit_table, check_image_file
 
 FINDING_COLUMNS = ["kind", "split", "row", "image_path", "class_name", "other_image_path", "other_class_name",
                    "detail", "action"]
-NEAR_DUPLICATE_BITS = 30  # of 255: resized, re-encoded copies land under ~28; unrelated sketches above ~80
 BLANK_INK = 0.001  # less than 0.1% of the pixels differ from the paper
 EXTREME_SIDE_FACTOR = 4  # a side 4x smaller (or larger) than the data set's median side
 EXTREME_ASPECT = 3.0  # longer side / shorter side
@@ -90,38 +89,6 @@ def _file_findings(test: pd.DataFrame | None) -> list[dict]:
             kind, _, detail = problem.partition(" ")
             out.append(_finding(kind, "test", i, image_path, detail=detail.strip("()") or AUDIT_DETAILS.get(kind, "")))
     return out
-
-
-def near_pairs(hashes: list[str], max_bits: int) -> list[tuple[int, int, int]]:
-    """Every pair (i < j) whose pHashes differ in at most max_bits bits, with the distance."""
-    if len(hashes) < 2:
-        return []
-    bits = np.unpackbits(hash_words(hashes).view(np.uint8), axis=1).astype(np.float32) * 2 - 1
-    n_bits, pairs = bits.shape[1], []
-    for start in range(0, len(bits), 1024):  # +-1 codes: a dot product is n_bits - 2 * distance (BLAS-fast)
-        dot = bits[start:start + 1024] @ bits[start:].T
-        i, j = np.nonzero(dot >= n_bits - 2 * max_bits)
-        keep = j > i  # upper triangle only: each pair once, never an image with itself
-        for a, b, d in zip(i[keep] + start, j[keep] + start, dot[i[keep], j[keep]]):
-            pairs.append((int(a), int(b), int(round((n_bits - d) / 2))))
-    return pairs
-
-
-def duplicate_groups(hashes: list[str], max_bits: int) -> list[list[int]]:
-    """Images linked by chains of close pHashes, each group sorted (its first member is its anchor)."""
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-    pairs = near_pairs(hashes, max_bits)
-    if not pairs:
-        return []
-    a, b, _ = zip(*pairs)
-    graph = coo_matrix((np.ones(len(a)), (a, b)), shape=(len(hashes), len(hashes)))
-    _, label = connected_components(graph, directed=False)
-    linked = np.unique(np.concatenate([a, b]))
-    groups: dict[int, list[int]] = {}
-    for i in linked:
-        groups.setdefault(int(label[i]), []).append(int(i))
-    return [sorted(g) for g in groups.values()]
 
 
 def _duplicate_findings(images: pd.DataFrame, max_bits: int) -> tuple[list[dict], set[int]]:

@@ -2,6 +2,7 @@
 best.pt / last.pt / metrics.csv / val_predictions.csv, stop early, and resume exactly from a last.pt."""
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Callable
@@ -10,7 +11,7 @@ import pandas as pd
 import torch
 
 from engine import checkpoint, runs
-from engine.evaluate.predictions import write_val_predictions
+from engine.evaluate.predictions import write_probs, write_val_predictions
 from engine.data.loader import build_loaders
 from engine.data.background import WHITE, checkpoint_background
 from engine.models import count_parameters, data_config, model_from_recipe, small_map_warning
@@ -24,6 +25,8 @@ from engine.train.early_stopping import EarlyStopping
 from engine.train.head_fit import build_head_training
 from engine.train.loop import evaluate, train_one_epoch
 from engine.train.state import TrainState, build_train_state
+
+NO_VAL = dict.fromkeys(("loss", "acc", "top5", "f1"), math.nan)  # a refit's validation "result"
 
 
 def fit(recipe: Recipe, fold: int, train: pd.DataFrame, val: pd.DataFrame, classes: list[str], fold_dir: Path,
@@ -59,9 +62,10 @@ def fit(recipe: Recipe, fold: int, train: pd.DataFrame, val: pd.DataFrame, class
         log.print(start_line(recipe, fold, s, loaders, d))
         if small_map:
             log.print(small_map)
-        if recipe.init_head == "imagenet":  # the copied ImageNet rows predict before the first step
+        if recipe.init_head == "imagenet" and len(val):  # the copied ImageNet rows predict before the first step
             res = evaluate(s.eval_model, loaders.val, s.device, s.normalize, s.amp_dtype)
             log.print(f"fold {fold}: the ImageNet-initialised head scores val acc {res['acc']:.3f} before training")
+    has_val = len(val) > 0  # no validation rows: a full-data refit, whose best.pt is its last epoch
 
     for epoch in range(start_epoch, recipe.epochs):
         loaders.sampler.set_epoch(epoch, start_step)
@@ -78,10 +82,10 @@ def fit(recipe: Recipe, fold: int, train: pd.DataFrame, val: pd.DataFrame, class
                                        preemption.signal_number())
         start_step, train_time = 0, time.perf_counter() - t0
         net = s.eval_model.get_classifier() if recipe.feature_views else s.eval_model  # stored features: the head
-        res = evaluate(net, loaders.val, s.device, s.normalize, s.amp_dtype)
+        res = evaluate(net, loaders.val, s.device, s.normalize, s.amp_dtype) if has_val else NO_VAL
         metrics = epoch_metrics(epoch, stats, res, s, train_time, time.perf_counter() - t0)
-        improved = early.update(metrics)
-        stop = early.stop_reason(metrics)
+        improved = early.update(metrics) if has_val else True
+        stop = early.stop_reason(metrics) if has_val else None
         best = []  # best.pt goes to disk with last.pt, in the background
         if d.is_main:
             log.metrics(fold_dir / runs.METRICS, metrics, prefix=f"{fold_dir.name}/")
@@ -95,7 +99,9 @@ def fit(recipe: Recipe, fold: int, train: pd.DataFrame, val: pd.DataFrame, class
             if improved:
                 best = [(checkpoint.model_checkpoint(base, s.eval_model.state_dict(), epoch + 1, metrics),
                          fold_dir / runs.BEST)]
-                write_val_predictions(fold_dir / runs.VAL_PREDICTIONS, val, res["probs"], classes)
+                if has_val:
+                    write_val_predictions(fold_dir / runs.VAL_PREDICTIONS, val, res["probs"], classes)
+                    write_probs(fold_dir / runs.VAL_PROBS, res["probs"])
         save_last(s, base, epoch + 1, 0, stop is not None or epoch + 1 == recipe.epochs, metrics, early, fold_dir, d,
                   best)
         if on_epoch is not None:
@@ -105,7 +111,7 @@ def fit(recipe: Recipe, fold: int, train: pd.DataFrame, val: pd.DataFrame, class
             break
     loaders.stop()  # its workers end now, while the last checkpoints are written (folds.train waits for them)
     distributed.barrier()
-    return early.result()
+    return early.result() if has_val else {"best_epoch": metrics.get("epoch"), recipe.monitor: None}
 
 
 def save_last(s: TrainState, base: dict, epoch: int, step: int, finished: bool, metrics: dict,
@@ -131,6 +137,8 @@ def start_line(recipe: Recipe, fold: int, s: TrainState, loaders, d: Dist) -> st
             f"per epoch, {d.device.type}{' x' + str(d.world) if d.enabled else ''}, precision "
             f"{PRECISION_NAMES[s.amp_dtype]}, {loaders.workers} workers"
             f"{', augmentation on the device' if s.augment is not None else ''}")
+    if not len(loaders.val.dataset):
+        line += "\nno validation rows (val_fraction = 0): every row trains; best.pt is the last epoch"
     if s.mixer.active:
         line += "\nnote: under mixup/cutmix, train acc is measured against each sample's dominant label"
     return line
@@ -148,7 +156,8 @@ def epoch_metrics(epoch: int, stats: dict, res: dict, s: TrainState, train_time:
 
 def epoch_line(m: dict, epochs: int, improved: bool) -> str:
     """The per-epoch summary the console shows."""
-    return (f"epoch {m['epoch']:>3}/{epochs}  train loss {m['train_loss']:.4f} acc {m['train_acc']:.3f}  |  "
-            f"val loss {m['val_loss']:.4f} acc {m['val_acc']:.3f} top5 {m['val_top5']:.3f} f1 {m['val_f1']:.3f}  |  "
+    val = (f"val loss {m['val_loss']:.4f} acc {m['val_acc']:.3f} top5 {m['val_top5']:.3f} f1 {m['val_f1']:.3f}"
+           if math.isfinite(m["val_acc"]) else "no validation")
+    return (f"epoch {m['epoch']:>3}/{epochs}  train loss {m['train_loss']:.4f} acc {m['train_acc']:.3f}  |  {val}  |  "
             f"lr {m['lr']:.2e}  {m['img_per_s']:.0f} img/s  data {m['data_wait']:.0%}  {m['time_s']:.1f}s"
             + (f"  mem {m['gpu_mem_gb']:.1f}G" if m.get("gpu_mem_gb") else "") + ("  * best" if improved else ""))

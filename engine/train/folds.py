@@ -20,6 +20,8 @@ from engine.system.distributed import Dist
 from engine.system.runlog import RunLog, progress
 from engine.train.fit import fit
 from engine.train.state import finished, is_finished
+from engine.data.near_duplicates import group_ids
+from engine.data.pseudo_labels import add_pseudo_labels, read_pseudo_labels
 from engine.data.tables import Audit, apply_audit_policy, assign_folds, audit_table, read_train_table
 
 
@@ -36,9 +38,24 @@ def load_data(recipe: Recipe, d: Dist, log=print, show_progress: bool = True) ->
         audit.background = resolve_background(recipe.background, table["path"],
                                               progress=lambda it, n: progress(it, n, "background", show_progress))
         log(audit.background.describe())
-        table["fold"] = assign_folds(table["target"].to_numpy(), recipe.folds, recipe.val_fraction, recipe.seed)
+        groups = fold_groups(recipe, table, log)
+        table["fold"] = assign_folds(table["target"].to_numpy(), recipe.folds, recipe.val_fraction, recipe.seed, groups)
+        if recipe.pseudo_labels:
+            rows = read_pseudo_labels(recipe.pseudo_labels, recipe.test_dir or ".", audit.classes, recipe.pseudo_threshold)
+            table = add_pseudo_labels(table, rows, recipe.pseudo_labels, recipe.pseudo_threshold, log)
         result = (table, audit.classes, audit)
     return distributed.broadcast_object(result)
+
+
+def fold_groups(recipe: Recipe, table: pd.DataFrame, log=print) -> np.ndarray | None:
+    """Near-duplicate group per row when the recipe keeps them together (None: rows split freely)."""
+    if recipe.fold_groups == "none" or (recipe.folds == 1 and recipe.val_fraction == 0):
+        return None
+    groups = group_ids(table["path"].tolist())
+    sizes = np.bincount(np.unique(groups, return_inverse=True)[1])
+    log(f"fold groups: {int((sizes > 1).sum())} groups of near duplicates ({int(sizes[sizes > 1].sum())} rows) "
+        f"kept on one side of every split" + ("" if (sizes > 1).any() else "; folds as without fold_groups"))
+    return groups
 
 
 def train(recipe: Recipe, fold: int | None = None, name: str | None = None, resume: str | None = None,
