@@ -18,6 +18,7 @@ from engine.train.losses import build_loss
 from engine.train.mix import Mixer
 from engine.train.optim import build_optimizer
 from engine.train.schedule import build_scheduler
+from engine.train.sync_bn import convert_sync_batchnorm
 
 
 @dataclass
@@ -107,7 +108,7 @@ def build_train_state(recipe: Recipe, model: torch.nn.Module, num_classes: int, 
     channels_last = dev.use_channels_last(recipe.channels_last, device)
     model = model.to(device, memory_format=dev.memory_format(channels_last))
     if recipe.sync_bn and distributed:
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = convert_sync_batchnorm(model, device)
     amp_dtype = dev.autocast_dtype(recipe.precision, device)
     updates_per_epoch = math.ceil(steps_per_epoch / recipe.accumulate_grad_batches)
     optimizer = build_optimizer(model, recipe.optimizer, recipe.lr, recipe.weight_decay, recipe.momentum)
