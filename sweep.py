@@ -3,6 +3,8 @@
     python sweep.py recipes/resnext.py --count 30                  # offline (Optuna, SQLite in runs/sweeps/)
     python sweep.py recipes/resnext.py --count 30 --resume         # 30 more trials of the same sweep
     python sweep.py recipes/resnext.py --backend wandb --count 30  # W&B sweep server + agent
+    python sweep.py recipes/resnext.py --resume --storage postgresql://me@db-host/sweeps   # more workers
+    python sweep.py recipes/resnext.py --resume --storage journal:/shared/sweeps/resnext.log  # no database
 """
 from __future__ import annotations
 
