@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import pytest
 import torch
 
 from engine.data.cache import MEMORY_PREFIX, memory_cache_root, namespace_tag
@@ -41,6 +42,7 @@ def stores() -> set[str]:
     return {p.name for p in memory_cache_root().glob(f"{MEMORY_PREFIX}{namespace_tag()}-*")}
 
 
+@pytest.mark.slow
 def test_two_nodes_train_one_run_and_sigterm_to_one_stops_both(digits_dir, tmp_path):
     out = tmp_path / "runs"
     args = ["--no-progress", "--name", "two_nodes", "model=test_resnet", f"data_dir='{digits_dir}/train'",

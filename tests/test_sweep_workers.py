@@ -113,6 +113,7 @@ def open_for_reading(storage: str):
     return open_storage(storage, 60)
 
 
+@pytest.mark.slow
 def test_journal_file_workers_survive_a_killed_worker(digits_dir, tmp_path):
     kill_one_worker_mid_trial(digits_dir, tmp_path, f"journal:{tmp_path / 'sweep.log'}")
 
@@ -160,5 +161,6 @@ def postgres_url():
         shutil.rmtree(folder, ignore_errors=True)
 
 
+@pytest.mark.slow
 def test_postgresql_workers_survive_a_killed_worker(digits_dir, tmp_path, postgres_url):
     kill_one_worker_mid_trial(digits_dir, tmp_path, postgres_url)

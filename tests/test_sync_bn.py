@@ -6,12 +6,14 @@ import subprocess
 import sys
 
 import pandas as pd
+import pytest
 import torch
 
 from tests.conftest import ROOT
 from tests.test_ddp import torchrun, train_args
 
 
+@pytest.mark.slow
 def test_synced_batch_norm_on_two_ranks_equals_one_process_on_the_whole_batch(tmp_path):
     run = torchrun([str(ROOT / "tests" / "sync_bn_script.py"), str(tmp_path / "diff.json")], timeout=180)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -21,6 +23,7 @@ def test_synced_batch_norm_on_two_ranks_equals_one_process_on_the_whole_batch(tm
     assert diff["plain"]["grad"] > 1e-2 and diff["plain"]["running"] > 1e-3, diff["plain"]  # the test can fail
 
 
+@pytest.mark.slow
 def test_train_py_with_sync_bn_runs_under_torchrun_on_cpu(digits_dir, tmp_path):
     pd.read_csv(digits_dir / "train.csv").head(320).to_csv(tmp_path / "train.csv", index=False)
     args = train_args(digits_dir, tmp_path / "runs", 16)

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import pytest
 from wandb.proto import wandb_internal_pb2
 
 from tests.conftest import ROOT
@@ -62,6 +63,7 @@ def wandb_core_processes() -> set[int]:
     return found
 
 
+@pytest.mark.slow
 def test_offline_wandb_run_holds_the_epoch_metrics_and_resume_continues_its_id(digits_dir, tmp_path):
     pd.read_csv(digits_dir / "train.csv").groupby("target").head(30).to_csv(tmp_path / "train.csv", index=False)
     out = tmp_path / "runs"
