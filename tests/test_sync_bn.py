@@ -2,8 +2,6 @@
 run: batch-norm statistics and gradients come from both ranks' samples, so two ranks of batch B step
 exactly like one process of batch 2B; unsynced batch-norm does not (each rank normalises its own half)."""
 import json
-import subprocess
-import sys
 
 import pandas as pd
 import pytest
