@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import optuna
@@ -164,3 +165,30 @@ def postgres_url():
 @pytest.mark.slow
 def test_postgresql_workers_survive_a_killed_worker(digits_dir, tmp_path, postgres_url):
     kill_one_worker_mid_trial(digits_dir, tmp_path, postgres_url)
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+def test_a_silent_workers_trial_is_failed_re_run_once_and_run_cap_holds(tmp_path, monkeypatch, kind):
+    """In-process and fast: a trial left RUNNING by a worker that stopped sending heartbeats."""
+    import engine.sweep.runner as sweep_mod
+    from engine.sweep.runner import run_sweep
+    from engine.sweep.storage import open_storage
+    from test_sweep import LR, base_recipe, fake_trainer
+    calls: list = []
+    monkeypatch.setattr(sweep_mod, "run_in_process", fake_trainer(calls))
+    storage = f"sqlite:///{tmp_path / 'study.db'}" if kind == "sqlite" else f"journal:{tmp_path / 'study.log'}"
+    recipe = base_recipe(tmp_path, {"method": "random", "metric": {"name": "val_acc", "goal": "maximize"},
+                                    "run_cap": 3, "parameters": {"lr": LR}})
+    run_sweep(recipe, count=1, storage=storage, heartbeat_s=1, log=lambda *a: None)  # trial 0
+    study = optuna.load_study(study_name="fake", storage=open_storage(storage, 1))
+    with warnings.catch_warnings():  # "heartbeat is meant for optimize": here we play the dead worker by hand
+        warnings.simplefilter("ignore")
+        dead = study.ask()  # trial 1: its worker beat once, then died
+    lr = dead.suggest_float("lr", LR["min"], LR["max"], log=True)
+    study._storage.record_heartbeat(dead._trial_id)
+    time.sleep(4.5)  # > 3 heartbeats (SQLite's clock has 1 s steps)
+    rows = pd.read_csv(run_sweep(recipe, count=10, storage=storage, resume=True, heartbeat_s=1,
+                                 log=lambda *a: None) / "trials.csv")
+    assert rows["trial"].tolist() == [0, 1, 2, 3] and len(calls) == 3  # run_cap 3: trials 0, 2 and 3 trained
+    assert rows["state"].tolist() == ["complete", "fail", "complete", "complete"]
+    assert "re-run as trial 2" in rows.loc[1, "error"] and rows.loc[2, "lr"] == lr  # the same values again
