@@ -3,6 +3,8 @@
     python sweep.py recipes/resnext.py --count 30                  # offline (Optuna, SQLite in runs/sweeps/)
     python sweep.py recipes/resnext.py --count 30 --resume         # 30 more trials of the same sweep
     python sweep.py recipes/resnext.py --backend wandb --count 30  # W&B sweep server + agent
+    python sweep.py recipes/resnext.py --resume --storage postgresql://me@db-host/sweeps   # more workers
+    python sweep.py recipes/resnext.py --resume --storage journal:/shared/sweeps/resnext.log  # no database
 """
 from __future__ import annotations
 
@@ -22,8 +24,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--backend", choices=("optuna", "wandb"),
                    help="default: wandb when W&B credentials are set, WANDB_MODE is online and the recipe's "
                         "wandb key is 'online'; optuna otherwise")
-    p.add_argument("--storage", metavar="URL", help="Optuna database URL shared by several workers "
+    p.add_argument("--storage", metavar="URL", help="study storage shared by several workers: postgresql://user@host/db, "
+                                                    "or journal:/shared/path/sweep.log on a shared file system "
                                                     "(default: sqlite in runs/sweeps/<name>/study.db)")
+    p.add_argument("--heartbeat", type=int, metavar="S", help="seconds between a worker's heartbeats (default 60); a "
+                                                           "trial silent for 3x this long is failed and re-run")
     p.add_argument("--resume", action="store_true", help="add --count trials to an existing sweep (or join it as a worker)")
     p.add_argument("--nproc", type=int, default=1, help="run each trial under torchrun with N processes")
     p.add_argument("--name", help="sweep name (default: the recipe name); folder runs/sweeps/<name>/")
@@ -38,7 +43,7 @@ def run(args: argparse.Namespace) -> None:
     recipe = load_recipe_args(args.items)
     try:
         run_sweep(recipe, count=args.count, backend=args.backend, storage=args.storage, resume=args.resume,
-                  nproc=args.nproc, name=args.name, show_progress=args.progress)
+                  nproc=args.nproc, name=args.name, show_progress=args.progress, heartbeat_s=args.heartbeat)
     except KeyboardInterrupt as e:
         raise Stopped(f"sweep interrupted{f' ({e})' if str(e) else ''}; add trials later with --resume", 130) from e
 

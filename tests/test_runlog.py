@@ -20,7 +20,6 @@ class FakeRun:
 def fake_wandb(runs):
     module = types.ModuleType("wandb")
     module.init = lambda **kwargs: runs.append(FakeRun(**kwargs)) or runs[-1]
-    module.util = types.SimpleNamespace(generate_id=lambda: "abc123")
     return module
 
 
@@ -31,11 +30,12 @@ def test_metrics_reach_wandb_per_fold_and_a_resume_continues_the_same_run(digits
     run_dir = train(recipe, show_progress=False)
     (first,) = runs
     assert first.kwargs["mode"] == "offline" and first.kwargs["project"] == "sketches"
-    assert first.kwargs["id"] == "abc123" and first.finished
+    run_id = (run_dir / "wandb_id").read_text()
+    assert first.kwargs["id"] == run_id and len(run_id) == 8 and first.finished
     assert first.logged[0]["fold0/val_acc"] == first.logged[0]["fold0/val_acc"]  # a number, not NaN
     assert {"fold0/train_loss", "fold0/val_loss", "fold0/lr"} <= set(first.logged[0])
     train(None, resume=str(run_dir), show_progress=False)
-    assert runs[1].kwargs["id"] == "abc123" and runs[1].kwargs["resume"] == "allow"
+    assert runs[1].kwargs["id"] == run_id and runs[1].kwargs["resume"] == "allow"
 
 
 def test_disabled_wandb_is_never_imported(digits_dir, tmp_path, monkeypatch):

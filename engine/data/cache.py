@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 from typing import Callable, Sequence
@@ -95,19 +96,35 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def namespace_tag() -> str:
+    """This host and PID namespace, in 10 characters: a pid means something only where this tag is the same.
+
+    Containers that share /dev/shm (docker --ipc=host or --ipc=container:) have their own PID namespace,
+    so another container's live store would look like a dead process's leftovers to us.
+    """
+    try:
+        pid_namespace = os.readlink("/proc/self/ns/pid")
+    except OSError:  # no /proc (macOS): the host alone
+        pid_namespace = ""
+    return hashlib.sha1(f"{socket.gethostname()}|{pid_namespace}".encode()).hexdigest()[:10]
+
+
+MEMORY_PREFIX = "sketchbook@"  # sketchbook@<namespace tag>-<owner pid>-<store name>
 _REMOVE_AT_EXIT: set[Path] = set()  # this process's memory stores (local rank 0 removes them)
 
 
 def memory_store_folder(settings: dict) -> Path:
     """This run's shared-memory folder; clears folders of dead runs and this run's other settings.
 
-    Under torchrun every local rank names the folder after the launcher's pid, so they share one store.
+    Under torchrun every local rank of a machine names the folder after its launcher's pid, so they share
+    one store, and each machine (node) has its own. Only folders of this host and PID namespace are cleared.
     """
     owner = os.getppid() if int(os.environ.get("LOCAL_WORLD_SIZE", 1)) > 1 else os.getpid()
     root = memory_cache_root()
-    folder = root / f"sketchbook-{owner}-{store_name(settings)}"
-    for other in root.glob("sketchbook-*-*"):
-        pid = other.name.split("-")[1]
+    tag = namespace_tag()
+    folder = root / f"{MEMORY_PREFIX}{tag}-{owner}-{store_name(settings)}"
+    for other in root.glob(f"{MEMORY_PREFIX}{tag}-*-*"):
+        pid = other.name[len(MEMORY_PREFIX) + len(tag) + 1:].split("-")[0]
         if pid.isdigit() and other != folder and (int(pid) == owner or not _pid_alive(int(pid))):
             shutil.rmtree(other, ignore_errors=True)  # a finished trial's or a killed run's memory
     if int(os.environ.get("LOCAL_RANK", 0)) == 0 and folder not in _REMOVE_AT_EXIT:

@@ -49,7 +49,7 @@ def choose_backend(requested: str | None, recipe: Recipe) -> str:
 
 def run_sweep(recipe: Recipe, count: int | None = None, backend: str | None = None, storage: str | None = None,
               resume: bool = False, nproc: int = 1, name: str | None = None, show_progress: bool = False,
-              log: Callable[[str], None] = print) -> Path:
+              log: Callable[[str], None] = print, heartbeat_s: int | None = None) -> Path:
     """Run `count` trials of the recipe's sweep; write the results; return the sweep folder."""
     spec = parse_sweep(recipe.sweep, recipe)
     backend = choose_backend(backend, recipe)
@@ -71,8 +71,9 @@ def run_sweep(recipe: Recipe, count: int | None = None, backend: str | None = No
     if nproc > 1:
         (sweep_dir / "trials").mkdir(exist_ok=True)
     if backend == "optuna":
-        from engine.sweep.optuna_backend import run_optuna
-        rows, importances = run_optuna(recipe, spec, name, sweep_dir, count, storage, resume, runner, log)
+        from engine.sweep.optuna_backend import HEARTBEAT_S, run_optuna
+        rows, importances = run_optuna(recipe, spec, name, sweep_dir, count, storage, resume, runner, log,
+                                       heartbeat_s or HEARTBEAT_S)
     elif backend == "wandb":
         rows, importances = run_wandb(recipe, spec, name, sweep_dir, count, runner, log), None
     else:

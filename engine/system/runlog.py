@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import csv
 import os
+import secrets
+import string
 import sys
 from pathlib import Path
 
@@ -27,7 +29,7 @@ class RunLog:
             if run_dir:  # a resumed run continues the same W&B run
                 id_file = run_dir / "wandb_id"
                 if not id_file.exists():
-                    id_file.write_text(wandb.util.generate_id())
+                    id_file.write_text(new_wandb_id())
                 run_id = id_file.read_text().strip()
             self.wandb = wandb.init(project=wandb_project, entity=wandb_entity, name=wandb_name, config=config,
                                     mode=wandb_mode, dir=str(run_dir) if run_dir else None, reinit="finish_previous",
@@ -66,6 +68,11 @@ class RunLog:
         if self.wandb is not None:
             self.wandb.finish()
             self.wandb = None
+
+
+def new_wandb_id() -> str:
+    """A W&B run id: 8 lowercase letters and digits, as W&B makes them (its own helper moved between versions)."""
+    return "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
 
 
 def progress(iterable, total: int, desc: str, enabled: bool):

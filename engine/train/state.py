@@ -22,6 +22,7 @@ from engine.train.mix import Mixer
 from engine.train.freezing import apply_freeze, set_train_mode, trainable_names, unfreeze_index
 from engine.train.optim import add_groups, build_optimizer, joining_groups
 from engine.train.schedule import build_scheduler
+from engine.train.sync_bn import convert_sync_batchnorm
 
 
 @dataclass
@@ -152,7 +153,7 @@ def build_train_state(recipe: Recipe, model: torch.nn.Module, num_classes: int, 
     channels_last = dev.use_channels_last(recipe.channels_last, device)
     model = model.to(device, memory_format=dev.memory_format(channels_last))
     if recipe.sync_bn and distributed:
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = convert_sync_batchnorm(model, device)
     amp_dtype = dev.autocast_dtype(recipe.precision, device)
     updates_per_epoch = math.ceil(steps_per_epoch / recipe.accumulate_grad_batches)
     apply_freeze(model, trainable_names(model, recipe.freeze))
