@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from engine.system.atomic import write_csv
+from engine.system.atomic import refuse_inputs, write_csv
 from engine import runs
 from engine.errors import UserError, run_command
 
@@ -34,6 +34,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--test-dir", help="folder the image paths are relative to (default: the recipe's test_dir)")
     p.add_argument("--batch-size", type=int, default=128, help="images per forward pass (default 128)")
     p.add_argument("--workers", type=int, help="data loader processes (default: from the CPU count)")
+    p.add_argument("--bad-images", choices=("error", "skip"), default="error",
+                   help="an unreadable image: stop naming it (default), or skip: keep its row with uniform "
+                        "probabilities and list it in <out>_unreadable.csv")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     p.add_argument("--runs-dir", default="runs", help="where to look for the newest run (default runs/)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -47,7 +50,9 @@ def check_labels(table: pd.DataFrame, classes: list[str], csv: str) -> None:
     targets = pd.to_numeric(table["target"], errors="coerce")
     bad = table.index[targets.isna() | (targets < 0) | (targets >= len(classes))]
     if len(bad):
-        raise UserError(f"--val {csv}: row {bad[0]} has target {table.at[bad[0], 'target']!r}; "
+        value = table.at[bad[0], "target"]
+        value = value.item() if hasattr(value, "item") else value  # 6, not np.int64(6)
+        raise UserError(f"--val {csv}: row {bad[0]} has target {value!r}; "
                         f"the model knows targets 0..{len(classes) - 1}")
     if "class_name" in table:
         named = [(i, n, int(t)) for i, n, t in zip(table.index, table["class_name"], targets)
@@ -62,8 +67,8 @@ def run(args: argparse.Namespace) -> None:
     from engine import inference
     from engine.evaluate.metrics import macro_f1, topk_accuracy
     from engine.data.tables import read_test_table
-    if args.batch_size < 1:
-        raise UserError(f"--batch-size must be >= 1; got {args.batch_size}")
+    if args.batch_size < 1 or (args.workers is not None and args.workers < 0):
+        raise UserError(f"--batch-size must be >= 1 and --workers >= 0; got {args.batch_size} and {args.workers}")
     scales = inference.parse_scales(args.tta_scales)
     paths = inference.resolve_targets(args.targets, args.kfold, args.runs_dir)
     members = inference.load_ensemble(paths, inference.pick_device(args.device))
@@ -79,8 +84,13 @@ def run(args: argparse.Namespace) -> None:
                                  f"image paths are relative to '{image_dir}'; set --test-dir")
     print(f"predicting {len(table)} images of {csv} with {len(members)} model(s)"
           f"{' x flip' if args.tta else ''}{' x scales ' + args.tta_scales if scales else ''}")
+    out_path = Path(args.out) if args.out else None
+    if out_path is not None:  # an output must never replace an input
+        refuse_inputs(out_path, [csv, recipe.train_csv, recipe.test_csv, *paths], "--out")
+        refuse_inputs(out_path.with_name(out_path.stem + "_probs.csv"), [csv, *paths], "--out")
+    unreadable = [] if args.bad_images == "skip" else None
     probs = inference.predict_probs(members, table["path"].tolist(), args.batch_size, args.tta, scales,
-                                    args.workers, not args.no_progress)
+                                    args.workers, not args.no_progress, unreadable)
     classes = members[0].classes
     top = probs.topk(min(5, probs.shape[1]), dim=1)
     pred = top.indices[:, 0].numpy()
@@ -94,12 +104,17 @@ def run(args: argparse.Namespace) -> None:
                             "pred": pred, "pred_name": [classes[p] for p in pred],
                             "confidence": top.values[:, 0].numpy(),
                             "top5": [" ".join(map(str, r)) for r in top.indices.tolist()]})
-        out_path = Path(args.out) if args.out else folder / f"val_{Path(csv).stem}.csv"
+        out_path = out_path or folder / f"val_{Path(csv).stem}.csv"
     else:
         out = pd.DataFrame({"ID": np.arange(len(table)), "image_path": table["image_path"], "target": pred})
-        out_path = Path(args.out) if args.out else folder / runs.OUTPUT
+        out_path = out_path or folder / runs.OUTPUT
     write_csv(out, out_path, float_format="%.6g")
     print(f"wrote {out_path}")
+    if unreadable:
+        listed = out_path.with_name(out_path.stem + "_unreadable.csv")
+        write_csv(table.iloc[unreadable][["image_path"]].assign(row=unreadable), listed)
+        print(f"warning: {len(unreadable)} unreadable image(s) kept with uniform probabilities (first: "
+              f"{table['image_path'].iloc[unreadable[0]]}); listed in {listed}")
     if args.save_probs:
         probs_frame = pd.DataFrame(probs.numpy(), columns=classes)
         probs_frame.insert(0, "image_path", table["image_path"].values)

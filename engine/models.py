@@ -70,3 +70,19 @@ def data_config(model: torch.nn.Module) -> dict:
 
 def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def check_input_size(model: torch.nn.Module, name: str, image_size: int) -> None:
+    """One forward pass of a blank image at image_size: a model that cannot take that size says so in one line
+    (convnext below 32 px, a ViT at other than its own size) instead of failing inside the first step."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 3, image_size, image_size))
+    except (RuntimeError, AssertionError, ValueError) as e:
+        reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        raise UserError(f"model '{name}' cannot take image_size={image_size} ({reason}); "
+                        f"use a larger image_size (or the model's own input size)") from None
+    finally:
+        model.train(was_training)

@@ -51,7 +51,8 @@ class Recipe:
     val_fraction: float = key(0.2, "hold-out share for validation when folds = 1 (stratified)", bounds="[0, 1)")
     folds: int = key(1, "K > 1 trains K stratified folds one after another", bounds="[1, inf)")
     seed: int = key(42, "seed for splits, sampling, augmentation, mixing and initialisation", bounds="[0, inf)")
-    image_size: int = key(224, "square input size the model sees", bounds="[1, inf)")
+    image_size: int = key(224, "square input size the model sees (each model also has its own minimum)",
+                          bounds="[2, inf)")  # 1 px crashes inside PyTorch's antialiased resize
     num_workers: Optional[int] = key(None, "dataloader worker processes; None: from the CPU count", bounds="[0, inf)")
     cache: str = key("none", "decode images once: in shared memory, or in a reusable file on disk", ("none", "memory", "disk"))
     bad_images: str = key("skip", "what to do with rows the data audit rejects", ("skip", "error"))

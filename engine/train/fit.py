@@ -12,7 +12,8 @@ import torch
 from engine import checkpoint, runs
 from engine.evaluate.predictions import write_val_predictions
 from engine.data.loader import build_loaders
-from engine.models import build_model, count_parameters, data_config
+from engine.errors import UserError
+from engine.models import build_model, check_input_size, count_parameters, data_config
 from engine.recipe import Recipe
 from engine.system import distributed, preemption
 from engine.system.device import PRECISION_NAMES
@@ -32,6 +33,7 @@ def fit(recipe: Recipe, fold: int, train: pd.DataFrame, val: pd.DataFrame, class
     """
     torch.manual_seed(recipe.seed + fold)
     model = build_model(recipe.model, len(classes), recipe.pretrained, recipe.pretrained_path, recipe.drop_path)
+    check_input_size(model, recipe.model, recipe.image_size)
     data_cfg = data_config(model)
     loaders = build_loaders(recipe, train, val, data_cfg["crop_pct"], fold, d)
     s = build_train_state(recipe, model, len(classes), data_cfg, len(loaders.train), d.device, fold, d.rank, d.enabled)
@@ -40,11 +42,17 @@ def fit(recipe: Recipe, fold: int, train: pd.DataFrame, val: pd.DataFrame, class
     early = EarlyStopping(recipe.monitor, recipe.early_stopping)
     start_epoch, start_step, metrics = 0, 0, {}
     if resume is not None:
-        start_epoch, start_step, early_state = s.restore(resume)
+        try:
+            start_epoch, start_step, early_state = s.restore(resume)
+        except (RuntimeError, KeyError, ValueError) as e:  # weights of another shape: one line, not 100
+            raise UserError(f"{fold_dir / runs.LAST} does not fit {recipe.model} with {len(classes)} classes "
+                            f"({type(e).__name__}: {str(e).splitlines()[0][:160]}); it belongs to another run") from None
         early, metrics = EarlyStopping(recipe.monitor, recipe.early_stopping, early_state), resume.get("metrics", {})
         log.print(f"fold {fold}: resumed at epoch {start_epoch + 1}, step {start_step}")
     else:
         log.print(start_line(recipe, fold, s, loaders, d))
+    if d.is_main:  # rows of epochs a crash made us redo would be written twice
+        log.trim_metrics(fold_dir / runs.METRICS, start_epoch)
 
     for epoch in range(start_epoch, recipe.epochs):
         loaders.sampler.set_epoch(epoch, start_step)
