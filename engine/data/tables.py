@@ -93,6 +93,17 @@ def check_image_file(path: str) -> str | None:
     return None
 
 
+def check_image_files(paths: list[str]) -> list[str | None]:
+    """check_image_file for many files, on every core when there are many (a JPEG check is a full decode)."""
+    from engine.system.device import cpu_count
+    workers = min(cpu_count(), len(paths) // 256)
+    if workers < 2:
+        return [check_image_file(p) for p in paths]
+    from multiprocessing import get_context
+    with get_context("fork").Pool(workers) as pool:
+        return pool.map(check_image_file, paths, chunksize=64)
+
+
 @dataclass
 class Audit:
     """What the audit found: the usable table, the classes, and every rejected row with its reason."""
@@ -131,8 +142,9 @@ def audit_table(table: pd.DataFrame, num_classes: int | None = None, check_files
     n = num_classes or (int(mapping.max()) + 1 if len(mapping) else int(target[valid].max()) + 1 if valid.any() else 0)
     if num_classes is None:  # 5, 7, 9 only would build a 10-class model that can predict classes never seen
         present = {int(t) for t in target[valid & (target < n)]} | {int(t) for t in mapping.values}
-        if missing := [t for t in range(n) if t not in present]:
-            raise UserError(f"targets must be 0..K-1, but {len(missing)} of 0..{n - 1} have no rows (e.g. "
+        missing = [t for t in range(n) if t not in present]
+        if missing and missing != [0]:  # 1..K is a numbering (class 0 stays empty); 5, 7, 9 is not
+            raise UserError(f"targets must be 0..K-1 (or 1..K), but {len(missing)} of 0..{n - 1} have no rows (e.g. "
                             f"{', '.join(map(str, missing[:5]))}); renumber the classes 0..{len(present) - 1} "
                             f"(predictions are class indices), or set num_classes={n} to keep empty classes")
     for i in table.index[target.notna() & (~whole | (target < 0) | (target >= n))]:
@@ -143,8 +155,9 @@ def audit_table(table: pd.DataFrame, num_classes: int | None = None, check_files
     for i in table.index[table.duplicated("image_path", keep="first")]:
         problems.setdefault(i, "duplicate_row")
     if check_files:
-        for i, path in zip(table.index, table["path"]):
-            if i not in problems and (problem := check_image_file(path)):
+        todo = [(i, path) for i, path in zip(table.index, table["path"]) if i not in problems]
+        for (i, _), problem in zip(todo, check_image_files([path for _, path in todo])):
+            if problem:
                 problems[i] = problem
     classes = [str(i) for i in range(n)]
     for name, t in mapping.items():

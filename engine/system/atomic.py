@@ -29,6 +29,10 @@ def _host() -> str:
     return socket.gethostname().replace(".", "_") or "host"
 
 
+def _size(n: int) -> str:
+    return f"{n / 2**20:.0f} MB" if n >= 2**20 else f"{n / 2**10:.0f} kB"
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -51,6 +55,16 @@ def remove_stale_temp_files(folder: Path) -> list[Path]:
     return removed
 
 
+def out_of_space(e: BaseException | None) -> bool:
+    """Whether an error is, or was caused by, a full disk or quota (torch.save wraps the OSError in a
+    RuntimeError)."""
+    while e is not None:
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
 def write_atomic(path: str | Path, write: Callable[[IO], None], binary: bool = False,
                  size_hint: int | None = None) -> None:
     """Call write(file) on a temporary file, flush it to disk, then rename it to path.
@@ -69,13 +83,13 @@ def write_atomic(path: str | Path, write: Callable[[IO], None], binary: bool = F
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # the permissions a plain open() gives (mkstemp: owner only)
         os.replace(tmp, path)
-    except OSError as e:
+    except Exception as e:
         Path(tmp).unlink(missing_ok=True)
-        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+        if not out_of_space(e):
             raise
-        need = f"about {size_hint / 2**20:.0f} MB needed, " if size_hint else ""
+        need = f"about {_size(size_hint)} needed, " if size_hint else ""
         free = os.statvfs(path.parent)
-        raise DiskFull(f"disk full writing {path} ({need}{free.f_bavail * free.f_frsize / 2**20:.0f} MB free "
+        raise DiskFull(f"disk full writing {path} ({need}{_size(free.f_bavail * free.f_frsize)} free "
                        f"there); the previous {path.name} is intact") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
