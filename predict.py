@@ -31,6 +31,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--test-dir", help="folder the image paths are relative to (default: the recipe's test_dir)")
     p.add_argument("--batch-size", type=int, default=128, help="images per forward pass (default 128)")
     p.add_argument("--workers", type=int, help="data loader processes (default: from the CPU count)")
+    p.add_argument("--bad-images", choices=("error", "skip"), default="error",
+                   help="an unreadable image: stop naming it (default), or skip: keep its row with uniform "
+                        "probabilities and list it in <out>_unreadable.csv")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     p.add_argument("--runs-dir", default="runs", help="where to look for the newest run (default runs/)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

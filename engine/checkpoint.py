@@ -23,8 +23,19 @@ def model_checkpoint(base: dict, model_state: dict, epoch: int, metrics: dict) -
 
 
 def save_atomic(obj: dict, path: str | Path) -> None:
-    """torch.save through a temporary file and a rename: a killed write leaves the old file."""
-    write_atomic(path, lambda f: torch.save(obj, f), binary=True)
+    """torch.save through a temporary file and a rename: a killed write or a full disk leaves the old file."""
+    write_atomic(path, lambda f: torch.save(obj, f), binary=True, size_hint=tensor_bytes(obj))
+
+
+def tensor_bytes(obj) -> int:
+    """Bytes of every tensor in a nested checkpoint: about what torch.save writes."""
+    if isinstance(obj, torch.Tensor):
+        return obj.nelement() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(tensor_bytes(v) for v in obj)
+    return 0
 
 
 def snapshot(obj, _copies: dict | None = None, buffers: dict | None = None, _at: tuple = ()):

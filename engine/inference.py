@@ -98,11 +98,25 @@ def parse_scales(text: str | None) -> tuple[float, ...]:
     return scales
 
 
+UNREADABLE = -2  # the target an unreadable image gets from a MarkedDataset
+
+
+class MarkedDataset(ImageDataset):
+    """Eval images where an unreadable file becomes a blank page with target UNREADABLE instead of
+    stopping the loader (the caller decides: name it and stop, or predict the rest)."""
+
+    def __getitem__(self, item):
+        try:
+            return super().__getitem__(item)
+        except UserError:
+            return self.transform(torch.full((3, 8, 8), 255, dtype=torch.uint8)), torch.tensor(UNREADABLE)
+
+
 def eval_dataset(paths: Sequence[str], image_size: int, crop_pct: float, as_validated: bool = True) -> ImageDataset:
     """Image files through the eval transform; `as_validated`: first pre-resized exactly as training's validation
     images are (engine.data.cache.pre_resize), so a checkpoint sees what its validation score was measured on."""
     loader = DecodeEachTime(paths, cache_short_side(image_size, crop_pct)) if as_validated else None
-    return ImageDataset(paths, None, build_eval_transform(image_size, crop_pct), loader=loader)
+    return MarkedDataset(paths, None, build_eval_transform(image_size, crop_pct), loader=loader)
 
 
 def view_groups(members: Sequence[Member], scales: Sequence[float]) -> dict[tuple[int, float, bool], list[Member]]:
@@ -119,11 +133,13 @@ def view_groups(members: Sequence[Member], scales: Sequence[float]) -> dict[tupl
 def predict_probs(members: Sequence[Member], image_paths: Sequence[str], batch_size: int = 128, flip: bool = False,
                   scales: Sequence[float] = (), num_workers: int | None = None,
                   show_progress: bool = True, use_store: bool = True,
-                  weights: Sequence[float] | None = None) -> torch.Tensor:
+                  weights: Sequence[float] | None = None, unreadable: list[int] | None = None) -> torch.Tensor:
     """Mean softmax (N x C, float32, CPU) of every member over every view of every image, in input order.
 
     Members trained from a feature store (`use_store`) read stored backbone features of each view instead.
-    `weights` (one per member, summing to 1): a weighted mean of the members' own view means instead."""
+    `weights` (one per member, summing to 1): a weighted mean of the members' own view means instead.
+    An image that cannot be decoded stops with its name, unless `unreadable` is a list: then its row index
+    goes there and its row is the uniform distribution (the model saw nothing)."""
     if not members:
         raise UserError("no checkpoints to predict with")
     device = next(members[0].model.parameters()).device
@@ -132,7 +148,7 @@ def predict_probs(members: Sequence[Member], image_paths: Sequence[str], batch_s
     amp = autocast_dtype("auto", device)
     groups = view_groups(members, scales)
     total = torch.zeros(n, num_classes, device=device)
-    views = 0
+    views, bad = 0, set()
     def member_views(m: Member) -> int:  # a store holds the eval view and its horizontal flip
         return (2 if flip else 1) if use_store and trained_from_store(m.recipe) else len(tta_flips(m, flip))
 
@@ -153,7 +169,13 @@ def predict_probs(members: Sequence[Member], image_paths: Sequence[str], batch_s
                                              pin_memory=device.type == "cuda",
                                              prefetch_factor=4 if workers > 0 else None)
         start = 0
-        for x, _ in progress(loader, len(loader), f"predict {size}px", show_progress):
+        for x, marks in progress(loader, len(loader), f"predict {size}px", show_progress):
+            if (marks == UNREADABLE).any():
+                first = start + int((marks == UNREADABLE).nonzero()[0, 0])
+                if unreadable is None:
+                    raise UserError(f"image '{image_paths[first]}' (row {first}) could not be decoded; remove it, or "
+                                    f"predict the rest with --bad-images skip (its row gets uniform probabilities)")
+                bad.update(start + i for i in (marks == UNREADABLE).nonzero()[:, 0].tolist())
             x = x.to(device, non_blocking=True)
             rows = slice(start, start + x.shape[0])
             for m in group:
@@ -163,7 +185,11 @@ def predict_probs(members: Sequence[Member], image_paths: Sequence[str], batch_s
                     total[rows] += p if weight[id(m)] is None else weight[id(m)] * p
             start += x.shape[0]
         views += sum(len(tta_flips(m, flip)) for m in group)
-    return (total / views if weights is None else total).cpu()
+    probs = (total / views if weights is None else total).cpu()
+    if bad:
+        probs[sorted(bad)] = 1.0 / num_classes
+        unreadable.extend(sorted(bad))
+    return probs
 
 
 def tta_flips(m: Member, flip: bool) -> tuple[tuple[int, ...], ...]:

@@ -153,6 +153,8 @@ def set_head(model: torch.nn.Module, head: str, num_classes: int, hidden: int = 
     parent_name, _, leaf = attribute.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     setattr(parent, leaf, MlpHead(in_features, hidden, num_classes, dropout))
+
+
 def last_feature_map(model: torch.nn.Module, image_size: int) -> tuple[int, int] | None:
     """(h, w) of the model's last feature map for one image_size input (a forward of one zero image), or None
     when the model does not give a spatial map there (token models, or it cannot take that size)."""
@@ -187,3 +189,19 @@ def small_map_warning(model: torch.nn.Module, image_size: int, name: str) -> str
     return (f"warning: {name} reduces a {image_size} px image to a {grid[0]}x{grid[1]} feature map at its last "
             f"stage, so that stage sees almost no layout; use image_size >= {3 * reduction} (a 3x3 map or larger: "
             f"small images are upscaled) or a model made for small inputs (fewer stride-2 stages)")
+
+
+def check_input_size(model: torch.nn.Module, name: str, image_size: int) -> None:
+    """One forward pass of a blank image at image_size: a model that cannot take that size says so in one line
+    (convnext below 32 px, a ViT at other than its own size) instead of failing inside the first step."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 3, image_size, image_size))
+    except (RuntimeError, AssertionError, ValueError) as e:
+        reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        raise UserError(f"model '{name}' cannot take image_size={image_size} ({reason}); "
+                        f"use a larger image_size (or the model's own input size)") from None
+    finally:
+        model.train(was_training)

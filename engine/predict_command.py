@@ -14,7 +14,7 @@ from engine.data.tables import read_test_table
 from engine.errors import UserError
 from engine.evaluate.metrics import macro_f1, topk_accuracy
 from engine.evaluate.predictions import predictions_frame
-from engine.system.atomic import write_csv
+from engine.system.atomic import refuse_inputs, write_csv
 
 
 def check_labels(table: pd.DataFrame, classes: list[str], csv: str) -> None:
@@ -24,7 +24,9 @@ def check_labels(table: pd.DataFrame, classes: list[str], csv: str) -> None:
     targets = pd.to_numeric(table["target"], errors="coerce")
     bad = table.index[targets.isna() | (targets < 0) | (targets >= len(classes))]
     if len(bad):
-        raise UserError(f"--val {csv}: row {bad[0]} has target {table.at[bad[0], 'target']!r}; "
+        value = table.at[bad[0], "target"]
+        value = value.item() if hasattr(value, "item") else value  # 6, not np.int64(6)
+        raise UserError(f"--val {csv}: row {bad[0]} has target {value!r}; "
                         f"the model knows targets 0..{len(classes) - 1}")
     if "class_name" in table:
         named = [(i, n, int(t)) for i, n, t in zip(table.index, table["class_name"], targets)
@@ -37,8 +39,8 @@ def check_labels(table: pd.DataFrame, classes: list[str], csv: str) -> None:
 
 def run_predict(args: argparse.Namespace) -> None:
     """Everything predict.py does, from its parsed arguments."""
-    if args.batch_size < 1:
-        raise UserError(f"--batch-size must be >= 1; got {args.batch_size}")
+    if args.batch_size < 1 or (args.workers is not None and args.workers < 0):
+        raise UserError(f"--batch-size must be >= 1 and --workers >= 0; got {args.batch_size} and {args.workers}")
     scales = inference.parse_scales(args.tta_scales)
     paths, ensemble, weights = inference.resolve_targets(args.targets, args.kfold, args.runs_dir), None, None
     if args.weights == "oof":
@@ -60,8 +62,14 @@ def run_predict(args: argparse.Namespace) -> None:
                                  f"image paths are relative to '{image_dir}'; set --test-dir")
     print(f"predicting {len(table)} images of {csv} with {len(members)} model(s)"
           f"{' x flip' if args.tta else ''}{' x scales ' + args.tta_scales if scales else ''}")
+    out_path = Path(args.out) if args.out else None
+    if out_path is not None:  # an output must never replace an input
+        refuse_inputs(out_path, [csv, recipe.train_csv, recipe.test_csv, *paths], "--out")
+        refuse_inputs(out_path.with_name(out_path.stem + "_probs.csv"), [csv, *paths], "--out")
+    unreadable = [] if args.bad_images == "skip" else None
     probs = inference.predict_probs(members, table["path"].tolist(), args.batch_size, args.tta, scales,
-                                    args.workers, not args.no_progress, use_store=not args.no_store, weights=weights)
+                                    args.workers, not args.no_progress, use_store=not args.no_store, weights=weights,
+                                    unreadable=unreadable)
     classes = members[0].classes
     pred = probs.argmax(1).numpy()
     folder = runs.output_folder_of(paths[0])
@@ -70,12 +78,17 @@ def run_predict(args: argparse.Namespace) -> None:
         print(f"{Path(csv).name}: acc {topk_accuracy(probs, targets, 1):.4f}  top5 {topk_accuracy(probs, targets, 5):.4f}"
               f"  macro-F1 {macro_f1(pred, targets.numpy(), len(classes)):.4f}  ({len(table)} images)")
         out = predictions_frame(table["image_path"].values, targets.tolist(), probs, classes)
-        out_path = Path(args.out) if args.out else folder / f"val_{Path(csv).stem}.csv"
+        out_path = out_path or folder / f"val_{Path(csv).stem}.csv"
     else:
         out = pd.DataFrame({"ID": np.arange(len(table)), "image_path": table["image_path"], "target": pred})
-        out_path = Path(args.out) if args.out else folder / runs.OUTPUT
+        out_path = out_path or folder / runs.OUTPUT
     write_csv(out, out_path, float_format="%.6g")
     print(f"wrote {out_path}")
+    if unreadable:
+        listed = out_path.with_name(out_path.stem + "_unreadable.csv")
+        write_csv(table.iloc[unreadable][["image_path"]].assign(row=unreadable), listed)
+        print(f"warning: {len(unreadable)} unreadable image(s) kept with uniform probabilities (first: "
+              f"{table['image_path'].iloc[unreadable[0]]}); listed in {listed}")
     if args.save_probs:
         probs_frame = pd.DataFrame(probs.numpy(), columns=classes)
         probs_frame.insert(0, "image_path", table["image_path"].values)

@@ -94,7 +94,8 @@ class Recipe:
     pseudo_threshold: float = key(0.9, "a pseudo-labelled image joins when its top probability reaches this",
                                   bounds="(0, 1]")
     seed: int = key(42, "seed for splits, sampling, augmentation, mixing and initialisation", bounds="[0, inf)")
-    image_size: int = key(224, "square input size the model sees", bounds="[1, inf)")
+    image_size: int = key(224, "square input size the model sees (each model also has its own minimum)",
+                          bounds="[2, inf)")  # 1 px crashes inside PyTorch's antialiased resize
     num_workers: Optional[int] = key(None, "dataloader worker processes; None: from the CPU count", bounds="[0, inf)")
     cache: str = key("none", "decode images once: in shared memory, or in a reusable file on disk", ("none", "memory", "disk"))
     bad_images: str = key("skip", "what to do with rows the data audit rejects", ("skip", "error"))

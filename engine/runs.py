@@ -3,13 +3,14 @@
     runs/<recipe>/<YYYYmmdd-HHMMSS>[-name]/
       recipe.json  train.log  oof.csv  oof_probs.npy  oof_metrics.json  output.csv
       ensemble.json  ensemble_per_class.csv/.png   (predict.py --weights oof)
-      fold<k>/  best.pt  last.pt  metrics.csv  val_predictions.csv  val_probs.npy
+      fold<k>/  best.pt  last.pt  metrics.csv  val_predictions.csv  val_probs.npy  train.lock
 
 No other module spells these names: they ask this one for the path.
 """
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -32,6 +33,7 @@ OOF_PROBS = "oof_probs.npy"  # every fold's VAL_PROBS stacked, rows as oof.csv (
 ENSEMBLE = "ensemble.json"  # written by predict.py --weights oof next to its output CSV
 ENSEMBLE_PER_CLASS = "ensemble_per_class.csv"
 ENSEMBLE_PER_CLASS_PLOT = "ensemble_per_class.png"
+LOCK = "train.lock"  # held while a process trains the fold (engine/system/lock.py)
 FOLD_PREFIX = "fold"
 
 
@@ -75,6 +77,8 @@ def make_run_dir(recipe: Recipe, name: str | None, d: Dist) -> Path:
     """A new run folder (rank 0 picks the name), or the existing one named `name` for this recipe."""
     base = Path(recipe.output_dir) / recipe.name
     run_dir = None
+    if name is not None:
+        check_run_name(name)
     if d.is_main:
         existing = named_runs(base, name) if name else []
         if existing:
@@ -95,6 +99,13 @@ def make_run_dir(recipe: Recipe, name: str | None, d: Dist) -> Path:
                 raise UserError(f"could not create a new run folder in {base}; is another run starting there?")
             save_json(recipe, run_dir / RECIPE)
     return Path(distributed.broadcast_object(str(run_dir)))
+
+
+def check_run_name(name: str) -> None:
+    """--name becomes part of one folder name: no separators, no '..', nothing a shell must quote."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name) or ".." in name:
+        raise UserError(f"--name {name!r}: use letters, digits, '.', '_' and '-' only (it names one folder "
+                        f"inside the recipe's runs folder), e.g. --name cv5")
 
 
 def named_runs(base: Path, name: str) -> list[Path]:
@@ -139,10 +150,13 @@ def resolve_checkpoint(run_or_ckpt: str | Path, name: str = LAST, fold: int = 0)
 
 
 def newest_run(output_dir: str | Path = "runs") -> Path:
-    """The most recently created run folder under output_dir (one holding recipe.json)."""
-    runs = [p.parent for p in Path(output_dir).glob(f"*/*/{RECIPE}")]
+    """The most recently created run folder under output_dir that holds a checkpoint (a run that failed to
+    start has only recipe.json and must not be picked)."""
+    started = [p.parent for p in Path(output_dir).glob(f"*/*/{RECIPE}")]
+    runs = [p for p in started if fold_files(p, BEST)]
     if not runs:
-        raise UserError(f"no runs under '{output_dir}/'; train one first: python train.py")
+        empty = f" ({len(started)} run folder(s) there hold no {BEST} yet)" if started else ""
+        raise UserError(f"no trained runs under '{output_dir}/'{empty}; train one first: python train.py")
     return max(runs, key=lambda p: (p.joinpath(RECIPE).stat().st_mtime, p.name))
 
 

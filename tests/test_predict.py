@@ -156,7 +156,7 @@ def test_mismatched_classes_are_refused(trained_run, tmp_path, capsys):
 
 
 def test_no_runs_and_bad_paths_are_clear_errors(tmp_path, capsys):
-    assert "no runs under" in error_of(["--runs-dir", str(tmp_path / "empty")], capsys)
+    assert "no trained runs under" in error_of(["--runs-dir", str(tmp_path / "empty")], capsys)
     assert "not found" in error_of([str(tmp_path / "nope")], capsys)
     junk = tmp_path / "junk.pt"
     junk.write_text("not a checkpoint")

@@ -6,6 +6,7 @@ and the eval view from engine.inference (the same view validation and predict.py
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -34,6 +35,22 @@ def image_paths(items: Sequence[str]) -> list[Path]:
     if not paths:
         raise UserError("no images given (or the folders hold none); pass image files, folders or --mistakes RUN")
     return paths
+
+
+def readable(paths: Sequence[Path]) -> list[Path]:
+    """The images that decode; each one that does not is skipped with a warning (one bad file must not
+    cost the rest of a folder)."""
+    from engine.data.images import load_image
+    kept = []
+    for p in paths:
+        try:
+            load_image(str(p))
+            kept.append(p)
+        except UserError:
+            print(f"warning: skipping {p}: it could not be decoded", file=sys.stderr)
+    if not kept:
+        raise UserError(f"none of the {len(paths)} image(s) could be decoded")
+    return kept
 
 
 def page_names(paths: Sequence[Path]) -> list[str]:
@@ -150,7 +167,7 @@ def run_cam(images: Sequence[str] = (), ckpt: str | None = None, runs_dir: str =
     if list_layers:
         print_layers(member)
         return
-    paths = image_paths(images)
+    paths = readable(image_paths(images))
     folder = Path(out or runs.output_folder_of(path) / "cams")
     folder.mkdir(parents=True, exist_ok=True)
     print(f"{path}: {member.recipe.model}, {len(member.classes)} classes, {method}, ink: what differs from the "

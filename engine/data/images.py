@@ -5,9 +5,13 @@ paper (a sketch with a transparent background must not turn into black ink on bl
 """
 from __future__ import annotations
 
+import os
+import sys
+import tempfile
+
 import numpy as np
 import torch
-from torchvision.io import ImageReadMode, decode_image
+from torchvision.io import ImageReadMode, decode_image, decode_jpeg, read_file
 
 from engine.errors import UserError
 
@@ -60,3 +64,27 @@ def load_image(path: str) -> torch.Tensor:
     except Exception as e:
         raise UserError(f"image '{path}' could not be decoded ({type(e).__name__}: {e}); "
                         f"set bad_images='skip' or remove it from the CSV") from e
+
+
+def jpeg_damage(path: str) -> str | None:
+    """Fully decode a JPEG; libjpeg's complaint if its data is corrupt, else None.
+
+    A JPEG damaged in the middle still decodes (to garbage): libjpeg only prints a warning on stderr, which
+    no Python API reports, so stderr is caught at the file-descriptor level for the duration of the decode."""
+    sys.stderr.flush()
+    with tempfile.TemporaryFile() as caught:
+        saved = os.dup(2)
+        os.dup2(caught.fileno(), 2)
+        try:
+            decode_jpeg(read_file(path))
+        except RuntimeError as e:  # a JPEG flavour torchvision cannot decode (12-bit, ...) is fine if PIL can
+            try:
+                _decode_with_pil(path)
+            except Exception:
+                return str(e).splitlines()[0].rsplit(", ", 1)[-1]
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        caught.seek(0)
+        said = caught.read().decode(errors="replace").strip()
+    return said.splitlines()[0] if "corrupt" in said.lower() or "premature" in said.lower() else None

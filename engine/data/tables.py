@@ -87,7 +87,22 @@ def check_image_file(path: str) -> str | None:
                     im.load()
     except Exception as e:
         return "truncated" if no_end else f"unreadable ({type(e).__name__})"
+    if head.startswith(b"\xff\xd8"):  # damage in the middle of a JPEG only shows in a full decode
+        from engine.data.images import jpeg_damage
+        if damage := jpeg_damage(path):
+            return f"corrupt ({damage})"
     return None
+
+
+def check_image_files(paths: list[str]) -> list[str | None]:
+    """check_image_file for many files, on every core when there are many (a JPEG check is a full decode)."""
+    from engine.system.device import cpu_count
+    workers = min(cpu_count(), len(paths) // 256)
+    if workers < 2:
+        return [check_image_file(p) for p in paths]
+    from multiprocessing import get_context
+    with get_context("fork").Pool(workers) as pool:
+        return pool.map(check_image_file, paths, chunksize=64)
 
 
 @dataclass
@@ -127,6 +142,13 @@ def audit_table(table: pd.DataFrame, num_classes: int | None = None, check_files
     # the class count: from the names' targets (an odd row cannot add classes), else the largest target
     valid = whole & (target >= 0)
     n = num_classes or (int(mapping.max()) + 1 if len(mapping) else int(target[valid].max()) + 1 if valid.any() else 0)
+    if num_classes is None:  # 5, 7, 9 only would build a 10-class model that can predict classes never seen
+        present = {int(t) for t in target[valid & (target < n)]} | {int(t) for t in mapping.values}
+        missing = [t for t in range(n) if t not in present]
+        if missing and missing != [0]:  # 1..K is a numbering (class 0 stays empty); 5, 7, 9 is not
+            raise UserError(f"targets must be 0..K-1 (or 1..K), but {len(missing)} of 0..{n - 1} have no rows (e.g. "
+                            f"{', '.join(map(str, missing[:5]))}); renumber the classes 0..{len(present) - 1} "
+                            f"(predictions are class indices), or set num_classes={n} to keep empty classes")
     for i in table.index[target.notna() & (~whole | (target < 0) | (target >= n))]:
         problems.setdefault(i, f"target_out_of_range ({table.at[i, 'target']} not in 0..{n - 1})")
     for i in known.index:
@@ -135,8 +157,9 @@ def audit_table(table: pd.DataFrame, num_classes: int | None = None, check_files
     for i in table.index[table.duplicated("image_path", keep="first")]:
         problems.setdefault(i, "duplicate_row")
     if check_files:
-        for i, path in zip(table.index, table["path"]):
-            if i not in problems and (problem := check_image_file(path)):
+        todo = [(i, path) for i, path in zip(table.index, table["path"]) if i not in problems]
+        for (i, _), problem in zip(todo, check_image_files([path for _, path in todo])):
+            if problem:
                 problems[i] = problem
     classes = [str(i) for i in range(n)]
     for name, t in mapping.items():
@@ -177,9 +200,12 @@ def assign_folds(targets: np.ndarray, folds: int, val_fraction: float, seed: int
         return _assign_group_folds(targets, folds, val_fraction, seed, groups, stratify is not None)
     if folds == 1:
         n_val = max(1, math.ceil(n * val_fraction))
-        if stratify is not None and n_val < len(np.unique(targets)):
-            stratify = None  # too few validation rows to hold every class
-        _, val = train_test_split(np.arange(n), test_size=n_val, random_state=seed, stratify=stratify)
+        # a class with one image trains on it (it cannot be split); the others stay stratified
+        pool = np.flatnonzero(counts[targets] >= 2) if stratify is None else np.arange(n)
+        stratify = targets[pool] if len(pool) > n_val and n_val >= len(np.unique(targets[pool])) else None
+        if len(pool) <= n_val:  # too few rows of split-able classes: a plain random split of everything
+            pool = np.arange(n)
+        _, val = train_test_split(pool, test_size=n_val, random_state=seed, stratify=stratify)
         fold[val] = 0
         return fold
     if n < folds:

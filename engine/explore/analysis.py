@@ -17,7 +17,7 @@ from engine.data.demo_digits import ensure_demo_data
 from engine.explore.plots import duplicates_plot, write_plots
 from engine.errors import UserError
 from engine.explore.page import write_report
-from engine.system.atomic import write_csv
+from engine.system.atomic import refuse_inputs, write_csv
 from engine.explore.facts import scan_images
 from engine.recipe import Recipe
 from engine.data.tables import read_test_table, read_train_table
@@ -82,7 +82,7 @@ def _duplicate_pairs(findings: pd.DataFrame, train: pd.DataFrame, test: pd.DataF
 
 
 def _summary(train: pd.DataFrame, test: pd.DataFrame | None, f: Findings, images: pd.DataFrame,
-             counts: pd.Series, decoded: int, seconds: float) -> list[tuple[str, object]]:
+             counts: pd.Series, decoded: int, scanned: int, seconds: float) -> list[tuple[str, object]]:
     readable = images.dropna(subset=["width"])
     colour = readable["is_colour"].astype(bool).mean() if len(readable) else 0.0
     kinds = f.findings["kind"].value_counts()
@@ -99,7 +99,7 @@ def _summary(train: pd.DataFrame, test: pd.DataFrame | None, f: Findings, images
         ("colour images", f"{100 * colour:.1f}%"),
         ("median ink density", f"{100 * readable['ink'].median():.2f}%"),
         ("findings", ", ".join(f"{k}: {v}" for k, v in kinds.items()) or "none"),
-        ("images decoded / from cache", f"{decoded} / {len(images) - decoded}"),
+        ("images decoded / from cache", f"{decoded} / {scanned - decoded}"),
         ("time", f"{seconds:.1f} s"),
     ]
 
@@ -110,6 +110,8 @@ def explore(recipe: Recipe, out_dir: str | Path | None = None, classes: Sequence
     """Scan, audit, repair, plot and report the recipe's training (and test) data."""
     start = time.perf_counter()
     out = Path(out_dir) if out_dir else default_out_dir(recipe)
+    if write_clean:  # the cleaned table goes next to the user's CSV, never over it
+        refuse_inputs(write_clean, [recipe.train_csv, recipe.test_csv], "--write-clean")
     out.mkdir(parents=True, exist_ok=True)
     train, test = _read_tables(recipe, log)
     paths = list(train["path"]) + ([] if test is None else list(test["path"]))
@@ -137,7 +139,7 @@ def explore(recipe: Recipe, out_dir: str | Path | None = None, classes: Sequence
     if write_clean:
         notes.append(f"cleaned train.csv written to {write_clean_csv(found.clean, write_clean)}")
     seconds = time.perf_counter() - start
-    summary = _summary(train, test, found, images, counts, decoded, seconds)
+    summary = _summary(train, test, found, images, counts, decoded, len(facts), seconds)
     report = write_report(out / "report.html", f"Data exploration: {recipe.name}", summary, plots,
                           found.findings, notes)
     for label, value in summary:

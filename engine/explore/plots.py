@@ -149,8 +149,9 @@ def ink_by_class_plot(images: pd.DataFrame, path: Path) -> Path:
 
 
 def samples_plot(images: pd.DataFrame, classes: Sequence[str], path: Path, per_class: int = 8,
-                 seed: int = 0, thumb: int = 96) -> Path:
-    """A grid: one row per chosen class, `per_class` random training images each (one canvas, one axes)."""
+                 seed: int = 0, thumb: int = 96, subset_note: str = "") -> Path:
+    """A grid: one row per chosen class, `per_class` random training images each (one canvas, one axes);
+    `subset_note` says which classes are left out when not all are shown."""
     from PIL import Image
     from engine.explore.facts import decode_for_facts  # decodes JPEGs at reduced size: fast thumbnails
     rng = np.random.default_rng(seed)
@@ -168,7 +169,8 @@ def samples_plot(images: pd.DataFrame, classes: Sequence[str], path: Path, per_c
     ax.imshow(np.asarray(canvas))
     ax.set_yticks([r * cell + cell / 2 for r in range(len(classes))], [str(c) for c in classes], fontsize=9)
     ax.set_xticks([])
-    ax.set_title(f"samples per class ({per_class} random images of each)")
+    ax.set_title(f"samples per class ({per_class} random images of each)" + (f"\n{subset_note}" if subset_note else ""),
+                 fontsize=10)
     return _save(fig, path)
 
 
@@ -203,5 +205,18 @@ def write_plots(images: pd.DataFrame, counts: pd.Series, sample_classes: Sequenc
              ("Colour and ink density", colour_ink_plot(images, out_dir / "colour_ink.png")),
              ("Ink density per class", ink_by_class_plot(images, out_dir / "ink_by_class.png"))]
     if len(sample_classes):
-        plots.append(("Samples per class", samples_plot(images, sample_classes, out_dir / "samples.png", seed=seed)))
+        note = subset_note(sample_classes, counts.index[counts > 0])
+        plots.append((f"Samples per class{f' ({note})' if note else ''}",
+                      samples_plot(images, sample_classes, out_dir / "samples.png", seed=seed, subset_note=note)))
     return plots
+
+
+def subset_note(shown: Sequence[str], present: Sequence[str], named: int = 6) -> str:
+    """'8 of 10 classes shown; not shown: a, b' (empty when every class is shown)."""
+    shown_set = {str(c) for c in shown}
+    left_out = [str(c) for c in present if str(c) not in shown_set]
+    if not left_out:
+        return ""
+    more = f", ... ({len(left_out) - named} more)" if len(left_out) > named else ""
+    return (f"{len(shown)} of {len(shown) + len(left_out)} classes shown; not shown: "
+            f"{', '.join(left_out[:named])}{more} (pick them with --classes)")

@@ -226,9 +226,24 @@ def parse_sweep(config: Any, recipe: Recipe) -> SweepSpec:
     if run_cap is not None and (not isinstance(run_cap, int) or isinstance(run_cap, bool) or run_cap < 1):
         raise UserError(f"sweep config: run_cap must be a positive integer, got {run_cap!r}")
     spec = SweepSpec(method, metric["name"], goal, params, min_iter, eta, run_cap, dict(config))
+    check_mixing(spec, recipe)
     if method == "grid":
         spec.grid()  # raises if a parameter is continuous
     return spec
+
+
+def lowest(p: Param) -> float:
+    """The smallest value a numeric parameter can take."""
+    return p.value if p.kind == "fixed" else min(p.choices) if p.kind == "choice" else p.low
+
+
+def check_mixing(spec: SweepSpec, recipe: Recipe) -> None:
+    """mixup_ratio + cutmix_ratio <= 1 must hold somewhere in the space, or every trial would fail."""
+    swept = {p.name: p for p in spec.params}
+    least = {k: lowest(swept[k]) if k in swept else getattr(recipe, k) for k in ("mixup_ratio", "cutmix_ratio")}
+    if least["mixup_ratio"] + least["cutmix_ratio"] > 1 + 1e-9:
+        raise UserError(f"sweep config: every point has mixup_ratio + cutmix_ratio > 1 (at least "
+                        f"{least['mixup_ratio']} + {least['cutmix_ratio']}); lower one of the ranges")
 
 
 def sample_point(spec: SweepSpec, trial) -> dict:

@@ -11,6 +11,8 @@ import string
 import sys
 from pathlib import Path
 
+from engine.system.atomic import write_atomic
+
 
 class RunLog:
     """Console + train.log lines, metrics.csv rows, W&B scalars; silent on ranks other than 0."""
@@ -56,6 +58,19 @@ class RunLog:
                 writer.writeheader()
             writer.writerow(row)
         self.scalars({prefix + k: v for k, v in row.items()}, step)
+
+    def trim_metrics(self, csv_path: Path, last_epoch: int) -> None:
+        """Drop metrics.csv rows after `last_epoch` (the epoch a resume restarts from is trained again)."""
+        if not self.enabled or not csv_path.is_file():
+            return
+        with open(csv_path, newline="") as f:
+            rows = list(csv.reader(f))
+        if not rows or "epoch" not in rows[0]:
+            return
+        col = rows[0].index("epoch")
+        keep = [rows[0]] + [r for r in rows[1:] if len(r) > col and r[col].isdigit() and int(r[col]) <= last_epoch]
+        if len(keep) < len(rows):
+            write_atomic(csv_path, lambda f: csv.writer(f).writerows(keep))
 
     def scalars(self, values: dict, step: int | None = None) -> None:
         if self.wandb is not None:

@@ -14,7 +14,8 @@ from engine import checkpoint, runs
 from engine.evaluate.predictions import write_probs, write_val_predictions
 from engine.data.loader import build_loaders
 from engine.data.background import WHITE, checkpoint_background
-from engine.models import count_parameters, data_config, model_from_recipe, small_map_warning
+from engine.errors import UserError
+from engine.models import check_input_size, count_parameters, data_config, model_from_recipe, small_map_warning
 from engine.recipe import Recipe
 from engine.system import distributed, preemption
 from engine.system.device import PRECISION_NAMES
@@ -39,6 +40,7 @@ def fit(recipe: Recipe, fold: int, train: pd.DataFrame, val: pd.DataFrame, class
     """
     torch.manual_seed(recipe.seed + fold)
     model = model_from_recipe(recipe, classes)
+    check_input_size(model, recipe.model, recipe.image_size)
     small_map = small_map_warning(model, recipe.image_size, recipe.model) if d.is_main and resume is None else None
     if resume is not None:  # the colour it started with (white for checkpoints from before it was saved)
         background = checkpoint_background(resume.get("data"))
@@ -55,7 +57,11 @@ def fit(recipe: Recipe, fold: int, train: pd.DataFrame, val: pd.DataFrame, class
     early = EarlyStopping(recipe.monitor, recipe.early_stopping)
     start_epoch, start_step, metrics = 0, 0, {}
     if resume is not None:
-        start_epoch, start_step, early_state = s.restore(resume)
+        try:
+            start_epoch, start_step, early_state = s.restore(resume)
+        except (RuntimeError, KeyError, ValueError) as e:  # weights of another shape: one line, not 100
+            raise UserError(f"{fold_dir / runs.LAST} does not fit {recipe.model} with {len(classes)} classes "
+                            f"({type(e).__name__}: {str(e).splitlines()[0][:160]}); it belongs to another run") from None
         early, metrics = EarlyStopping(recipe.monitor, recipe.early_stopping, early_state), resume.get("metrics", {})
         log.print(f"fold {fold}: resumed at epoch {start_epoch + 1}, step {start_step}")
     else:
@@ -66,6 +72,8 @@ def fit(recipe: Recipe, fold: int, train: pd.DataFrame, val: pd.DataFrame, class
             res = evaluate(s.eval_model, loaders.val, s.device, s.normalize, s.amp_dtype)
             log.print(f"fold {fold}: the ImageNet-initialised head scores val acc {res['acc']:.3f} before training")
     has_val = len(val) > 0  # no validation rows: a full-data refit, whose best.pt is its last epoch
+    if d.is_main:  # rows of epochs a crash made us redo would be written twice
+        log.trim_metrics(fold_dir / runs.METRICS, start_epoch)
 
     for epoch in range(start_epoch, recipe.epochs):
         loaders.sampler.set_epoch(epoch, start_step)

@@ -2,6 +2,7 @@
 the out-of-fold results and the closing summary."""
 from __future__ import annotations
 
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Callable
 
@@ -14,8 +15,9 @@ from engine.data.demo_digits import ensure_demo_data
 from engine.data.loader import stop_workers
 from engine.errors import UserError
 from engine.evaluate.oof import finish_folds
-from engine.recipe import Recipe
-from engine.system import distributed, preemption
+from engine.recipe import Recipe, differing_keys, from_dict
+from engine.system import distributed, lock, preemption
+from engine.system.atomic import DiskFull
 from engine.system.distributed import Dist
 from engine.system.runlog import RunLog, progress
 from engine.train.fit import fit
@@ -78,6 +80,9 @@ def train(recipe: Recipe, fold: int | None = None, name: str | None = None, resu
         return None
     table, classes, audit = load_data(recipe, d, say, show_progress)
     run_dir = run_dir or runs.make_run_dir(recipe, name, d)
+    locks = ExitStack()  # one trainer per fold: a second process on the same run and fold stops here
+    if d.is_main:  # the first fold's lock before train.log is touched
+        locks.enter_context(lock.exclusive(runs.fold_dir(run_dir, folds[0]) / runs.LOCK, f"{run_dir} fold {folds[0]}"))
     log = RunLog(run_dir, d.is_main, recipe.wandb, recipe.wandb_project, recipe.wandb_entity,
                  wandb_name=f"{recipe.name}/{run_dir.name}", config=recipe.to_dict())
     log.print(f"run folder: {run_dir}")
@@ -87,7 +92,9 @@ def train(recipe: Recipe, fold: int | None = None, name: str | None = None, resu
         for k in folds:
             fold_dir = runs.fold_dir(run_dir, k)
             fold_dir.mkdir(parents=True, exist_ok=True)
-            state = fold_state(fold_dir) if resume or name else None
+            if d.is_main and k != folds[0]:
+                locks.enter_context(lock.exclusive(fold_dir / runs.LOCK, f"{run_dir} fold {k}"))
+            state = fold_state(fold_dir, recipe, classes) if resume or name else None
             if state and finished(state):
                 log.print(f"fold {k}: already trained (epoch {state['epoch']}), skipping")
                 results[k] = state["metrics"]
@@ -109,7 +116,10 @@ def train(recipe: Recipe, fold: int | None = None, name: str | None = None, resu
     except preemption.Preempted as e:
         log.print(f"{e}\nresume with: python train.py --resume {run_dir}")
         raise
+    except DiskFull as e:  # one line: what, where, how much, and how to go on
+        raise DiskFull(f"{e}; free some space, then: python train.py --resume {run_dir}") from None
     finally:
+        locks.close()
         stop_workers()  # a pruned sweep trial or an exception must not leave data workers behind
         checkpoint.wait_for_writes()  # nor a checkpoint half written
         preemption.uninstall()
@@ -117,10 +127,26 @@ def train(recipe: Recipe, fold: int | None = None, name: str | None = None, resu
     return run_dir
 
 
-def fold_state(fold_dir: Path) -> dict | None:
-    """The fold's last.pt, or None if it never started."""
+def fold_state(fold_dir: Path, recipe: Recipe, classes: list[str]) -> dict | None:
+    """The fold's last.pt, or None if it never started; an error if it belongs to another recipe or classes."""
     path = fold_dir / runs.LAST
-    return checkpoint.load_checkpoint(path) if path.is_file() else None
+    if not path.is_file():
+        return None
+    state = checkpoint.load_checkpoint(path)
+    saved = from_dict(state["recipe"])
+    changed = differing_keys(saved, recipe)
+    if changed:
+        what = ", ".join(f"{k} {getattr(saved, k)!r} there vs {getattr(recipe, k)!r} here" for k in changed[:3])
+        raise UserError(f"{path} belongs to another run ({what}{', ...' if len(changed) > 3 else ''}); "
+                        f"move it away, or resume the run it came from")
+    if list(state["classes"]) != list(classes):
+        theirs, ours = list(state["classes"]), list(classes)
+        diff = next((i for i, (a, b) in enumerate(zip(theirs, ours)) if a != b), None)
+        where = (f"{len(theirs)} classes there vs {len(ours)} here" if diff is None
+                 else f"class {diff} is '{theirs[diff]}' there vs '{ours[diff]}' here")
+        raise UserError(f"{path} was trained on other classes ({where}); the data changed since: "
+                        f"restore it or start a new run")
+    return state
 
 
 def describe_dry_run(recipe: Recipe, d: Dist, say, show_progress: bool = True) -> None:

@@ -1,0 +1,36 @@
+"""One writer per fold folder: an exclusive lock (flock) on a lock file, released by the kernel when the
+process ends however it ends, so a crash never leaves a stale lock behind."""
+from __future__ import annotations
+
+import fcntl
+import os
+import socket
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from engine.errors import UserError
+
+
+@contextmanager
+def exclusive(lock_file: Path, what: str) -> Iterator[None]:
+    """Hold lock_file for the block; if another process holds it, a one-line error naming that process."""
+    lock_file = Path(lock_file)
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    f = open(lock_file, "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+        f.close()
+        raise UserError(f"{what} is being trained by {holder} (lock {lock_file}); wait for it to finish, "
+                        f"train another fold with --fold K, or pick a new --name") from None
+    try:
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        f.flush()
+        yield
+    finally:
+        f.close()  # closing releases the lock
