@@ -173,3 +173,20 @@ def test_dataloader_workers_share_the_memory_cache(tmp_path):
     gc.enable()
     assert pss < 1.1 * cache_kib  # so both workers together hold one copy, not two
     del dl
+
+
+
+def test_cache_decode_processes_die_on_sigterm_even_when_the_trainer_catches_it():
+    """The trainer builds its cache after arming its SIGTERM handler; a forked decoder that kept that handler
+    would outlive Pool.terminate (seen as a hung two-node resume), so each decoder restores the default."""
+    import signal
+    from engine.data import cache_store
+    from engine.system import preemption
+    threads = torch.get_num_threads()
+    preemption.install()
+    try:
+        cache_store._init_worker()  # what each forked decode process runs first
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    finally:
+        preemption.uninstall()
+        torch.set_num_threads(threads)

@@ -15,6 +15,7 @@ import json
 import multiprocessing
 import os
 import shutil
+import signal
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Sequence
@@ -104,6 +105,7 @@ def estimate_bytes(paths: Sequence[str], short_side: int, sample: int = 2000) ->
 
 def _init_worker() -> None:
     torch.set_num_threads(1)  # one image per process; threads would only fight over the cores
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a fork keeps the trainer's preemption handler: Pool.terminate must end it
 
 
 class Store:
