@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from engine.data.near_duplicates import hamming, hash_words, perceptual_hash  # noqa: F401 (explore's names)
+from engine.data.near_duplicates import perceptual_hash
 from engine.system.atomic import write_csv
 from engine.system.device import cpu_count
 

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from engine.system.atomic import write_csv
-from engine.data.near_duplicates import NEAR_DUPLICATE_BITS, duplicate_groups, hash_words, near_pairs  # noqa: F401
+from engine.data.near_duplicates import NEAR_DUPLICATE_BITS, duplicate_groups, hash_words
 from engine.data.tables import Audit, audit_table, check_image_file
 
 FINDING_COLUMNS = ["kind", "split", "row", "image_path", "class_name", "other_image_path", "other_class_name",
