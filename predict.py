@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from engine.errors import run_command
+from engine.errors import exit_process, run_command
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -49,4 +49,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from engine.errors import Stopped, UserError, run_command
+from engine.errors import Stopped, UserError, exit_process, run_command
 from engine.recipe import load_recipe_args
 
 
@@ -53,4 +53,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

@@ -10,7 +10,7 @@ import sys
 
 from torch.distributed.elastic.multiprocessing.errors import record
 
-from engine.errors import UserError, run_command
+from engine.errors import UserError, exit_process, run_command
 from engine.recipe import describe, load_recipe_args
 
 DEFAULT_RECIPE = "recipes/demo.py"
@@ -47,4 +47,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

@@ -1,6 +1,7 @@
 """The exceptions a user sees, and the one exit path every command line goes through."""
 from __future__ import annotations
 
+import gc
 import sys
 from typing import Callable
 
@@ -42,3 +43,11 @@ def run_command(action: Callable[[], object]) -> int:
         print(f"interrupted{f' ({e})' if str(e) else ''}", file=sys.stderr)
         return 130
     return 0
+
+
+def exit_process(code: int) -> None:
+    """End a command-line process with `code`, skipping the interpreter's last garbage collection over every
+    object torch, timm and pandas created (measured ~1.6 s of the exit; all files are closed by then)."""
+    sys.stdout.flush()
+    gc.freeze()
+    sys.exit(code)

@@ -108,3 +108,22 @@ def test_report_counts_the_most_confused_pairs(split_run, capsys):
     fold_csv = run_dir / "fold1" / "val_predictions.csv"  # any predictions CSV: the report goes next to it
     assert main([str(fold_csv)]) == 0 and (fold_csv.parent / "report_per_class.png").is_file()
     assert main([str(run_dir / "nothing.csv")]) == 2 and "not found" in capsys.readouterr().err
+
+
+def test_mistakes_gallery_shows_each_image_in_order_and_survives_a_missing_one(tmp_path):
+    from PIL import Image
+    from engine.evaluate.report import CELL, mistake_montage
+    colours = [(200, 30, 30), (30, 160, 30), (30, 30, 200)]
+    paths = []
+    for i, (colour, size) in enumerate(zip(colours, [(40, 20), (10, 30), (64, 64)])):  # wide, tall, square
+        paths.append(tmp_path / f"{i}.png")
+        Image.new("RGB", size, colour).save(paths[-1])
+    paths.insert(1, tmp_path / "gone.png")
+    montage, cells = mistake_montage(paths, cols=3)
+    assert [found for _, _, found in cells] == [True, False, True, True]
+    assert montage.shape == (cells[3][1] + CELL, 3 * CELL, 3)  # the fourth image opens a second row
+    centre = [tuple(montage[y + CELL // 2, x + CELL // 2]) for x, y, _ in cells]
+    assert centre == [colours[0], (255, 255, 255), colours[1], colours[2]]  # reading order; the missing cell blank
+    x, y, _ = cells[0]  # the 2:1 image fills the width and half the height of its square, aspect kept
+    column = montage[y:y + CELL, x + CELL // 2]
+    assert abs(int((column == colours[0]).all(1).sum()) - (CELL - 8) // 2) <= 2

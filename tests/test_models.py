@@ -42,3 +42,25 @@ def test_drop_path_reaches_the_model_and_data_config_has_the_model_norm():
     assert rates and max(rates) == pytest.approx(0.2)
     cfg = data_config(model)
     assert len(cfg["mean"]) == 3 and 0 < cfg["crop_pct"] <= 1
+
+
+def test_input_size_check_computes_on_shapes_only_and_still_refuses_a_wrong_size():
+    from engine.models import check_input_size
+    vit = build_model("test_vit", 3)  # a ViT takes only multiples of its patch size
+    seen = []
+    vit.patch_embed.register_forward_pre_hook(lambda m, args: seen.append(args[0].device.type))
+    check_input_size(vit, "test_vit", vit.pretrained_cfg["input_size"][-1])
+    assert seen == ["meta"]  # no real pixels went through: EVA02-L at 448 px would take seconds on a CPU
+    with pytest.raises(UserError, match=r"cannot take image_size=100 \(Input height \(100\) should be divisible by patch size"):
+        check_input_size(vit, "test_vit", 100)
+    assert vit.training  # the model is left in the mode it came in
+
+
+def test_input_size_check_falls_back_to_a_real_pass_when_an_op_cannot_run_on_meta():
+    from engine.models import check_input_size
+
+    class ReadsAValue(torch.nn.Module):  # .item() needs real data: meta tensors have none
+        def forward(self, x):
+            return x * float(x.mean().item() + 1)
+
+    check_input_size(ReadsAValue(), "reads-a-value", 8)  # no error: the real pass ran and fits

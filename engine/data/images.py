@@ -51,10 +51,10 @@ def _decode_with_pil(path: str) -> torch.Tensor:
 def load_image(path: str) -> torch.Tensor:
     """Read and decode `path` to a 3 x H x W uint8 tensor; a clear UserError if it cannot be read."""
     try:
-        with open(path, "rb") as f:
-            is_jpeg = f.read(2) == b"\xff\xd8"
+        data = read_file(path)  # read once: the magic bytes and the decoder share it
+        is_jpeg = data[:2].tolist() == [0xFF, 0xD8]
         # JPEG has no alpha, and 4 channels there mean CMYK: let the decoder convert it
-        return _to_rgb_uint8(decode_image(path, mode=ImageReadMode.RGB if is_jpeg else ImageReadMode.UNCHANGED))
+        return _to_rgb_uint8(decode_image(data, mode=ImageReadMode.RGB if is_jpeg else ImageReadMode.UNCHANGED))
     except Exception:
         pass
     try:

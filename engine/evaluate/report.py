@@ -19,12 +19,13 @@ from matplotlib.figure import Figure  # figures without pyplot: no GUI backend, 
 from matplotlib.ticker import MaxNLocator
 
 from engine import runs
-from engine.errors import run_command
+from engine.errors import UserError, exit_process, run_command
 from engine.evaluate.predictions import class_names, confident_mistakes, read_predictions
 from engine.system.atomic import write_atomic, write_csv
 
 WORST = 20  # classes in the heat map rows
 MISTAKES = 24  # images in the gallery
+CELL, CAPTION = 200, 40  # gallery pixels: each image's square, and the two caption lines above it
 
 
 def confusion(table: pd.DataFrame, n: int) -> np.ndarray:
@@ -44,7 +45,8 @@ def confused_pairs(conf: np.ndarray, names: list[str], k: int = 20) -> pd.DataFr
 
 
 def save(fig: Figure, path: Path) -> Path:
-    write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=100, bbox_inches="tight"), binary=True)
+    # no bbox_inches="tight": constrained layout already fits every label, and "tight" draws the figure twice
+    write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=100), binary=True)
     return path
 
 
@@ -128,25 +130,56 @@ def plot_curves(run_dir: Path, path: Path) -> Path | None:
 def plot_mistakes(table: pd.DataFrame, names: list[str], image_root: Path | None, path: Path,
                   k: int = MISTAKES) -> Path | None:
     """The k most confident wrong predictions: the image, its true class and what it was taken for."""
-    from engine.data.images import load_image
     wrong = confident_mistakes(table, k)
     if wrong.empty:
         return None
-    cols = 6
-    rows = -(-len(wrong) // cols)
-    fig = Figure(figsize=(2.3 * cols, 2.6 * rows), layout="constrained")
-    axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
-    for ax in axes:
-        ax.axis("off")
-    for ax, r in zip(axes, wrong.itertuples()):
-        image_path = Path(r.image_path) if image_root is None else image_root / str(r.image_path)
-        try:
-            ax.imshow(load_image(str(image_path)).permute(1, 2, 0).numpy())
-        except Exception:
-            ax.text(0.5, 0.5, "image not found", ha="center", va="center", transform=ax.transAxes, fontsize=8)
-        ax.set_title(f"true: {names[int(r.target)]}\npred: {names[int(r.pred)]} ({r.confidence:.2f})", fontsize=8)
+    paths = [Path(p) if image_root is None else image_root / str(p) for p in wrong["image_path"]]
+    image, cells = mistake_montage(paths)
+    captions = [f"true: {names[int(r.target)]}\npred: {names[int(r.pred)]} ({r.confidence:.2f})"
+                for r in wrong.itertuples()]
+    # one image in one axes: 24 separate axes cost matplotlib about a second to lay out
+    fig = Figure(figsize=(image.shape[1] / 100, image.shape[0] / 100 + 0.4))
+    ax = fig.add_axes((0, 0, 1, 1 - 0.4 / fig.get_figheight()))
+    ax.imshow(image, interpolation="nearest")
+    ax.axis("off")
+    for (x, y, found), caption in zip(cells, captions):
+        ax.text(x + CELL / 2, y - 4, caption, ha="center", va="bottom", fontsize=8)
+        if not found:
+            ax.text(x + CELL / 2, y + CELL / 2, "image not found", ha="center", va="center", fontsize=8)
     fig.suptitle("most confident mistakes")
     return save(fig, path)
+
+
+def mistake_montage(paths: list[Path], cols: int = 6) -> tuple[np.ndarray, list[tuple[int, int, bool]]]:
+    """The images in reading order on one white H x W x 3 uint8 montage, each fitted (aspect kept, framed
+    in grey) into a CELL x CELL square below a CAPTION band; per image: its square's (x, y) and whether it read."""
+    rows = -(-len(paths) // cols)
+    montage = np.full((rows * (CELL + CAPTION), cols * CELL, 3), 255, dtype=np.uint8)
+    cells = []
+    for i, path in enumerate(paths):
+        x, y = (i % cols) * CELL, (i // cols) * (CELL + CAPTION) + CAPTION
+        thumb = thumbnail(path, CELL - 8)
+        if thumb is not None:
+            h, w = thumb.shape[:2]
+            top, left = y + (CELL - h) // 2, x + (CELL - w) // 2
+            montage[top - 1:top + h + 1, left - 1:left + w + 1] = 200  # the frame shows where white paper ends
+            montage[top:top + h, left:left + w] = thumb
+        cells.append((x, y, thumb is not None))
+    return montage, cells
+
+
+def thumbnail(path: Path, side: int) -> np.ndarray | None:
+    """The image scaled to fit side x side (aspect kept) as H x W x 3 uint8, or None if it cannot be read."""
+    import torch.nn.functional as F
+    from engine.data.images import load_image
+    try:
+        image = load_image(str(path))
+    except UserError:  # one unreadable image never fails the report
+        return None
+    scale = side / max(image.shape[1:])
+    size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[2] * scale)))
+    small = F.interpolate(image[None].float(), size=size, mode="bilinear", antialias=scale < 1, align_corners=False)
+    return small[0].clamp(0, 255).round().byte().permute(1, 2, 0).numpy()
 
 
 def make_report(source: str | Path, data_dir: str | None = None) -> list[Path]:
@@ -190,4 +223,4 @@ def report_command(source: str, data_dir: str | None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

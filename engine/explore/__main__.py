@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from engine.errors import run_command
+from engine.errors import exit_process, run_command
 
 DEFAULT_RECIPE = "recipes/demo.py"
 
@@ -48,4 +48,4 @@ def main(argv: list[str] | None = None) -> int:
     return run_command(lambda: run(args))
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())
