@@ -8,10 +8,13 @@ durable best.pt / last.pt every epoch, the report; Lightning: its default checkp
 
     python bench/fixed_costs.py                    # 3 rounds
     python bench/fixed_costs.py --rounds 1 --epochs 1 --only engine bare   # smoke test
+    python bench/fixed_costs.py --timeline         # one run each, every output line with its time stamp
 """
 from __future__ import annotations
 
 import argparse
+import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -116,6 +119,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--only", nargs="*", default=["engine", "bare", "lightning"])
     p.add_argument("--baseline", type=Path, help="another checkout of the engine, timed as contender 'baseline'")
+    p.add_argument("--timeline", action="store_true", help="run each contender once, time-stamping its output lines")
     p.add_argument("--run", choices=["bare", "lightning"], help=argparse.SUPPRESS)  # one contender, in this process
     p.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--out", type=Path, help=argparse.SUPPRESS)
@@ -135,15 +139,22 @@ def main(argv: list[str] | None = None) -> None:
         commands["baseline"] = lambda out: [a for a in engine_cmd(data, out, args.epochs) if "augment_on" not in a]
         args.only.append("baseline")
     names = [n for n in commands if n in args.only]
-    walls = {n: [] for n in names}
+    if args.timeline:  # where the seconds go: audit, folds, each epoch, the report, the exit
+        for name in names:
+            print(f"\n{name}:")
+            (out := work / f"{name}-timeline").mkdir()
+            timeline(commands[name](out), args.baseline if name == "baseline" else ROOT)
+        return
+    walls, cpus = {n: [] for n in names}, {n: [] for n in names}
     for r in range(args.rounds):
         for name in names[r % len(names):] + names[:r % len(names)]:
             out = work / f"{name}-{r}"
             out.mkdir()
-            t0 = time.perf_counter()
+            t0, cpu0 = time.perf_counter(), children_cpu()
             cwd = args.baseline if name == "baseline" else ROOT
             done = subprocess.run(commands[name](out), cwd=cwd, capture_output=True, text=True)
             walls[name].append(time.perf_counter() - t0)
+            cpus[name].append(children_cpu() - cpu0)  # the process and its loader workers, user + system
             if done.returncode:
                 sys.exit(f"{name} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
         print(f"round {r + 1}/{args.rounds}: " + "  ".join(f"{n} {walls[n][-1]:.1f}s" for n in names),
@@ -151,11 +162,31 @@ def main(argv: list[str] | None = None) -> None:
     base = statistics.median(walls["bare"]) if "bare" in walls else None
     print(f"\nwhole process, {SETTINGS['model']} {SETTINGS['image_size']} px, batch {SETTINGS['batch_size']}, fp32, "
           f"{SETTINGS['workers']} workers, {args.epochs} epochs, {args.rounds} interleaved rounds")
-    print(f"{'contender':<10} {'wall s (median)':>16} {'min':>7} {'max':>7} {'vs bare':>8}")
+    print(f"{'contender':<10} {'wall s (median)':>16} {'min':>7} {'max':>7} {'vs bare':>8} {'paired':>7} "
+          f"{'CPU s (median)':>15}")
     for name in names:
         m = statistics.median(walls[name])
+        # paired: the median of each round's ratio, steadier when the machine's speed drifts between rounds
+        paired = statistics.median(w / b for w, b in zip(walls[name], walls["bare"])) if base else None
         print(f"{name:<10} {m:>16.1f} {min(walls[name]):>7.1f} {max(walls[name]):>7.1f} "
-              f"{(f'{m / base:.3f}x' if base else '-'):>8}")
+              f"{(f'{m / base:.3f}x' if base else '-'):>8} {(f'{paired:.3f}x' if base else '-'):>7} "
+              f"{statistics.median(cpus[name]):>15.1f}")
+
+
+def timeline(command: list[str], cwd: Path) -> None:
+    """Run `command`, printing each line it writes with the seconds since it started, then its exit."""
+    t0 = time.perf_counter()
+    with subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"}) as process:
+        for line in process.stdout:
+            print(f"{time.perf_counter() - t0:7.2f}  {line.rstrip()[:110]}", flush=True)
+    print(f"{time.perf_counter() - t0:7.2f}  (exit {process.returncode})")
+
+
+def children_cpu() -> float:
+    """User + system CPU seconds of every finished child process (and theirs) so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 if __name__ == "__main__":
