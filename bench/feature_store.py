@@ -33,7 +33,7 @@ from engine.models import build_model, data_config  # noqa: E402
 from engine.recipe import load_recipe  # noqa: E402
 from engine.system.distributed import Dist  # noqa: E402
 from engine.train.folds import load_data  # noqa: E402
-from engine.train.head_fit import build_head_training, freeze_backbone_weights  # noqa: E402
+from engine.train.head_fit import build_head_training  # noqa: E402
 from engine.train.loop import evaluate, train_one_epoch  # noqa: E402
 from engine.train.state import build_train_state  # noqa: E402
 
@@ -95,23 +95,6 @@ def make_sketches(folder: Path, n: int, seed: int = 0) -> Path:
     return folder
 
 
-class FrozenBackbone(torch.nn.Module):
-    """The model with its backbone kept in eval mode whatever train() says (freeze="backbone")."""
-
-    def __init__(self, model: torch.nn.Module):
-        super().__init__()
-        self.model = model
-
-    def train(self, mode: bool = True):
-        self.training = mode
-        self.model.eval()
-        self.model.get_classifier().train(mode)
-        return self
-
-    def forward(self, x):
-        return self.model(x)
-
-
 def run_epochs(recipe, store: bool) -> dict:
     """fit()'s epochs (train_one_epoch + evaluate) over pixels with a frozen backbone, or over stored features
     (train/head_fit.py, store build included when new); checkpoints and reports are left out of both."""
@@ -128,9 +111,9 @@ def run_epochs(recipe, store: bool) -> dict:
         net = model.get_classifier()
     else:
         loaders = build_loaders(recipe, train_rows, val_rows, cfg["crop_pct"], 0, d)
-        freeze_backbone_weights(model)
+        # freeze="backbone": the train state freezes it and train_one_epoch keeps its batch-norms in eval mode
         s = build_train_state(recipe, model, len(classes), cfg, len(loaders.train), d.device)
-        s.forward, net = FrozenBackbone(model), model
+        net = model
     epochs, accs = [], []
     for epoch in range(recipe.epochs):
         e0 = time.perf_counter()

@@ -25,7 +25,7 @@ from engine.models import build_model, data_config
 from engine.recipe import load_recipe
 from engine.system.distributed import Dist
 from engine.train.folds import load_data, train
-from engine.train.head_fit import freeze_backbone_weights, store_keys
+from engine.train.head_fit import store_keys
 from engine.train.loop import train_one_epoch
 from engine.train.state import build_train_state
 
@@ -67,23 +67,6 @@ def store_run(digits_dir, small_digits, cache_dir, tmp_path_factory):
     return recipe, train(recipe, show_progress=False)
 
 
-class FrozenBackbone(torch.nn.Module):
-    """The model with its backbone kept in eval mode whatever train() is called with (issue 13's freeze)."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def train(self, mode=True):
-        self.training = mode
-        self.model.eval()
-        self.model.get_classifier().train(mode)
-        return self
-
-    def forward(self, x):
-        return self.model(x)
-
-
 class EpochView(torch.utils.data.Dataset):
     """Pixels of training view (epoch mod K) of each image: what the store holds for that epoch."""
 
@@ -111,9 +94,7 @@ def test_head_from_fp32_store_equals_head_trained_through_the_frozen_backbone(st
                                     image_loader(recipe, rows["path"], cfg["crop_pct"])), recipe.feature_views)
     sampler = EpochSampler(len(rows), recipe.batch_size, True, recipe.seed)
     loader = make_loader(pixels, recipe.batch_size, sampler, 0, train=True)
-    freeze_backbone_weights(model)
     s = build_train_state(recipe, model, len(classes), cfg, len(loader), torch.device("cpu"))
-    s.forward = FrozenBackbone(model)
     for epoch in range(recipe.epochs):  # 3 epochs over 2 views: the third reads view 0 again
         sampler.set_epoch(epoch)
         train_one_epoch(s, loader, epoch, show_progress=False)
