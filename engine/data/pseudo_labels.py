@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from engine.data.tables import read_csv
 from engine.errors import UserError
 
 PSEUDO_FOLD = -1  # trained on by every fold, validated by none
@@ -17,14 +18,7 @@ PSEUDO_FOLD = -1  # trained on by every fold, validated by none
 
 def read_pseudo_labels(probs_csv: str, test_dir: str, classes: list[str], threshold: float) -> pd.DataFrame:
     """Rows (class_name, image_path, target, path, pseudo) of the test images whose top probability >= threshold."""
-    if not Path(probs_csv).is_file():
-        raise UserError(f"pseudo_labels '{probs_csv}' not found; write it with python predict.py RUN --save-probs")
-    try:
-        probs = pd.read_csv(probs_csv)
-    except Exception as e:
-        raise UserError(f"pseudo_labels '{probs_csv}' could not be read ({type(e).__name__}: {e})") from e
-    if "image_path" not in probs:
-        raise UserError(f"pseudo_labels '{probs_csv}' lacks an image_path column; expected predict.py --save-probs output")
+    probs = read_csv(probs_csv, ("image_path",), "pseudo_labels", "write it with python predict.py RUN --save-probs")
     names = [str(c) for c in probs.columns if c != "image_path"]
     if names != [str(c) for c in classes]:
         diff = next((i for i, (a, b) in enumerate(zip(names, classes)) if a != str(b)), None)

@@ -33,7 +33,7 @@ def read_train_table(data_dir: str, csv: str | None) -> pd.DataFrame:
                 for f in sorted((root / c).iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
         table = pd.DataFrame(rows, columns=["class_name", "image_path", "target"])
     else:
-        table = _read_csv(csv, required=("image_path", "target"))
+        table = read_csv(csv, required=("image_path", "target"))
         if "class_name" not in table:
             table["class_name"] = None
     table["path"] = [str(root / p) for p in table["image_path"].astype(str)]
@@ -42,21 +42,24 @@ def read_train_table(data_dir: str, csv: str | None) -> pd.DataFrame:
 
 def read_test_table(test_dir: str, csv: str) -> pd.DataFrame:
     """The unlabelled table for prediction, in the CSV's row order."""
-    table = _read_csv(csv, required=("image_path",))
+    table = read_csv(csv, required=("image_path",))
     table["path"] = [str(Path(test_dir) / p) for p in table["image_path"].astype(str)]
     return table
 
 
-def _read_csv(csv: str, required: tuple) -> pd.DataFrame:
+def read_csv(csv: str, required: tuple, what: str = "CSV",
+             fix: str = "check the recipe's *_csv keys (paths are relative to where you run)") -> pd.DataFrame:
+    """A CSV with its `required` columns, or one UserError line naming `what` it is and, if missing, `fix`."""
     if not Path(csv).is_file():
-        raise UserError(f"CSV '{csv}' not found; check the recipe's *_csv keys (paths are relative to where you run)")
+        raise UserError(f"{what} '{csv}' not found; {fix}")
     try:
         table = pd.read_csv(csv)
     except Exception as e:
-        raise UserError(f"CSV '{csv}' could not be read: {e}") from e
+        raise UserError(f"{what} '{csv}' could not be read: {e}") from e
     missing = [c for c in required if c not in table.columns]
     if missing:
-        raise UserError(f"CSV '{csv}' lacks column(s) {', '.join(missing)}; it has {', '.join(map(str, table.columns))}")
+        raise UserError(f"{what} '{csv}' lacks column(s) {', '.join(missing)}; it has "
+                        f"{', '.join(map(str, table.columns))}; {fix}")
     return table
 
 
