@@ -169,17 +169,16 @@ def mistake_montage(paths: list[Path], cols: int = 6) -> tuple[np.ndarray, list[
 
 
 def thumbnail(path: Path, side: int) -> np.ndarray | None:
-    """The image scaled to fit side x side (aspect kept) as H x W x 3 uint8, or None if it cannot be read."""
-    import torch.nn.functional as F
+    """The image scaled to fit side x side (aspect kept, small ones enlarged) as H x W x 3 uint8, or None if it
+    cannot be read."""
+    from PIL import Image, ImageOps
     from engine.data.images import load_image
     try:
         image = load_image(str(path))
     except UserError:  # one unreadable image never fails the report
         return None
-    scale = side / max(image.shape[1:])
-    size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[2] * scale)))
-    small = F.interpolate(image[None].float(), size=size, mode="bilinear", antialias=scale < 1, align_corners=False)
-    return small[0].clamp(0, 255).round().byte().permute(1, 2, 0).numpy()
+    fitted = ImageOps.contain(Image.fromarray(image.permute(1, 2, 0).numpy()), (side, side), Image.Resampling.BILINEAR)
+    return np.asarray(fitted)
 
 
 def make_report(source: str | Path, data_dir: str | None = None) -> list[Path]:
