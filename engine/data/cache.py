@@ -27,7 +27,7 @@ import torchvision
 from torchvision.transforms.v2 import functional as F
 
 from engine.data.cache_store import Store, estimate_bytes
-from engine.data.images import load_image
+from engine.data.images import DECODER, load_image
 from engine.data.transforms import DEFAULT_CROP_PCT, eval_resize
 from engine.system.device import cpu_count
 
@@ -78,7 +78,7 @@ def memory_cache_root() -> Path:
 def store_settings(data_dir: str, short_side: int) -> dict:
     """Everything the cached bytes depend on; a store built for other settings is never used."""
     return {"data_dir": os.path.abspath(data_dir), "short_side": short_side, "resize": "bilinear-antialias",
-            "torchvision": torchvision.__version__}
+            "torchvision": torchvision.__version__, "decoder": DECODER}
 
 
 def store_name(settings: dict) -> str:
