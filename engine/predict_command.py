@@ -14,7 +14,8 @@ from engine.data.tables import read_test_table
 from engine.errors import UserError
 from engine.evaluate.metrics import macro_f1, topk_accuracy
 from engine.evaluate.predictions import predictions_frame
-from engine.system.atomic import refuse_inputs, write_csv
+from engine.system.atomic import write_csv
+from engine.system.outputs import OutputGuard, csv_header
 
 
 def check_labels(table: pd.DataFrame, classes: list[str], csv: str) -> None:
@@ -35,6 +36,21 @@ def check_labels(table: pd.DataFrame, classes: list[str], csv: str) -> None:
             i, n, t = named[0]
             raise UserError(f"--val {csv}: row {i} says target {t} is '{n}' but the model's class {t} is "
                             f"'{classes[t]}' ({len(named)} such rows); was it labelled with another class list?")
+
+
+def _predict_wrote(path: Path) -> bool:
+    """A CSV predict.py wrote before the output ledger: by its header (and name, for the extra files)."""
+    header = csv_header(path)
+    if path.name.endswith("_probs.csv"):
+        return header.startswith("image_path,")
+    if path.name.endswith("_unreadable.csv"):
+        return header == "image_path,row"
+    return header in ("ID,image_path,target", "image_path,target,class_name,pred,pred_name,confidence,top5")
+
+
+def output_guard(inputs: list) -> OutputGuard:
+    """predict.py's output rule: a new file or one predict.py wrote; never an input (the table, a checkpoint)."""
+    return OutputGuard("predict.py --out", inputs, example="predictions.csv", recognise=_predict_wrote)
 
 
 def run_predict(args: argparse.Namespace) -> None:
@@ -63,9 +79,11 @@ def run_predict(args: argparse.Namespace) -> None:
     print(f"predicting {len(table)} images of {csv} with {len(members)} model(s)"
           f"{' x flip' if args.tta else ''}{' x scales ' + args.tta_scales if scales else ''}")
     out_path = Path(args.out) if args.out else None
-    if out_path is not None:  # an output must never replace an input
-        refuse_inputs(out_path, [csv, recipe.train_csv, recipe.test_csv, *paths], "--out")
-        refuse_inputs(out_path.with_name(out_path.stem + "_probs.csv"), [csv, *paths], "--out")
+    guard = output_guard([csv, recipe.train_csv, recipe.test_csv, *paths])
+    if out_path is not None:  # checked before the long part: a refusal costs nothing
+        guard.check(out_path)
+        if args.save_probs:
+            guard.check(out_path.with_name(out_path.stem + "_probs.csv"))
     unreadable = [] if args.bad_images == "skip" else None
     probs = inference.predict_probs(members, table["path"].tolist(), args.batch_size, args.tta, scales,
                                     args.workers, not args.no_progress, use_store=not args.no_store, weights=weights,
@@ -82,18 +100,21 @@ def run_predict(args: argparse.Namespace) -> None:
     else:
         out = pd.DataFrame({"ID": np.arange(len(table)), "image_path": table["image_path"], "target": pred})
         out_path = out_path or folder / runs.OUTPUT
-    write_csv(out, out_path, float_format="%.6g")
+    write_csv(out, guard.check(out_path), float_format="%.6g")
+    guard.wrote(out_path)
     print(f"wrote {out_path}")
     if unreadable:
-        listed = out_path.with_name(out_path.stem + "_unreadable.csv")
+        listed = guard.check(out_path.with_name(out_path.stem + "_unreadable.csv"))
         write_csv(table.iloc[unreadable][["image_path"]].assign(row=unreadable), listed)
+        guard.wrote(listed)
         print(f"warning: {len(unreadable)} unreadable image(s) kept with uniform probabilities (first: "
               f"{table['image_path'].iloc[unreadable[0]]}); listed in {listed}")
     if args.save_probs:
         probs_frame = pd.DataFrame(probs.numpy(), columns=classes)
         probs_frame.insert(0, "image_path", table["image_path"].values)
-        probs_path = out_path.with_name(out_path.stem + "_probs.csv")
+        probs_path = guard.check(out_path.with_name(out_path.stem + "_probs.csv"))
         write_csv(probs_frame, probs_path, float_format="%.6g")
+        guard.wrote(probs_path)
         print(f"wrote {probs_path}")
     if ensemble is not None:
         from engine.evaluate.ensemble import write_ensemble_report

@@ -18,6 +18,7 @@ from engine.errors import UserError
 from engine import runs
 from engine.evaluate.predictions import confident_mistakes, read_predictions
 from engine.inference import Member, eval_dataset, load_member, pick_device
+from engine.system.outputs import OutputGuard
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
 
@@ -148,6 +149,26 @@ def print_layers(member: Member) -> None:
         print(f"{'*' if name == auto else ' '} {name:<40} {kind:<24} {'x'.join(map(str, shape[1:]))}")
 
 
+def _cam_wrote(path: Path) -> bool:
+    """A file an earlier cam.py wrote, by its name: a page, a map, the table, the mistakes grid."""
+    return path.name.endswith(("_cam.png", "_cam.npy")) or path.name in ("cams.csv", "mistakes.png")
+
+
+def output_guard(inputs: Sequence[Path]) -> OutputGuard:
+    """cam.py's output rule: a new file or one cam.py wrote; never an image it explains."""
+    return OutputGuard("cam.py --out", inputs, example="cams", recognise=_cam_wrote)
+
+
+def _output_folder(out: str | Path) -> Path:
+    """The --out folder, made; a file there is refused in one line (it would be a traceback from mkdir)."""
+    folder = Path(out)
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"cam.py --out {folder} is a file; --out names a folder for the pages, e.g. "
+                        f"{folder.with_name(folder.stem + '_cams')}")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
 def run_cam(images: Sequence[str] = (), ckpt: str | None = None, runs_dir: str = "runs", target: str | None = None,
             top_k: int = 1, method: str = "gradcam", layer: str | None = None, list_layers: bool = False,
             out: str | None = None, save_maps: bool = False, mistakes: str | None = None, count: int = 16,
@@ -158,9 +179,11 @@ def run_cam(images: Sequence[str] = (), ckpt: str | None = None, runs_dir: str =
     if top_k < 1 or batch_size < 1 or count < 1:
         raise UserError("--top-k, --batch-size and --count must be at least 1")
     if mistakes:
-        folder = Path(out or Path(mistakes) / "cams")
-        folder.mkdir(parents=True, exist_ok=True)
-        print(f"wrote {explain_mistakes(Path(mistakes), folder, count, method, layer, data_dir, batch_size, device)}")
+        folder = _output_folder(out or Path(mistakes) / "cams")
+        guard = output_guard([])
+        guard.check(folder / "mistakes.png")
+        guard.wrote(explain_mistakes(Path(mistakes), folder, count, method, layer, data_dir, batch_size, device))
+        print(f"wrote {folder / 'mistakes.png'}")
         return
     path = runs.resolve_checkpoint(ckpt or runs.newest_run(runs_dir), runs.BEST)
     member = load_member(path, pick_device(device))
@@ -168,12 +191,17 @@ def run_cam(images: Sequence[str] = (), ckpt: str | None = None, runs_dir: str =
         print_layers(member)
         return
     paths = readable(image_paths(images))
-    folder = Path(out or runs.output_folder_of(path) / "cams")
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = _output_folder(out or runs.output_folder_of(path) / "cams")
+    guard = output_guard(paths)  # every file is checked before the first map: a refusal costs nothing
+    pages = [folder / f"{name}{suffix}" for name in page_names(paths)
+             for suffix in ("_cam.png", "_cam.npy")[:1 + save_maps]] + [folder / "cams.csv"]
+    for page in pages:
+        guard.check(page)
     print(f"{path}: {member.recipe.model}, {len(member.classes)} classes, {method}, ink: what differs from the "
           f"paper {member.background}")
     table = explain_images(member, paths, folder, target, method, layer, top_k, batch_size, save_maps, not no_progress)
     write_csv(table, folder / "cams.csv")
+    guard.wrote(*pages)
     on_ink = table.loc[~table["flat"], "cam_on_ink"]
     print(f"wrote {len(paths)} page(s) and cams.csv to {folder}/; " + (
         f"median share of the map on ink {on_ink.median():.0%} (ink covers {table['ink_area'].median():.0%} "

@@ -22,6 +22,10 @@ from engine import runs
 from engine.errors import UserError, exit_process, run_command
 from engine.evaluate.predictions import class_names, confident_mistakes, read_predictions
 from engine.system.atomic import write_atomic, write_csv
+from engine.system.outputs import OutputGuard, csv_header
+
+REPORT_FILES = ("confused_pairs.csv", "report_confusion.png", "report_per_class.png", "report_curves.png",
+                "report_mistakes.png")  # next to the predictions it reads
 
 WORST = 20  # classes in the heat map rows
 MISTAKES = 24  # images in the gallery
@@ -192,13 +196,20 @@ def make_report(source: str | Path, data_dir: str | None = None) -> list[Path]:
     conf = confusion(table, n)
     pairs = confused_pairs(conf, names)
     pairs_path = out_dir / "confused_pairs.csv"
+    guard = OutputGuard("engine.report", [source], example="report",
+                        recognise=lambda p: p.name in REPORT_FILES and (p.suffix == ".png" or
+                                                                        csv_header(p) == ",".join(pairs.columns)))
+    for name in REPORT_FILES:  # all checked before the first is drawn
+        guard.check(out_dir / name)
     write_csv(pairs, pairs_path)
     image_root = Path(data_dir) if data_dir else Path(recipe["data_dir"]) if "data_dir" in recipe else None
     written = [pairs_path, plot_worst_confusion(conf, names, out_dir / "report_confusion.png"),
                plot_per_class(conf, names, out_dir / "report_per_class.png"),
                plot_curves(run_dir, out_dir / "report_curves.png") if run_dir else None,
                plot_mistakes(table, names, image_root, out_dir / "report_mistakes.png")]
-    return [p for p in written if p is not None]
+    written = [p for p in written if p is not None]
+    guard.wrote(*written)
+    return written
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,7 +17,8 @@ from engine.data.demo_digits import ensure_demo_data
 from engine.explore.plots import duplicates_plot, write_plots
 from engine.errors import UserError
 from engine.explore.page import write_report
-from engine.system.atomic import refuse_inputs, write_csv
+from engine.system.atomic import write_csv
+from engine.system.outputs import OutputGuard
 from engine.explore.facts import scan_images
 from engine.recipe import Recipe
 from engine.data.tables import read_test_table, read_train_table
@@ -110,8 +111,9 @@ def explore(recipe: Recipe, out_dir: str | Path | None = None, classes: Sequence
     """Scan, audit, repair, plot and report the recipe's training (and test) data."""
     start = time.perf_counter()
     out = Path(out_dir) if out_dir else default_out_dir(recipe)
-    if write_clean:  # the cleaned table goes next to the user's CSV, never over it
-        refuse_inputs(write_clean, [recipe.train_csv, recipe.test_csv], "--write-clean")
+    clean_guard = OutputGuard("explore --write-clean", [recipe.train_csv, recipe.test_csv], example="train_clean.csv")
+    if write_clean:  # a new file, or one an earlier --write-clean wrote: never the user's CSV, recipe or image
+        clean_guard.check(write_clean)
     out.mkdir(parents=True, exist_ok=True)
     train, test = _read_tables(recipe, log)
     paths = list(train["path"]) + ([] if test is None else list(test["path"]))
@@ -137,7 +139,8 @@ def explore(recipe: Recipe, out_dir: str | Path | None = None, classes: Sequence
     write_csv(counts.rename("images").reset_index(), out / "class_counts.csv")
     notes = []
     if write_clean:
-        notes.append(f"cleaned train.csv written to {write_clean_csv(found.clean, write_clean)}")
+        notes.append(f"cleaned train.csv written to {write_clean_csv(found.clean, clean_guard.check(write_clean))}")
+        clean_guard.wrote(write_clean)
     seconds = time.perf_counter() - start
     summary = _summary(train, test, found, images, counts, decoded, len(facts), seconds)
     report = write_report(out / "report.html", f"Data exploration: {recipe.name}", summary, plots,

@@ -21,7 +21,7 @@ from engine.errors import UserError
 from engine.recipe import Recipe
 from engine.sweep.config import SweepSpec, first_point, sample_point
 from engine.sweep.results import write_trials_csv
-from engine.sweep.storage import fail_stale_trials, open_storage, retried_numbers
+from engine.sweep.storage import fail_stale_trials, open_storage, retried_numbers, without_password
 from engine import runs
 from engine.sweep.trial import TrialPruned, score_trial, trial_recipe
 
@@ -50,6 +50,7 @@ def open_study(recipe: Recipe, spec: SweepSpec, name: str, sweep_dir: Path, stor
     """Create the study once (before any trial), or load it with --resume; the sampler is seeded per session."""
     url = storage or f"sqlite:///{(sweep_dir / 'study.db').resolve()}"
     db = open_storage(url, heartbeat_s)
+    url = without_password(url)  # only ever printed from here on
     try:
         exists = name in [s.study_name for s in optuna.get_all_study_summaries(db, include_best_trial=False)]
     except Exception as e:  # an unreachable database answers only when first asked, from SQLAlchemy

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
+import json
+import os
 import time
 import warnings
 from pathlib import Path
@@ -71,6 +73,51 @@ class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
     get_failed_trial_callback = get_heartbeat_stale_trial_callback  # its name before Optuna 4.9
 
 
+def password_of(url: str) -> str:
+    """The password in scheme://user:password@host/..., or ''."""
+    from urllib.parse import urlsplit
+    try:
+        return urlsplit(url).password or ""
+    except ValueError:
+        return ""
+
+
+def without_password(url: str) -> str:
+    """The URL as it may be printed: a password replaced by ***."""
+    secret = password_of(url)
+    return url.replace(f":{secret}@", ":***@") if secret else url
+
+
+def check_journal_path(url: str, path: Path) -> None:
+    """A journal file is created, or appended to when it is one: never a folder or another file, never unwritable."""
+    if not path.parent.is_dir():
+        raise UserError(f"--storage {url}: folder {path.parent} does not exist; create it (on the shared file "
+                        f"system every worker sees) first")
+    if path.is_dir():
+        raise UserError(f"--storage {url}: {path} is a folder; name a log file in it, e.g. journal:{path / 'sweep.log'}")
+    if path.exists() and not is_journal(path):
+        raise UserError(f"--storage {url}: {path} exists and is not an Optuna journal; it is never written to: "
+                        f"name a new file, e.g. journal:{path.with_name(path.stem + '_sweep.log')}")
+    if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise UserError(f"--storage {url}: cannot write in {path.parent} (read-only); every worker appends to the "
+                        f"journal and its lock file there: use a writable shared folder")
+
+
+def is_journal(path: Path) -> bool:
+    """An empty file, or one whose first line is an Optuna journal record (a JSON object with an op_code)."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            first = f.readline(1 << 16)
+    except OSError:
+        return False
+    if not first.strip():
+        return True
+    try:
+        return "op_code" in json.loads(first)
+    except ValueError:
+        return False
+
+
 def with_postgres_driver(url: str) -> str:
     """postgresql://... with the driver requirements.txt installs (psycopg 3); older SQLAlchemy assumes psycopg2."""
     scheme, sep, rest = url.partition("://")
@@ -90,9 +137,7 @@ def open_storage(url: str, heartbeat_s: int) -> BaseStorage:
         retry = retry_class(max_retry=MAX_RETRY)
     if url.startswith(JOURNAL):
         path = journal_path(url)
-        if not path.parent.is_dir():
-            raise UserError(f"--storage {url}: folder {path.parent} does not exist; create it (on the shared file "
-                            f"system every worker sees) first")
+        check_journal_path(url, path)
         return HeartbeatJournalStorage(path, heartbeat_s, retry)
     url = with_postgres_driver(url)
     with warnings.catch_warnings():  # the heartbeat is "experimental" in Optuna but long stable
@@ -104,8 +149,10 @@ def open_storage(url: str, heartbeat_s: int) -> BaseStorage:
             return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat_s, grace_period=GRACE_BEATS * heartbeat_s,
                                               **{callback: retry})
         except Exception as e:  # a bad URL, a missing driver or an unreachable database, from SQLAlchemy
-            raise UserError(f"--storage {url}: cannot open the study database ({type(e).__name__}: "
-                            f"{str(e).splitlines()[0][:200]}); use a URL like sqlite:///path/study.db, "
+            said = str(e).splitlines()[0][:200].replace(password_of(url), "***") if password_of(url) else \
+                str(e).splitlines()[0][:200]
+            raise UserError(f"--storage {without_password(url)}: cannot open the study database ({type(e).__name__}: "
+                            f"{said}); use a URL like sqlite:///path/study.db, "
                             f"postgresql://user@host:5432/db or journal:/shared/path/sweep.log") from e
 
 
