@@ -7,6 +7,7 @@ running sums), written and read by engine/train/state.py alone.
 from __future__ import annotations
 
 import random
+import sys
 import threading
 from pathlib import Path
 
@@ -91,6 +92,9 @@ class BackgroundWriter:
                 save_atomic(obj, path)
         except BaseException as e:  # raised in the training thread by the next submit or join
             self._error = e
+            # said now, not an epoch later when the next submit raises it (the run goes on until then)
+            print(f"warning: writing {path} failed ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}); "
+                  f"the run stops at its next checkpoint", file=sys.stderr, flush=True)
 
     def join(self) -> None:
         """Wait until everything submitted is on disk; raise the write's error, if any."""

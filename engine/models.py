@@ -53,19 +53,34 @@ def load_pretrained(model: torch.nn.Module, path: str) -> list[str]:
             break
     state = {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in state.items()}
     own = model.state_dict()
-    skipped = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
-    state = {k: v for k, v in state.items() if k not in skipped}
-    matched = sum(k in own for k in state)
-    if matched < len(own) / 2:  # a few coincidental names are not a backbone
-        raise UserError(f"pretrained_path '{path}' shares only {matched} of {len(own)} weights with model "
-                        f"'{type(model).__name__}'; is it the same architecture?")
+    head = _classifier_prefix(model)
+    in_head = (lambda k: head is not None and (k == head or k.startswith(head + ".")))
+    differ = ([f"{k} {list(state[k].shape)} there vs {list(own[k].shape)} here" for k in own
+               if k in state and own[k].shape != state[k].shape and not in_head(k)]
+              + [f"{k} not in the file" for k in own if k not in state and not in_head(k)
+                 and not k.endswith("num_batches_tracked")]  # older files lack the batch-norm step counter
+              + [f"{k} not in this model" for k in state if k not in own and not in_head(k)])
+    if differ:  # only the classifier may differ: a backbone tensor left random would train silently wrong
+        raise UserError(f"pretrained_path '{path}' does not fit model '{type(model).__name__}' outside its "
+                        f"classifier ({len(differ)} tensors: {'; '.join(differ[:3])}{' ...' if len(differ) > 3 else ''}); "
+                        f"use weights of the same architecture")
+    skipped = [k for k in own if k in state and own[k].shape != state[k].shape]
+    state = {k: v for k, v in state.items() if k in own and k not in skipped}
     model.load_state_dict(state, strict=False)
-    head = model.get_classifier() if hasattr(model, "get_classifier") else None
-    if skipped and head is not None and hasattr(model, "reset_classifier"):
-        model.reset_classifier(model.num_classes)  # fresh head sized for our classes
-    _say(f"loaded {matched}/{len(own)} tensors from {path}"
-         + (f"; new classifier for {len(skipped)} mismatched tensors" if skipped else ""))
-    return [k for k in state if k in own]
+    if skipped or any(k not in state for k in own):
+        model.reset_classifier(model.num_classes)  # a fresh head sized for our classes, never half a loaded one
+        state = {k: v for k, v in state.items() if not in_head(k)}
+    _say(f"loaded {len(state)}/{len(own)} tensors from {path}"
+         + (f"; new classifier for {model.num_classes} classes (the file's has another shape)" if skipped else ""))
+    return list(state)
+
+
+def _classifier_prefix(model: torch.nn.Module) -> str | None:
+    """The state-dict prefix of the model's classifier ('fc', 'head.fc'), or None when it has none."""
+    if not hasattr(model, "get_classifier"):
+        return None
+    classifier = model.get_classifier()
+    return next((name for name, m in model.named_modules() if m is classifier and name), None)
 
 
 def data_config(model: torch.nn.Module) -> dict:
@@ -83,6 +98,9 @@ def model_from_recipe(recipe, classes: Sequence[str], weights: bool = True) -> t
     """The recipe's model for these classes: timm backbone, pretrained weights (when `weights`), the recipe's head
     (`head`, `head_hidden`, `head_dropout`) and, with init_head="imagenet", the matching ImageNet-1k head rows."""
     pretrained, path = recipe.pretrained and weights, recipe.pretrained_path if weights else None
+    if recipe.init_head == "imagenet" and weights and not (pretrained or path):
+        _say("warning: init_head='imagenet' has no ImageNet head to copy (pretrained=False and no pretrained_path): "
+             "the head starts random")
     if recipe.init_head != "imagenet" or not (pretrained or path):
         model = build_model(recipe.model, len(classes), pretrained, path, recipe.drop_path)
         set_head(model, recipe.head, len(classes), recipe.head_hidden, recipe.head_dropout)

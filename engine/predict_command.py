@@ -98,7 +98,8 @@ def run_predict(args: argparse.Namespace) -> None:
         out = predictions_frame(table["image_path"].values, targets.tolist(), probs, classes)
         out_path = out_path or folder / f"val_{Path(csv).stem}.csv"
     else:
-        out = pd.DataFrame({"ID": np.arange(len(table)), "image_path": table["image_path"], "target": pred})
+        ids = table["ID"].to_numpy() if "ID" in table else np.arange(len(table))  # the test.csv's own IDs, kept
+        out = pd.DataFrame({"ID": ids, "image_path": table["image_path"], "target": pred})
         out_path = out_path or folder / runs.OUTPUT
     write_csv(out, guard.check(out_path), float_format="%.6g")
     guard.wrote(out_path)

@@ -1,7 +1,7 @@
 """The run folder: every file name in it, and how runs, folds and checkpoints are found.
 
     runs/<recipe>/<YYYYmmdd-HHMMSS>[-name]/
-      recipe.json  train.log  oof.csv  oof_probs.npy  oof_metrics.json  output.csv
+      recipe.json  split.csv  train.log  oof.csv  oof_probs.npy  oof_metrics.json  output.csv
       ensemble.json  ensemble_per_class.csv/.png   (predict.py --weights oof)
       fold<k>/  best.pt  last.pt  metrics.csv  val_predictions.csv  val_probs.npy  train.lock
 
@@ -33,8 +33,10 @@ OOF_PROBS = "oof_probs.npy"  # every fold's VAL_PROBS stacked, rows as oof.csv (
 ENSEMBLE = "ensemble.json"  # written by predict.py --weights oof next to its output CSV
 ENSEMBLE_PER_CLASS = "ensemble_per_class.csv"
 ENSEMBLE_PER_CLASS_PLOT = "ensemble_per_class.png"
+SPLIT = "split.csv"  # every training row's image_path, target and fold, written when the run starts
 LOCK = "train.lock"  # held while a process trains the fold (engine/system/lock.py)
 FOLD_PREFIX = "fold"
+MAX_NAME = 120
 
 
 def fold_dir(run_dir: Path, fold: int) -> Path:
@@ -101,11 +103,22 @@ def make_run_dir(recipe: Recipe, name: str | None, d: Dist) -> Path:
     return Path(distributed.broadcast_object(str(run_dir)))
 
 
+def remove_failed_start(run_dir: Path) -> bool:
+    """Remove a run folder this process created whose start failed (no checkpoint in it); whether it did."""
+    import shutil
+    if any(Path(run_dir).rglob("*.pt")):
+        return False
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return True
+
+
 def check_run_name(name: str) -> None:
     """--name becomes part of one folder name: no separators, no '..', nothing a shell must quote."""
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name) or ".." in name:
         raise UserError(f"--name {name!r}: use letters, digits, '.', '_' and '-' only (it names one folder "
                         f"inside the recipe's runs folder), e.g. --name cv5")
+    if len(name) > MAX_NAME:  # the folder is <time>-<name>, and file systems stop at 255 bytes
+        raise UserError(f"--name is {len(name)} characters; use at most {MAX_NAME} (it names one folder)")
 
 
 def named_runs(base: Path, name: str) -> list[Path]:

@@ -1,5 +1,5 @@
 """Exploring a small sketch data set with one planted problem of each kind: every problem is found,
-nothing else is flagged, the labels are repaired, the cleaned CSV trains, the report embeds every
+nothing else is flagged, a missing class_name is repaired (a NaN target dropped, as training does), the cleaned CSV trains, the report embeds every
 plot, and a second scan decodes nothing."""
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ def planted_data(root: Path) -> tuple[Path, set]:
         test_rows.append(f"t{k}.png")
     train = root / "train"
     table = pd.DataFrame(rows, columns=["class_name", "image_path", "target"]).astype({"target": object})
-    table.loc[table["image_path"] == "cat/c5.png", "target"] = None  # NaN target, known class: repaired
+    table.loc[table["image_path"] == "cat/c5.png", "target"] = None  # NaN target, known class: dropped, as training does
     table.loc[table["image_path"] == "dog/d5.png", "class_name"] = None  # no class_name, known target: repaired
     table.loc[table["image_path"] == "fish/f9.png", ["class_name", "target"]] = None  # neither: dropped
     table.loc[table["image_path"] == "fish/f6.png", "target"] = 7  # out of range
@@ -77,7 +77,7 @@ def planted_data(root: Path) -> tuple[Path, set]:
     table = pd.concat([table, pd.DataFrame(extra, columns=table.columns)], ignore_index=True)
     table.to_csv(root / "train.csv", index=False)
     pd.DataFrame({"image_path": test_rows + ["leak.jpg", "gone.png"]}).to_csv(root / "test.csv", index=False)
-    expected = {("nan_target", "cat/c5.png", "repaired"), ("missing_class_name", "dog/d5.png", "repaired"),
+    expected = {("nan_target", "cat/c5.png", "dropped"), ("missing_class_name", "dog/d5.png", "repaired"),
                 ("nan_target", "fish/f9.png", "dropped"), ("target_out_of_range", "fish/f6.png", "dropped"),
                 ("label_mismatch", "cat/c7.png", "dropped"), ("duplicate_row", "fish/f8.png", "dropped"),
                 ("missing", "cat/ghost.png", "dropped"), ("truncated", "dog/trunc.jpg", "dropped"),
@@ -112,7 +112,17 @@ def test_every_planted_problem_is_found_and_nothing_else(explored):
     _, expected, result, _ = explored
     found = {(r.kind, r.image_path, r.action) for r in result.findings.findings.itertuples()}
     assert found == expected
-    assert result.findings.repaired == 2
+    assert result.findings.repaired == 1
+
+
+def test_a_nan_target_gets_the_training_audits_answer(explored):
+    from engine.data.tables import audit_table, read_train_table
+    root, _, result, _ = explored
+    training = audit_table(read_train_table(str(root / "train"), str(root / "train.csv")))
+    dropped = set(training.problems.loc[training.problems["problem"] == "nan_target", "image_path"])
+    findings = result.findings.findings
+    assert set(findings.loc[findings["kind"] == "nan_target", "image_path"]) == dropped == {"cat/c5.png", "fish/f9.png"}
+    assert "cat/c5.png" not in set(result.findings.clean["image_path"])
 
 
 def test_near_duplicates_are_told_from_exact_copies(explored):
@@ -131,11 +141,11 @@ def test_clean_csv_is_repaired_and_trains(explored, tmp_path):
     table = pd.read_csv(clean)
     assert list(table.columns) == ["class_name", "image_path", "target"]
     by_path = table.set_index("image_path")
-    assert by_path.loc["cat/c5.png", "target"] == 0 and by_path.loc["dog/d5.png", "class_name"] == "dog"
-    gone = {"fish/f9.png", "fish/f6.png", "cat/c7.png", "cat/ghost.png", "dog/trunc.jpg", "fish/garbage.png",
+    assert by_path.loc["dog/d5.png", "class_name"] == "dog"
+    gone = {"cat/c5.png", "fish/f9.png", "fish/f6.png", "cat/c7.png", "cat/ghost.png", "dog/trunc.jpg", "fish/garbage.png",
             "dog/dup.png", "cat/blank.png"}
     assert not gone & set(table["image_path"]) and not table["image_path"].duplicated().any()
-    assert len(table) == 36 - 3 + 4  # f9, f6, c7 dropped; near, noise, tiny and wide added
+    assert len(table) == 36 - 4 + 4  # c5, f9, f6, c7 dropped; near, noise, tiny and wide added
     assert audit_table(read_train_table(str(root / "train"), str(clean))).problems.empty
     run = train(recipe_for(root, tmp_path, train_csv=str(clean), epochs=1, batch_size=8), show_progress=False)
     assert (run / "fold0" / "best.pt").is_file()

@@ -18,10 +18,32 @@ def test_pretrained_path_loads_the_backbone_and_adapts_the_head(tmp_path):
 
 def test_weights_from_another_architecture_are_refused(tmp_path):
     torch.save(build_model("test_vit", 3).state_dict(), tmp_path / "vit.pt")
-    with pytest.raises(UserError, match="shares only 0 of 92 weights"):
+    with pytest.raises(UserError, match="does not fit model 'ResNet' outside its classifier"):
         build_model("test_resnet", 3, pretrained_path=str(tmp_path / "vit.pt"))
     with pytest.raises(UserError, match="not found"):
         build_model("test_resnet", 3, pretrained_path=str(tmp_path / "nope.pt"))
+
+
+def test_only_the_classifier_may_differ_from_pretrained_weights(tmp_path):
+    # a deeper sibling: every tensor of resnet18 is in resnet34's file, with its shape, but not the reverse
+    torch.save(build_model("resnet34", 1000).state_dict(), tmp_path / "deeper.pt")
+    with pytest.raises(UserError, match=r"outside its classifier \(\d+ tensors: layer1\.2\..* not in this model"):
+        build_model("resnet18", 3, pretrained_path=str(tmp_path / "deeper.pt"))
+    source = build_model("test_resnet", 4).state_dict()
+    first = next(iter(source))
+    torch.save(dict(source, **{first: torch.zeros(3, 3)}), tmp_path / "wrong.pt")  # a backbone tensor of another shape
+    with pytest.raises(UserError, match=rf"{first} \[3, 3\] there vs \[.*\] here"):
+        build_model("test_resnet", 4, pretrained_path=str(tmp_path / "wrong.pt"))
+    torch.save(source, tmp_path / "same.pt")  # everything fits: the file's own head is kept, not replaced
+    model = build_model("test_resnet", 4, pretrained_path=str(tmp_path / "same.pt"))
+    assert all(torch.equal(model.state_dict()[k], source[k]) for k in source)
+
+
+def test_init_head_imagenet_without_pretrained_weights_warns(capsys):
+    from engine.models import model_from_recipe
+    from engine.recipe import load_recipe
+    model_from_recipe(load_recipe(None, dict(model="test_resnet", init_head="imagenet")), ["a", "b"])
+    assert "warning: init_head='imagenet'" in capsys.readouterr().out
 
 
 def test_pretrained_without_the_network_says_what_to_do(monkeypatch):

@@ -120,3 +120,12 @@ def test_the_ledger_knows_what_the_command_wrote_and_forgets_an_edited_file(tmp_
     out.write_text("x\n1\n2\n")  # the user edited it: theirs now
     with pytest.raises(UserError, match=r"did not write.*e\.g\. .*predictions\.csv"):
         guard.check(out)
+
+
+def test_a_test_csv_with_its_own_ids_keeps_them(owned, digits_dir, tmp_path):
+    csv = tmp_path / "test.csv"
+    pd.read_csv(digits_dir / "test.csv").head(3).assign(ID=[17, 4, 99]).to_csv(csv, index=False)
+    out = tmp_path / "sub.csv"
+    assert predict([str(owned["run"]), "--test-csv", str(csv), "--test-dir", str(digits_dir / "test"),
+                    "--out", str(out)]) == 0
+    assert pd.read_csv(out)["ID"].tolist() == [17, 4, 99]

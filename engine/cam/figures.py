@@ -48,6 +48,15 @@ def _blank(ax) -> None:
     ax.set_yticks([])
 
 
+def _save(fig, path: str | Path) -> None:
+    """Write the figure atomically: a full disk is one line (DiskFull), never a 0-byte PNG left behind."""
+    from engine.system.atomic import write_atomic
+    try:
+        write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=DPI), binary=True)
+    finally:
+        plt.close(fig)
+
+
 def save_page(path: str | Path, image: torch.Tensor, maps: torch.Tensor, targets: list[int], probs: torch.Tensor,
               flat: list[bool], classes: list[str], title: str, background: tuple = (255, 255, 255)) -> None:
     """One PNG: a row per explained class (input | heat map | overlay | map on ink), titled with the top-3.
@@ -82,8 +91,7 @@ def save_page(path: str | Path, image: torch.Tensor, maps: torch.Tensor, targets
                          if not math.isnan(on_ink) else "no map mass", fontsize=8)
         for ax in axes[row]:
             _blank(ax)
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def save_mistakes_grid(path: str | Path, cells: list[dict], classes: list[str], columns: int = 4) -> None:
@@ -107,5 +115,4 @@ def save_mistakes_grid(path: str | Path, cells: list[dict], classes: list[str], 
                          color="firebrick" if who == "pred" else "darkgreen")
         ax_pred.set_xlabel(short(cell["name"], 20), fontsize=6)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / (rows * 2.3 + 0.4)))
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
+    _save(fig, path)

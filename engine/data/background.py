@@ -17,6 +17,7 @@ NAMED = {"white": WHITE, "black": BLACK}
 SAMPLE = 200  # images whose borders are measured: the median over 200 is stable to a grey level or two
 BORDER_SHARE = 0.04  # the outer 4% of each side (at least one pixel) is the border
 STROKE_CONTRAST = 48  # a pixel is part of a stroke when its grey level differs from the paper by more
+MIXED_SHARE = 0.1  # more than 10% of the papers far from the chosen colour: the set is mixed, and the log says so
 
 
 @dataclass
@@ -25,11 +26,17 @@ class Background:
     rgb: tuple[int, int, int]
     strokes_light: bool
     source: str  # "measured on N images" or "from the recipe"
+    mixed: str | None = None  # "white 101, black 99": the measured images' papers disagree
 
     def describe(self) -> str:
         """One line for the log: 'background: black (0, 0, 0), strokes light (measured on 200 images)'."""
         strokes = "light" if self.strokes_light else "dark"
-        return f"background: {colour_name(self.rgb)} {self.rgb}, strokes {strokes} ({self.source})"
+        line = f"background: {colour_name(self.rgb)} {self.rgb}, strokes {strokes} ({self.source})"
+        if self.mixed:
+            line += (f"\nwarning: the paper colour is mixed ({self.mixed} images): fills, erasing and the CAM ink "
+                     f"measure all use {colour_name(self.rgb)} {self.rgb}; set background='white', 'black' or "
+                     f"(r, g, b) to choose")
+        return line
 
 
 def colour_name(rgb: Sequence[int]) -> str:
@@ -89,7 +96,18 @@ def measure_background(paths: Sequence[str], sample: int = SAMPLE, seed: int = 0
         return Background(WHITE, False, "no image could be read; white assumed")
     rgb = tuple(int(round(c)) for c in np.median(np.stack(papers), axis=0))
     strokes_light = bool(np.mean(lighter) > 0.5) if lighter else sum(rgb) < 3 * 128
-    return Background(rgb, strokes_light, f"measured on {len(papers)} images' borders")
+    return Background(rgb, strokes_light, f"measured on {len(papers)} images' borders", mixed_papers(papers, rgb))
+
+
+def mixed_papers(papers: Sequence[np.ndarray], rgb: Sequence[int], share: float = MIXED_SHARE) -> str | None:
+    """'white 101, black 99' when more than `share` of the papers are far from the chosen colour, else None."""
+    far = [p for p in papers if np.abs(np.asarray(p, dtype=np.float64) - rgb).max() > STROKE_CONTRAST]
+    if len(far) <= share * len(papers):
+        return None
+    counts: dict[str, int] = {}
+    for p in papers:
+        counts[colour_name(p)] = counts.get(colour_name(p), 0) + 1
+    return ", ".join(f"{name} {n}" for name, n in sorted(counts.items(), key=lambda kv: -kv[1])) + f" of {len(papers)}"
 
 
 def resolve_background(setting: str | Sequence[int], paths: Sequence[str], seed: int = 0,

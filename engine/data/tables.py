@@ -36,15 +36,28 @@ def read_train_table(data_dir: str, csv: str | None) -> pd.DataFrame:
         table = read_csv(csv, required=("image_path", "target"))
         if "class_name" not in table:
             table["class_name"] = None
-    table["path"] = [str(root / p) for p in table["image_path"].astype(str)]
+    table["path"] = _paths(root, table["image_path"])  # a blank cell: "", which the audit rejects
     return table
 
 
 def read_test_table(test_dir: str, csv: str) -> pd.DataFrame:
     """The unlabelled table for prediction, in the CSV's row order."""
     table = read_csv(csv, required=("image_path",))
-    table["path"] = [str(Path(test_dir) / p) for p in table["image_path"].astype(str)]
+    blank = table.index[_blank(table["image_path"])]
+    if len(blank):  # every test row needs its prediction: a row without an image cannot get one
+        raise UserError(f"'{csv}' row {blank[0]} has an empty image_path ({len(blank)} such rows); every row "
+                        f"needs an image: fill them in or remove those rows")
+    table["path"] = _paths(Path(test_dir), table["image_path"])
     return table
+
+
+def _blank(column: pd.Series) -> pd.Series:
+    return column.isna() | (column.astype(str).str.strip() == "")
+
+
+def _paths(root: Path, column: pd.Series) -> list[str]:
+    """Each image_path under root; "" for a blank cell (pandas reads it as NaN)."""
+    return ["" if b else str(root / str(p)) for p, b in zip(column, _blank(column))]
 
 
 def read_csv(csv: str, required: tuple, what: str = "CSV",
@@ -115,6 +128,7 @@ class Audit:
     classes: list[str]
     problems: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["row", "image_path", "problem"]))
     background: Background | None = None  # the paper colour, once measured (engine.data.background)
+    emptied: list[str] = field(default_factory=list)  # classes that had rows, every one of them rejected
 
     def summary(self) -> str:
         n_bad = len(self.problems)
@@ -157,6 +171,8 @@ def audit_table(table: pd.DataFrame, num_classes: int | None = None, check_files
     for i in known.index:
         if int(target[i]) != mapping[names[i]] and i not in problems:
             problems[i] = f"label_mismatch (class_name {names[i]} is target {mapping[names[i]]}, row says {int(target[i])})"
+    for i in table.index[_blank(table["image_path"])]:
+        problems.setdefault(i, "empty_image_path")
     for i in table.index[table.duplicated("image_path", keep="first")]:
         problems.setdefault(i, "duplicate_row")
     if check_files:
@@ -173,7 +189,9 @@ def audit_table(table: pd.DataFrame, num_classes: int | None = None, check_files
     good = table.drop(index=list(problems)).copy()
     good["target"] = pd.to_numeric(good["target"]).astype(int)
     good["class_name"] = [classes[t] for t in good["target"]]
-    return Audit(good.reset_index(drop=True), classes, bad)
+    had = {int(t) for t in target[valid & (target < n)]}
+    emptied = [classes[t] for t in sorted(had - set(good["target"]))]
+    return Audit(good.reset_index(drop=True), classes, bad, emptied=emptied)
 
 
 def apply_audit_policy(audit: Audit, policy: str, log=print) -> pd.DataFrame:
@@ -185,6 +203,9 @@ def apply_audit_policy(audit: Audit, policy: str, log=print) -> pd.DataFrame:
         log(f"warning: skipping {len(audit.problems)} rows: {audit.examples()}")
     if audit.table.empty:
         raise UserError("no usable rows left after the data audit; check data_dir and train_csv")
+    if audit.emptied:  # the model keeps an output for the class, which no step ever trains
+        log(f"warning: every row of class(es) {', '.join(audit.emptied[:5])}{' ...' if len(audit.emptied) > 5 else ''} "
+            f"was rejected: they train as empty classes the model never predicts; fix their images or drop them")
     return audit.table
 
 

@@ -21,7 +21,8 @@ FINDING_COLUMNS = ["kind", "split", "row", "image_path", "class_name", "other_im
 BLANK_INK = 0.001  # less than 0.1% of the pixels differ from the paper
 EXTREME_SIDE_FACTOR = 4  # a side 4x smaller (or larger) than the data set's median side
 EXTREME_ASPECT = 3.0  # longer side / shorter side
-AUDIT_DETAILS = {"nan_target": "target is empty and class_name cannot repair it",
+AUDIT_DETAILS = {"nan_target": "target is empty: training drops the row (fill in its target to keep it)",
+                 "empty_image_path": "image_path is empty",
                  "duplicate_row": "the same image_path appears on an earlier row", "missing": "file not found",
                  "truncated": "the file ends early (an interrupted copy or download)"}
 
@@ -42,7 +43,8 @@ def _finding(kind: str, split: str, row, image_path: str, class_name=None, other
 
 
 def repair_labels(table: pd.DataFrame) -> tuple[pd.DataFrame, list[dict]]:
-    """Fill a NaN target from its class_name (or a missing class_name from its target) by the table's mapping."""
+    """Fill a missing class_name from its target by the table's mapping, as training names it. A NaN target is
+    not filled from its class_name: the training audit drops that row, and the report says what training does."""
     table = table.copy()
     target = pd.to_numeric(table["target"], errors="coerce")
     whole = target.notna() & (target == np.floor(target.fillna(0)))
@@ -53,14 +55,6 @@ def repair_labels(table: pd.DataFrame) -> tuple[pd.DataFrame, list[dict]]:
         lambda s: s.value_counts().idxmax())
     to_name = {t: n for n, t in to_target.items()}
     repairs = []
-    table["target"] = target
-    for i in table.index[target.isna() & named]:
-        name = table.at[i, "class_name"]
-        if name in to_target.index:
-            table.at[i, "target"] = float(to_target[name])
-            repairs.append(_finding("nan_target", "train", i, table.at[i, "image_path"], name,
-                                    detail=f"target was empty; class_name '{name}' is target {to_target[name]}",
-                                    action="repaired"))
     for i in table.index[whole & ~named]:
         t = int(target[i])
         if t in to_name:

@@ -221,6 +221,9 @@ def _check_recipe(r: Recipe) -> Recipe:
                         f"or augment='light' to augment on the device")
     if r.folds == 1 and not 0 <= r.val_fraction < 1:
         raise UserError(f"val_fraction must be in [0, 1) when folds = 1; got {r.val_fraction}")
+    if r.folds > 1 and r.val_fraction == 0:  # folds decide the validation rows: "no validation" would be ignored
+        raise UserError(f"val_fraction=0 (train on every row) needs folds=1; with folds={r.folds} each fold "
+                        f"validates on 1/{r.folds} of the rows: set folds=1 for a full-data refit")
     return r
 
 

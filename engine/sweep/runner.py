@@ -55,6 +55,8 @@ def run_sweep(recipe: Recipe, count: int | None = None, backend: str | None = No
     backend = choose_backend(backend, recipe)
     if nproc < 1:
         raise UserError(f"--nproc must be >= 1, got {nproc}")
+    if count is not None and count < 1:  # 0 trials would end in "no trial completed"
+        raise UserError(f"--count is the number of trials to add: at least 1, got {count}")
     name = name or recipe.name
     sweep_dir = sweep_dir_for(recipe, name)
     sweep_dir.mkdir(parents=True, exist_ok=True)

@@ -68,7 +68,7 @@ def fit(recipe: Recipe, fold: int, train: pd.DataFrame, val: pd.DataFrame, class
         log.print(start_line(recipe, fold, s, loaders, d))
         if small_map:
             log.print(small_map)
-        if recipe.init_head == "imagenet" and len(val):  # the copied ImageNet rows predict before the first step
+        if recipe.init_head == "imagenet" and (recipe.pretrained or recipe.pretrained_path) and len(val):  # copied rows
             res = evaluate(s.eval_model, loaders.val, s.device, s.normalize, s.amp_dtype)
             log.print(f"fold {fold}: the ImageNet-initialised head scores val acc {res['acc']:.3f} before training")
     has_val = len(val) > 0  # no validation rows: a full-data refit, whose best.pt is its last epoch

@@ -24,6 +24,7 @@ from engine.train.fit import fit
 from engine.train.state import finished, is_finished
 from engine.data.near_duplicates import group_ids
 from engine.data.pseudo_labels import add_pseudo_labels, read_pseudo_labels
+from engine.data.split_record import keep_split
 from engine.data.tables import Audit, apply_audit_policy, assign_folds, audit_table, read_train_table
 
 
@@ -43,7 +44,8 @@ def load_data(recipe: Recipe, d: Dist, log=print, show_progress: bool = True) ->
         groups = fold_groups(recipe, table, log)
         table["fold"] = assign_folds(table["target"].to_numpy(), recipe.folds, recipe.val_fraction, recipe.seed, groups)
         if recipe.pseudo_labels:
-            rows = read_pseudo_labels(recipe.pseudo_labels, recipe.test_dir or ".", audit.classes, recipe.pseudo_threshold)
+            rows = read_pseudo_labels(recipe.pseudo_labels, recipe.test_dir or ".", audit.classes, recipe.pseudo_threshold,
+                                      recipe.bad_images, log)
             table = add_pseudo_labels(table, rows, recipe.pseudo_labels, recipe.pseudo_threshold, log)
         result = (table, audit.classes, audit)
     return distributed.broadcast_object(result)
@@ -75,11 +77,15 @@ def train(recipe: Recipe, fold: int | None = None, name: str | None = None, resu
     if fold is not None and not 0 <= fold < recipe.folds:
         raise UserError(f"--fold {fold} is out of range: the recipe has folds = {recipe.folds} (0..{recipe.folds - 1})")
     folds = list(range(recipe.folds)) if fold is None else [fold]
+    if name is not None:
+        runs.check_run_name(name)  # also for --dry-run: it accepts only what the real run does
     if dry_run:
         describe_dry_run(recipe, d, say, show_progress)
         return None
     table, classes, audit = load_data(recipe, d, say, show_progress)
+    fresh = run_dir is None and not (name and runs.named_runs(Path(recipe.output_dir) / recipe.name, name))
     run_dir = run_dir or runs.make_run_dir(recipe, name, d)
+    table = keep_split(run_dir, table, recipe.train_csv, d)  # a resumed or another machine's fold: the same split
     locks = ExitStack()  # one trainer per fold: a second process on the same run and fold stops here
     if d.is_main:  # the first fold's lock before train.log is touched
         locks.enter_context(lock.exclusive(runs.fold_dir(run_dir, folds[0]) / runs.LOCK, f"{run_dir} fold {folds[0]}"))
@@ -87,6 +93,7 @@ def train(recipe: Recipe, fold: int | None = None, name: str | None = None, resu
                  wandb_name=f"{recipe.name}/{run_dir.name}", config=recipe.to_dict())
     log.print(f"run folder: {run_dir}")
     preemption.install()
+    failed_start = False
     try:
         results = {}
         for k in folds:
@@ -118,12 +125,17 @@ def train(recipe: Recipe, fold: int | None = None, name: str | None = None, resu
         raise
     except DiskFull as e:  # one line: what, where, how much, and how to go on
         raise DiskFull(f"{e}; free some space, then: python train.py --resume {run_dir}") from None
+    except UserError:  # bad input found when the fold started (model, weights, size): no run folder is left
+        failed_start = fresh and d.is_main
+        raise
     finally:
         locks.close()
         stop_workers()  # a pruned sweep trial or an exception must not leave data workers behind
         checkpoint.wait_for_writes()  # nor a checkpoint half written
         preemption.uninstall()
         log.close()
+        if failed_start:
+            runs.remove_failed_start(run_dir)
     return run_dir
 
 
@@ -152,7 +164,7 @@ def fold_state(fold_dir: Path, recipe: Recipe, classes: list[str]) -> dict | Non
 def describe_dry_run(recipe: Recipe, d: Dist, say, show_progress: bool = True) -> None:
     """Print the resolved recipe, the data, model size, what trains at which LR, steps per epoch; train nothing.
     Without the data (a recipe checked on another machine) the model part still runs if num_classes is set."""
-    from engine.models import count_parameters, data_config, model_from_recipe, small_map_warning
+    from engine.models import check_input_size, count_parameters, data_config, model_from_recipe, small_map_warning
     say("resolved recipe:")
     for key, value in recipe.to_dict().items():
         say(f"  {key} = {value!r}")
@@ -164,6 +176,7 @@ def describe_dry_run(recipe: Recipe, d: Dist, say, show_progress: bool = True) -
         say(f"data: not checked ({e}); the model below has num_classes = {recipe.num_classes}")
         table, classes = None, [str(i) for i in range(recipe.num_classes)]
     model = model_from_recipe(recipe, classes, weights=False)
+    check_input_size(model, recipe.model, recipe.image_size)  # what the real run refuses, the dry run refuses
     say(f"model: {recipe.model}, {count_parameters(model) / 1e6:.2f}M parameters, head {recipe.head!r}"
         f"{', gradient checkpointing' if recipe.grad_checkpointing else ''}")
     if small_map := small_map_warning(model, recipe.image_size, recipe.model):

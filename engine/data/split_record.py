@@ -1,0 +1,64 @@
+"""The split a run trains on, kept in its run folder (split.csv: image_path, target, fold) when it starts.
+
+--resume and --fold K (on this or another machine) train on the recorded folds, and refuse in one line
+when the training table no longer holds the same rows with the same labels: continuing would train a
+fold on rows it validated before, end the schedule at another step and mix two splits in oof.csv.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from engine import runs
+from engine.errors import UserError
+from engine.system import distributed
+from engine.system.atomic import write_csv
+from engine.system.distributed import Dist
+
+COLUMNS = ["image_path", "target", "fold"]
+
+
+def _keyed(frame: pd.DataFrame) -> pd.DataFrame:
+    """image_path and target as strings, plus the occurrence of that pair (a row listed twice is two rows)."""
+    keys = pd.DataFrame({"image_path": frame["image_path"].astype(str), "target": frame["target"].astype(int)})
+    return keys.assign(n=keys.groupby(["image_path", "target"]).cumcount())
+
+
+def describe_change(recorded: pd.DataFrame, table: pd.DataFrame) -> str | None:
+    """'3 rows dropped, 1 label changed (first: cat/7.png)' when the rows differ, else None."""
+    old, new = _keyed(recorded), _keyed(table)
+    both = old.merge(new, how="outer", on=["image_path", "target", "n"], indicator=True)
+    dropped, added = both[both["_merge"] == "left_only"], both[both["_merge"] == "right_only"]
+    if dropped.empty and added.empty:
+        return None
+    relabelled = set(dropped["image_path"]) & set(added["image_path"])
+    parts = [f"{len(dropped) - len(relabelled)} rows dropped", f"{len(added) - len(relabelled)} added",
+             f"{len(relabelled)} labels changed"]
+    first = sorted(relabelled)[0] if relabelled else (dropped if len(dropped) else added)["image_path"].iloc[0]
+    return f"{', '.join(parts)}; first: {first}"
+
+
+def keep_split(run_dir: Path, table: pd.DataFrame, train_csv: str, d: Dist) -> pd.DataFrame:
+    """The table with the folds recorded in run_dir's split.csv (written now if the run has none); a UserError
+    if the rows or labels changed since. Rank 0 reads and writes; every rank gets the same folds."""
+    folds = None
+    if d.is_main:
+        path = Path(run_dir) / runs.SPLIT
+        if not path.is_file():
+            write_csv(table[COLUMNS], path)
+            folds = table["fold"].to_numpy()
+        else:
+            recorded = pd.read_csv(path, dtype={"image_path": str})
+            change = describe_change(recorded, table)
+            if change:
+                folds = UserError(f"the training data changed since run {run_dir} started ({change}): resuming would "
+                                  f"mix two splits; restore {train_csv} as it was, or start a new run (a new --name)")
+            else:  # the same rows: the recorded folds, also where another machine would split them otherwise
+                order = _keyed(table).merge(_keyed(recorded).assign(fold=recorded["fold"].to_numpy()),
+                                            how="left", on=["image_path", "target", "n"])
+                folds = order["fold"].to_numpy()
+    folds = distributed.broadcast_object(folds)
+    if isinstance(folds, UserError):
+        raise folds
+    return table.assign(fold=folds)
