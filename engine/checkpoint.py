@@ -7,7 +7,6 @@ running sums), written and read by engine/train/state.py alone.
 from __future__ import annotations
 
 import random
-import sys
 import threading
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import torch
 
 from engine.system.atomic import write_atomic
 from engine.errors import UserError
+from engine.system import preemption
 
 
 def model_checkpoint(base: dict, model_state: dict, epoch: int, metrics: dict) -> dict:
@@ -92,9 +92,7 @@ class BackgroundWriter:
                 save_atomic(obj, path)
         except BaseException as e:  # raised in the training thread by the next submit or join
             self._error = e
-            # said now, not an epoch later when the next submit raises it (the run goes on until then)
-            print(f"warning: writing {path} failed ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}); "
-                  f"the run stops at its next checkpoint", file=sys.stderr, flush=True)
+            preemption.request_stop()  # the loop stops at its next step and raises this there, not an epoch later
 
     def join(self) -> None:
         """Wait until everything submitted is on disk; raise the write's error, if any."""

@@ -83,16 +83,21 @@ def test_a_failed_start_leaves_no_run_folder(digits_dir, tmp_path):
     assert not list((tmp_path / "runs").glob("*/*"))
 
 
-def test_a_failed_background_write_is_said_when_it_happens(tmp_path, monkeypatch, capsys):
+def test_a_failed_background_write_stops_the_run_at_its_next_step(tmp_path, monkeypatch):
     from engine import checkpoint
+    from engine.system import preemption
 
     def failing(obj, path):
         raise OSError(errno.EIO, "Input/output error")
 
     monkeypatch.setattr(checkpoint, "save_atomic", failing)
-    writer = checkpoint.BackgroundWriter()
-    writer.submit([({"x": 1}, tmp_path / "last.pt")])
-    writer._thread.join()  # the write is over; the training thread has not asked yet
-    assert "warning: writing" in capsys.readouterr().err
-    with pytest.raises(OSError):
-        writer.join()
+    preemption.install()
+    try:
+        writer = checkpoint.BackgroundWriter()
+        writer.submit([({"x": 1}, tmp_path / "last.pt")])
+        writer._thread.join()  # the write is over; the training thread has not asked yet
+        assert preemption.requested()  # the loop stops at its next update (it reads this flag every step)...
+        with pytest.raises(OSError, match="Input/output"):
+            writer.join()  # ...and its last.pt write raises the error there, an epoch early
+    finally:
+        preemption.uninstall()

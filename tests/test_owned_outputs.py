@@ -129,3 +129,19 @@ def test_a_test_csv_with_its_own_ids_keeps_them(owned, digits_dir, tmp_path):
     assert predict([str(owned["run"]), "--test-csv", str(csv), "--test-dir", str(digits_dir / "test"),
                     "--out", str(out)]) == 0
     assert pd.read_csv(out)["ID"].tolist() == [17, 4, 99]
+
+
+def test_explore_and_sweep_outputs_stay_where_they_belong(owned, digits_dir, tmp_path, capsys):
+    from engine.explore.analysis import explore
+    from engine.recipe import load_recipe
+    from engine.sweep.runner import run_sweep
+    before = snapshot(owned)
+    recipe = digits_recipe(digits_dir, tmp_path / "runs")
+    assert run_command(lambda: explore(recipe, owned["recipe"], workers=1, progress=False)) == 2  # --out a file
+    assert "explore --out" in one_line(capsys)
+    sweep = {"method": "random", "metric": {"name": "val_loss", "goal": "minimize"},
+             "parameters": {"lr": {"values": [0.1, 0.01]}}}
+    with pytest.raises(UserError, match="--name"):
+        run_sweep(load_recipe(None, dict(name="x", output_dir=str(tmp_path), sweep=sweep)), count=1,
+                  name="../../recipes")
+    assert snapshot(owned) == before

@@ -159,16 +159,6 @@ def output_guard(inputs: Sequence[Path]) -> OutputGuard:
     return OutputGuard("cam.py --out", inputs, example="cams", recognise=_cam_wrote)
 
 
-def _output_folder(out: str | Path) -> Path:
-    """The --out folder, made; a file there is refused in one line (it would be a traceback from mkdir)."""
-    folder = Path(out)
-    if folder.exists() and not folder.is_dir():
-        raise UserError(f"cam.py --out {folder} is a file; --out names a folder for the pages, e.g. "
-                        f"{folder.with_name(folder.stem + '_cams')}")
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
-
-
 def run_cam(images: Sequence[str] = (), ckpt: str | None = None, runs_dir: str = "runs", target: str | None = None,
             top_k: int = 1, method: str = "gradcam", layer: str | None = None, list_layers: bool = False,
             out: str | None = None, save_maps: bool = False, mistakes: str | None = None, count: int = 16,
@@ -179,9 +169,8 @@ def run_cam(images: Sequence[str] = (), ckpt: str | None = None, runs_dir: str =
     if top_k < 1 or batch_size < 1 or count < 1:
         raise UserError("--top-k, --batch-size and --count must be at least 1")
     if mistakes:
-        folder = _output_folder(out or Path(mistakes) / "cams")
         guard = output_guard([])
-        guard.check(folder / "mistakes.png")
+        folder = guard.folder(out or Path(mistakes) / "cams", ["mistakes.png"])
         guard.wrote(explain_mistakes(Path(mistakes), folder, count, method, layer, data_dir, batch_size, device))
         print(f"wrote {folder / 'mistakes.png'}")
         return
@@ -191,12 +180,10 @@ def run_cam(images: Sequence[str] = (), ckpt: str | None = None, runs_dir: str =
         print_layers(member)
         return
     paths = readable(image_paths(images))
-    folder = _output_folder(out or runs.output_folder_of(path) / "cams")
     guard = output_guard(paths)  # every file is checked before the first map: a refusal costs nothing
-    pages = [folder / f"{name}{suffix}" for name in page_names(paths)
-             for suffix in ("_cam.png", "_cam.npy")[:1 + save_maps]] + [folder / "cams.csv"]
-    for page in pages:
-        guard.check(page)
+    names = [f"{name}{suffix}" for name in page_names(paths) for suffix in ("_cam.png", "_cam.npy")[:1 + save_maps]]
+    folder = guard.folder(out or runs.output_folder_of(path) / "cams", names + ["cams.csv"])
+    pages = [folder / name for name in names + ["cams.csv"]]
     print(f"{path}: {member.recipe.model}, {len(member.classes)} classes, {method}, ink: what differs from the "
           f"paper {member.background}")
     table = explain_images(member, paths, folder, target, method, layer, top_k, batch_size, save_maps, not no_progress)

@@ -35,9 +35,11 @@ def run(args: argparse.Namespace) -> None:
     recipe = load_recipe_args(args.items, DEFAULT_RECIPE)
     out = args.out or default_out_dir(recipe)
     if args.augment:
-        from pathlib import Path
         from engine.explore.augment_preview import write_augment_preview
-        print(f"wrote {write_augment_preview(recipe, Path(out) / 'augment.png')}")
+        from engine.system.outputs import OutputGuard
+        folder = OutputGuard("explore --out", example="eda", recognise=lambda p: p.name == "augment.png").folder(
+            out, ["augment.png"])
+        print(f"wrote {write_augment_preview(recipe, folder / 'augment.png')}")
         return
     result = explore(recipe, out, args.classes, args.write_clean, args.workers, not args.no_progress)
     print(f"report: {result.report}")

@@ -23,6 +23,8 @@ from engine.explore.facts import scan_images
 from engine.recipe import Recipe
 from engine.data.tables import read_test_table, read_train_table
 
+REPORT_FILES = ("report.html", "findings.csv", "image_facts.csv", "class_counts.csv", "class_counts.png", "sizes.png",
+                "files.png", "colour_ink.png", "ink_by_class.png", "samples.png", "duplicates.png")  # what --out holds
 SAMPLE_CLASSES = 8  # rows of the sample grid when no classes are named
 DUPLICATE_PAIRS_SHOWN = 12
 DUPLICATE_KINDS = ("leakage_train_test", "duplicate_across_classes", "duplicate_within_class", "duplicate_within_test")
@@ -110,11 +112,11 @@ def explore(recipe: Recipe, out_dir: str | Path | None = None, classes: Sequence
             log=print) -> Exploration:
     """Scan, audit, repair, plot and report the recipe's training (and test) data."""
     start = time.perf_counter()
-    out = Path(out_dir) if out_dir else default_out_dir(recipe)
     clean_guard = OutputGuard("explore --write-clean", [recipe.train_csv, recipe.test_csv], example="train_clean.csv")
     if write_clean:  # a new file, or one an earlier --write-clean wrote: never the user's CSV, recipe or image
         clean_guard.check(write_clean)
-    out.mkdir(parents=True, exist_ok=True)
+    out = OutputGuard("explore --out", [recipe.train_csv, recipe.test_csv], example="eda",
+                      recognise=lambda p: p.name in REPORT_FILES).folder(out_dir or default_out_dir(recipe), REPORT_FILES)
     train, test = _read_tables(recipe, log)
     paths = list(train["path"]) + ([] if test is None else list(test["path"]))
     facts, decoded = scan_images(paths, out / "image_facts.csv", workers, progress)

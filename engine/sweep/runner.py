@@ -57,6 +57,8 @@ def run_sweep(recipe: Recipe, count: int | None = None, backend: str | None = No
         raise UserError(f"--nproc must be >= 1, got {nproc}")
     if count is not None and count < 1:  # 0 trials would end in "no trial completed"
         raise UserError(f"--count is the number of trials to add: at least 1, got {count}")
+    if name is not None:
+        runs.check_run_name(name)  # one folder under runs/sweeps/: never a path out of it
     name = name or recipe.name
     sweep_dir = sweep_dir_for(recipe, name)
     sweep_dir.mkdir(parents=True, exist_ok=True)

@@ -76,6 +76,18 @@ class OutputGuard:
                         f"write; it is never replaced: pick a new file, e.g. {self._instead(resolved.parent)} "
                         f"(or delete {path} first if it may go)")
 
+    def folder(self, path: str | Path, names: Iterable[str] = ()) -> Path:
+        """The output folder `path`, made, with each of `names` in it checked; a file at `path` is one line
+        (mkdir would be a traceback)."""
+        folder = Path(path)
+        if folder.exists() and not folder.is_dir():
+            raise UserError(f"{self.command} {folder} is a file; it names a folder for the outputs, e.g. "
+                            f"{folder.with_name(folder.stem + '_out')}")
+        for name in names:
+            self.check(folder / name)
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
     def _in_ledger(self, path: Path) -> bool:
         entry = _ledger(path.parent).get(path.name)
         return bool(entry) and entry.get("by") == self.command.split()[0] and {

@@ -26,6 +26,12 @@ def uninstall() -> None:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+def request_stop() -> None:
+    """Ask the loop to stop at its next update as on SIGTERM (a failed checkpoint write does: it then raises)."""
+    if not _requested:
+        _requested.append(signal.SIGTERM)
+
+
 def requested() -> bool:
     return bool(_requested)
 
