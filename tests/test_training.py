@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from engine import checkpoint
+from engine.data.batches import LoaderBatches
 from engine.data.loader import EpochSampler, make_loader
 from engine.train.loop import evaluate, train_one_epoch
 from engine.train.state import TrainState
@@ -43,14 +44,16 @@ def tiny_state(accumulate=1, precision=None, lr=0.1, optimizer="SGD"):
     opt = build_optimizer(model, optimizer, lr, 0.0, momentum=0.0)
     return TrainState(model=model, forward=model, optimizer=opt, scheduler=build_scheduler(opt, 100, 0, "none"),
                       scaler=torch.amp.GradScaler("cpu", enabled=False), criterion=SoftTargetCrossEntropy(),
-                      mixer=Mixer(3), normalize=Normalize((0.5,) * 3, (0.25,) * 3), device=torch.device("cpu"),
-                      amp_dtype=precision, accumulate=accumulate)
+                      mixer=Mixer(3), device=torch.device("cpu"), amp_dtype=precision, accumulate=accumulate)
+
+
+NORMALIZE = Normalize((0.5,) * 3, (0.25,) * 3)
 
 
 def run_epoch(state, batch_size, n=24):
     sampler = EpochSampler(n, batch_size, True, seed=0)
     loader = make_loader(TensorImages(n), batch_size, sampler, 0, train=True)
-    return train_one_epoch(state, loader, epoch=0, show_progress=False)
+    return train_one_epoch(state, LoaderBatches(loader, state.device, NORMALIZE), epoch=0, show_progress=False)
 
 
 def test_accumulating_micro_batches_equals_one_big_batch():
@@ -72,7 +75,7 @@ def test_last_partial_window_is_divided_by_its_true_length():
     order = [i for _, i in sampler]
     for window in (order[:16], order[16:]):  # by hand: the mean loss over each window's samples
         x, y = data.x[window], data.y[window]
-        loss = ref.criterion(ref.model(ref.normalize(x)), torch.eye(3)[y])
+        loss = ref.criterion(ref.model(NORMALIZE(x)), torch.eye(3)[y])
         loss.backward()
         ref.optimizer.step()
         ref.optimizer.zero_grad()
@@ -119,7 +122,7 @@ def test_checkpoint_round_trip_with_weights_only(trained_run):
     rows = table.set_index("image_path").loc[val["image_path"]]
     ds = ImageDataset(rows["path"], rows["target"], build_eval_transform(recipe.image_size, raw["data"]["crop_pct"]))
     loader = make_loader(ds, 64, ShardSampler(len(ds)), 0, train=False)
-    result = evaluate(model, loader, torch.device("cpu"), Normalize(raw["data"]["mean"], raw["data"]["std"]))
+    result = evaluate(model, LoaderBatches(loader, torch.device("cpu"), Normalize(raw["data"]["mean"], raw["data"]["std"])))
     assert result["acc"] == pytest.approx(raw["metrics"]["val_acc"])
     assert (result["probs"].argmax(1).numpy() == val["pred"].to_numpy()).all()
 

@@ -88,7 +88,9 @@ class Recipe:
     image_size: int = key(224, "square input size the model sees (each model also has its own minimum)",
                           bounds="[2, inf)")  # 1 px crashes inside PyTorch's antialiased resize
     num_workers: Optional[int] = key(None, "dataloader worker processes; None: from the CPU count", bounds="[0, inf)")
-    cache: str = key("none", "decode images once: in shared memory, or in a reusable file on disk", ("none", "memory", "disk"))
+    cache: str = key("auto", "decode images once: in shared memory, in a reusable file on disk, or resident on the "
+                     "device (every batch cut and warped there); auto: device on CUDA when the images fit in half its "
+                     "free memory and the augment preset runs there, else none", ("auto", "none", "memory", "disk", "device"))
     bad_images: str = key("skip", "what to do with rows the data audit rejects", ("skip", "error"))
     crop_scale: float = key(0.35, "smallest area share a random-resized crop keeps (1.0: whole image, no crop)", bounds="(0, 1]")
     augment: str = key("light", "augmentation on top of random-resized crop and flip: none, light (small affine), ...",
@@ -219,6 +221,10 @@ def _check_recipe(r: Recipe) -> Recipe:
     if r.augment_on == "device" and r.augment in ("randaugment", "trivialaugment"):
         raise UserError(f"augment='{r.augment}' runs only in the workers; set augment_on='workers' (or auto), "
                         f"or augment='light' to augment on the device")
+    if r.cache == "device" and (r.augment_on == "workers" or r.augment in ("randaugment", "trivialaugment")):
+        raise UserError(f"cache='device' keeps the images on the device and augments them there, which "
+                        f"augment_on={r.augment_on!r} / augment={r.augment!r} cannot; use augment='light' or 'none' "
+                        f"with augment_on='auto', or cache='memory'")
     if r.folds == 1 and not 0 <= r.val_fraction < 1:
         raise UserError(f"val_fraction must be in [0, 1) when folds = 1; got {r.val_fraction}")
     return r
