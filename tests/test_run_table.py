@@ -110,6 +110,6 @@ def test_command_prints_the_table_and_writes_a_page_holding_every_row(runs_dir, 
     assert table[1].startswith("digits/20260101-000000-finished") or table[1].startswith("fixture/")
     text = page.read_text()
     for name in ("digits/20260101-000000-finished", "digits/20260101-000002-failed", "fixture/20261129-175224-v1"):
-        assert f"<td>{name}</td>" in text
+        assert f"<td class=\"run\">{name}</td>" in text
     assert text.count("<tr>") == 1 + 6 and "<svg" in text and "validation accuracy" in text
     assert 'class="stopped">stopped<' in text and "python train.py --resume" in text

@@ -7,6 +7,7 @@ import io
 from pathlib import Path
 
 from matplotlib.figure import Figure  # figures without pyplot: no GUI backend, no global state
+from matplotlib.ticker import MaxNLocator
 
 from engine.run_table.status import RunState
 from engine.run_table.table import COLUMNS, NUMERIC, cell
@@ -15,7 +16,7 @@ from engine.system.atomic import write_text
 STYLE = """body{font-family:system-ui,sans-serif;margin:2em;color:#222}table{border-collapse:collapse;font-size:13px}
 td,th{border:1px solid #ccc;padding:3px 8px;text-align:left;vertical-align:top}th{background:#f2f2f2;cursor:pointer}
 td.num{text-align:right;font-variant-numeric:tabular-nums}.finished{color:#1a7f37}.stopped{color:#9a6700}
-.failed,.damaged{color:#cf222e}.training{color:#0969da}code{font-size:12px}svg{max-width:100%;height:auto}"""
+.failed,.damaged{color:#cf222e}.training{color:#0969da}code{font-size:12px}td.run{white-space:nowrap}svg{max-width:100%;height:auto}"""
 # sort by a column on click: numbers by value (data-v), empty cells last; a second click reverses
 SORT_SCRIPT = """document.querySelectorAll('th').forEach((th,i)=>th.onclick=()=>{const b=th.closest('table').tBodies[0];
 const up=th.dataset.up!=='1';th.dataset.up=up?'1':'0';const v=r=>r.cells[i].dataset.v??r.cells[i].textContent;
@@ -38,6 +39,7 @@ def curves_svg(states: list[RunState]) -> str:
     for ax, title in ((acc_ax, "validation accuracy"), (loss_ax, "validation loss")):
         ax.set_title(title)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     if drawn:
         fig.legend(loc="outside right upper", fontsize=8)
@@ -55,8 +57,9 @@ def table_html(rows: list[dict]) -> str:
         tds = []
         for c in COLUMNS:
             value = "" if r[c] is None else r[c]
-            attrs = f' class="num" data-v="{value}"' if c in NUMERIC else f' class="{html.escape(r["status"])}"' \
-                if c == "status" else ""
+            attrs = {"status": f' class="{html.escape(r["status"])}"', "run": ' class="run"'}.get(c, "")
+            if c in NUMERIC:  # sorted by the number, not by how it reads (2m48s, 0.5065)
+                attrs = f' class="num" data-v="{value}"'
             tds.append(f"<td{attrs}>{html.escape(cell(r, c))}</td>")
         tds.append(f"<td><code>{html.escape(r['detail'])}</code></td>")
         body.append(f"<tr>{''.join(tds)}</tr>")

@@ -16,6 +16,7 @@ COLUMNS = {"run": "run", "model": "model", "image_size": "size", "folds": "folds
 NUMERIC = ("image_size", "val_acc", "val_f1", "oof_acc", "wall")
 SCORES = ("val_acc", "val_f1", "oof_acc")
 VALUE_CHARS = 24  # a long value (a sweep dict, a path) is cut in the table; `diff` prints it whole
+KEYS_SHOWN = 4  # a run unlike every other lists its first keys and a count; `diff` names them all
 
 
 def find_runs(folder: Path) -> list[Path]:
@@ -49,7 +50,8 @@ def changes(state: RunState, states: list[RunState]) -> str:
     if found is None:
         return ""
     name, keys = found
-    what = ", ".join(f"{k}={short(getattr(state.recipe, k))}" for k in keys) or "same recipe"
+    what = ", ".join(f"{k}={short(getattr(state.recipe, k))}" for k in keys[:KEYS_SHOWN]) or "same recipe"
+    what += f" and {len(keys) - KEYS_SHOWN} more" if len(keys) > KEYS_SHOWN else ""
     return f"{what} (vs {name})"
 
 
@@ -57,7 +59,7 @@ def row(state: RunState, states: list[RunState]) -> dict:
     """One table row: values for sorting and the HTML page (None: empty cell)."""
     r = state.recipe
     return {"run": state.name, "model": r.model if r else None, "image_size": r.image_size if r else None,
-            "folds": f"{state.folds_done}/{state.folds_planned}", "status": state.status,
+            "folds": f"{state.folds_done}/{state.folds_planned}" if r else None, "status": state.status,
             "val_acc": state.best("val_acc"), "val_f1": state.best("val_f1"), "oof_acc": state.oof_acc,
             "wall": state.wall_s if state.curves else None, "differs": changes(state, states), "detail": state.detail}
 
