@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from engine.errors import UserError
-from engine.recipe import FIELDS, Recipe, augment_at, describe, from_dict, load_recipe, parse_override
+from engine.recipe import FIELDS, Recipe, augment_at, augment_presets, describe, from_dict, load_recipe, parse_override
 from tests.conftest import ROOT
 
 
@@ -137,7 +137,10 @@ def test_augment_at_follows_the_schedule_and_survives_recipe_json():
     saved = from_dict(json.loads(json.dumps(r.to_dict())))  # JSON makes the epochs strings
     assert saved == r and augment_at(saved, 2) == "light"
     assert augment_at(load_recipe(None, ["augment=light"]), 100) == "light"
-    assert augment_at(load_recipe(None, ["augment_schedule={0: 'none', 3: 'light'}"]), 0) == "none"
+    staged = load_recipe(None, ["augment=randaugment", "augment_schedule={0: 'none', 3: 'light'}"])
+    assert augment_at(staged, 0) == "none" and augment_presets(staged) == ("none", "light")
+    assert augment_presets(r) == ("none", "light", "randaugment")
+    assert staged.replace(augment_on="device").augment_on == "device"  # randaugment is never used: no error
 
 
 def test_step_milestones_round_trip_through_json():

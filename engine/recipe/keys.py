@@ -223,7 +223,7 @@ def _check_recipe(r: Recipe) -> Recipe:
         raise UserError('init_head="imagenet" copies rows of a linear ImageNet head; use head="linear" or init_head="random"')
     if r.feature_views:
         _check_feature_store(r)
-    worker_only = [p for p in (r.augment, *r.augment_schedule.values()) if p in ("randaugment", "trivialaugment")]
+    worker_only = [p for p in augment_presets(r) if p in ("randaugment", "trivialaugment")]
     if r.augment_on == "device" and worker_only:
         raise UserError(f"augment='{worker_only[0]}' runs only in the workers; set augment_on='workers' (or auto), "
                         f"or augment='light' to augment on the device")
@@ -262,6 +262,11 @@ def augment_at(recipe: Recipe, epoch: int) -> str:
     """The augmentation preset of the epoch after `epoch` epochs trained (0: the first): the augment_schedule
     entry with the largest epoch <= `epoch`, else `augment`."""
     return next((p for e, p in reversed(recipe.augment_schedule.items()) if e <= epoch), recipe.augment)
+
+
+def augment_presets(recipe: Recipe) -> tuple[str, ...]:
+    """Every preset some epoch of the run uses, in order (where augmentation can run must suit them all)."""
+    return tuple(dict.fromkeys(augment_at(recipe, e) for e in range(recipe.epochs)))
 
 
 def resolve(base: dict, overrides: dict) -> Recipe:
