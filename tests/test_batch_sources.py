@@ -128,6 +128,8 @@ def test_a_run_stopped_mid_epoch_resumes_bitwise(source, digits_dir, tiny_digits
                 **FORCE[source])
     if source == "store":
         keys.update(freeze="backbone", augment="none", mixup_ratio=0.5, pretrained=False)
+    else:  # staged augmentation: the resumed epoch must augment as the stopped one did
+        keys.update(augment_schedule={1: "none"})
     whole = train(digits_recipe(digits_dir, tmp_path / "whole", **keys), show_progress=False)
     calls = {"n": 0}
 
@@ -221,3 +223,41 @@ def test_store_serves_every_view_the_recipes_flip_needs(digits_dir, tiny_digits,
     assert "building 4 view(s) x 6 images" in capsys.readouterr().out
     np.testing.assert_allclose(outs["store"], outs["pixels"], rtol=1e-4, atol=1e-5)
     assert json.loads((run_dir / runs.RECIPE).read_text())["flip"] == "hv"
+
+
+@pytest.mark.parametrize("source", ["workers", "device", "resident"])
+def test_staged_augmentation_changes_the_transform_at_its_epoch_also_on_resume(source, digits_dir, tiny_digits,
+                                                                              tmp_path):
+    from engine.data.sources import build_fold_batches
+    from engine.system.distributed import Dist
+    recipe = digits_recipe(digits_dir, tmp_path, augment="none", augment_schedule={2: "light"}, epochs=4,
+                           batch_size=8, num_workers=1 if source == "workers" else 0, **FORCE[source])
+    table = pd.read_csv(tiny_digits / "train.csv")
+    table["path"] = [str(digits_dir / "train" / p) for p in table["image_path"]]
+    cfg = {"mean": (0.5,) * 3, "std": (0.25,) * 3, "crop_pct": 0.875, "background": (255, 255, 255)}
+
+    def light(batches) -> bool:
+        if batches.train.augment is not None:
+            return batches.train.augment.affine
+        return "RandomAffine" in repr(batches.train.loader.dataset.transform)
+
+    def fresh():
+        return build_fold_batches(recipe, None, cfg, table.iloc[:32], table.iloc[32:], 0, Dist(), False)
+
+    batches = fresh()
+    seen = []
+    for epoch in range(4):
+        batches.train.set_epoch(epoch)
+        seen.append(light(batches))
+    assert seen == [False, False, True, True]
+    batches.stop()
+    resumed = fresh()  # a resume mid-epoch 3 builds its sources anew
+    resumed.train.set_epoch(2, 1)
+    assert light(resumed)
+    if source == "workers":  # persistent workers hold a copy of the transform: they are started anew
+        resumed.train.set_epoch(1)
+        next(iter(resumed.train))
+        assert resumed.train.loader._iterator is not None
+        resumed.train.set_epoch(2)
+        assert resumed.train.loader._iterator is None
+        resumed.stop()

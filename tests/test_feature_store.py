@@ -161,6 +161,12 @@ def test_key_changes_with_every_keyed_input_and_nothing_else(small_digits, digit
     assert keys()[0] != after_weights[0]  # an image's mtime
     images[2].write_bytes(images[2].read_bytes() + b"\0")
     assert keys()[1] != after_weights[1]  # an image's size
+    before, st = keys(), os.stat(images[0])
+    edited = bytearray(images[0].read_bytes())
+    edited[-13] ^= 0xFF  # edited in place: same size, and the modification time put back
+    images[0].write_bytes(bytes(edited))
+    os.utime(images[0], ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert os.stat(images[0]).st_size == st.st_size and keys()[0] != before[0] and keys()[1] != before[1]
 
 
 SETUP = textwrap.dedent("""

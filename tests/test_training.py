@@ -14,7 +14,7 @@ from engine.train.losses import SoftTargetCrossEntropy
 from engine.train.mix import Mixer
 from engine.models import build_model
 from engine.train.optim import build_optimizer
-from engine.train.schedule import build_scheduler, lr_factor
+from engine.train.schedule import build_scheduler, lr_factor, step_milestone_updates
 from engine.recipe import from_dict
 from engine.data.tables import read_train_table
 from engine.data.transforms import Normalize, build_eval_transform
@@ -91,6 +91,23 @@ def test_lr_warms_up_linearly_then_follows_a_cosine():
     assert lr_factor(60, total, warm) == pytest.approx(0.5)
     assert lr_factor(110, total, warm) == pytest.approx(0.0)
     assert lr_factor(60, total, warm, "none") == 1.0
+
+
+def test_step_decay_drops_by_gamma_at_each_milestone_after_its_warm_up():
+    upe = 10  # updates per epoch; milestones after 3 and 6 epochs, 5 updates of warm-up
+    milestones = step_milestone_updates((3, 6), upe)
+    assert milestones == (30, 60)
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.5)
+    sched = build_scheduler(opt, 10 * upe, 5, "step", milestones, 0.1)
+    lrs = []
+    for _ in range(10 * upe):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[:6] == pytest.approx([0.5 * k / 6 for k in range(1, 6)] + [0.5])  # warm-up, then the peak
+    assert lrs[29] == pytest.approx(0.5) and lrs[30] == pytest.approx(0.05)  # first update after 3 epochs
+    assert lrs[59] == pytest.approx(0.05) and lrs[60] == pytest.approx(0.005) and lrs[-1] == pytest.approx(0.005)
+    assert lr_factor(2, 100, 5, "step", (2,), 0.5) == pytest.approx(0.5 * 3 / 6)  # a milestone inside the warm-up
 
 
 def test_bf16_on_cpu_runs_the_forward_in_bf16_and_learns():

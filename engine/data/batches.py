@@ -31,6 +31,7 @@ class BatchSource:
     workers = 0
     rows = 0
     sampler = None  # EpochSampler (training) or ShardSampler (evaluation)
+    preset_at: Callable[[int], str] | None = None  # training: the augment preset of each epoch (augment_schedule)
 
     def __init__(self, device: torch.device, normalize: torch.nn.Module | None, rank: int = 0):
         self.device, self.normalize, self.rank = device, normalize, rank
@@ -41,6 +42,12 @@ class BatchSource:
         self.epoch, self.skip = epoch, skip_batches
         if isinstance(self.sampler, EpochSampler):
             self.sampler.set_epoch(epoch, skip_batches)
+        if self.preset_at is not None:
+            self.use_preset(self.preset_at(epoch))
+
+    def use_preset(self, preset: str) -> None:
+        """Augment with `preset` from now on (staged augmentation)."""
+        self.augment.set_preset(preset)
 
     def order(self) -> list[int]:
         """This rank's row indices in the order its batches come."""
@@ -63,9 +70,10 @@ class LoaderBatches(BatchSource):
     """A DataLoader's batches moved to the device; with `augment`, the workers' canvases are warped there."""
 
     def __init__(self, loader: torch.utils.data.DataLoader, device: torch.device, normalize: torch.nn.Module | None,
-                 augment: DeviceAugment | None = None, rank: int = 0):
+                 augment: DeviceAugment | None = None, rank: int = 0, transform_of: Callable[[str], Callable] = None):
         super().__init__(device, normalize, rank)
         self.loader, self.augment, self.sampler = loader, augment, loader.sampler
+        self.transform_of, self.preset = transform_of, None  # the workers' transform of a preset
         self.kind = "device" if augment is not None else "workers"
         self.workers, self.rows = loader.num_workers, len(loader.dataset)
 
@@ -78,6 +86,14 @@ class LoaderBatches(BatchSource):
             if isinstance(x, Canvas):  # augment_on="device": one batched warp of the uint8 canvas
                 x = self.augment(x, self.epoch, step, self.rank)
             yield self.ready(x, y)
+
+    def use_preset(self, preset: str) -> None:
+        if self.augment is not None:
+            return super().use_preset(preset)
+        if preset != self.preset:
+            self.preset = preset
+            self.loader.dataset.transform = self.transform_of(preset)
+            stop_loader(self.loader)  # persistent workers hold the old transform: the next pass starts new ones
 
     def stop(self) -> None:
         stop_loader(self.loader)

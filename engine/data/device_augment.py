@@ -222,8 +222,15 @@ class DeviceAugment:
         if flip not in ("none", "h", "hv"):
             raise ValueError(f"unknown flip {flip!r}")
         self.flip = flip  # random flips: "h" horizontal, "hv" horizontal and vertical, "none"
-        self.size, self.crop_scale, self.affine, self.random_erase = size, crop_scale, augment == "light", random_erase
+        self.size, self.crop_scale, self.random_erase = size, crop_scale, random_erase
         self.seed, self.fill = seed, tuple(float(v) for v in fill)
+        self.set_preset(augment)
+
+    def set_preset(self, augment: str) -> None:
+        """Augment with this preset from the next batch on (staged augmentation)."""
+        if augment not in DEVICE_PRESETS:
+            raise ValueError(f"augment={augment!r} has no device implementation; use augment_on='workers'")
+        self.affine = augment == "light"
 
     def draw(self, extents: torch.Tensor, epoch: int, step: int, rank: int = 0) -> Draws:
         """The batch's draws: a pure function of (seed, epoch, step, rank) and the images' extents."""

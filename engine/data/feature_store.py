@@ -5,16 +5,15 @@ and reused by every epoch, fold, rerun, sweep trial and predict call whose key m
     <cache>/features/<name>/features.bin  views x rows x dim, row-major
     <cache>/features/<name>.lock          held while one process checks or builds the store
 
-Views: "eval" (the eval crop), its flips for TTA ("eval_hflip", "eval_vflip", "eval_hvflip": those the
-recipe's `flip` trains with) and "train<v>": the recipe's training transform (flips and fill included)
-seeded by sample_seed(seed, v, row), so view v of an image is a pure function of (seed, v, row). A store
-is keyed by its images' paths, sizes, modification times and contents (a hash of every file's bytes). A build
-writes <name>.building/ and renames it into place after meta.json: a killed build leaves nothing that is
-trusted, and the next builder (holding the lock) removes the leftover. Under torchrun rank 0 holds the lock
-and every rank computes its shard of rows into the one file (the cache folder must be shared by the ranks).
+Views: "eval" (the eval crop), its TTA flips ("eval_hflip", "eval_vflip", "eval_hvflip", as the recipe's `flip`)
+and "train<v>": the recipe's training transform (flips, fill) seeded by sample_seed(seed, v, row). The key holds
+the images' paths, sizes, times and contents. A build writes <name>.building/ and renames it into place after
+meta.json: a killed build leaves nothing trusted; the next builder (holding the lock) removes the leftover. Under
+torchrun rank 0 holds the lock and every rank computes its shard of rows into the one file (a shared folder).
 """
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import functools
 import hashlib
@@ -53,11 +52,6 @@ def train_views(k: int) -> tuple[str, ...]:
 def eval_views(flip_dims: Sequence[tuple[int, ...]]) -> tuple[str, ...]:
     """The stored eval views of TTA flips (engine.data.transforms.FLIP_VIEWS: "h" 2 views, "hv" 4)."""
     return tuple(EVAL_VIEWS[tuple(d)] for d in flip_dims)
-
-
-def view_flip(view: str) -> tuple[int, ...]:
-    """The dims an eval view flips."""
-    return next(d for d, name in EVAL_VIEWS.items() if name == view)
 
 
 def _file_sha1(path: str) -> str:
@@ -179,10 +173,7 @@ def _locked(path: Path):
 
 @contextmanager
 def _main_holds_lock(path: Path, is_main: bool):
-    if is_main:
-        with _locked(path):
-            yield
-    else:
+    with _locked(path) if is_main else contextlib.nullcontext():
         yield
 
 
@@ -237,8 +228,9 @@ def _compute(b: Builder, views: Sequence[str], rows: list[int], out: np.memmap, 
         start = 0
         for x, _ in progress(loader, len(loader), f"features {view} ({v + 1}/{len(views)})", show):
             x = b.normalize(x.to(device, non_blocking=True))
-            if view in EVAL_VIEWS.values() and view_flip(view):
-                x = x.flip(view_flip(view))  # a flip predict's TTA adds
+            dims = next((d for d, name in EVAL_VIEWS.items() if name == view), ())
+            if dims:
+                x = x.flip(dims)  # a flip predict's TTA adds
             with autocast(device, b.amp_dtype):
                 f = pooled_features(b.model, x)
             out[v, rows[start:start + len(f)]] = f.float().cpu().numpy().astype(out.dtype)

@@ -23,8 +23,9 @@ from engine.data.device_augment import DEVICE_PRESETS, DeviceAugment
 from engine.data.loader import (CanvasCollate, EpochSampler, ShardSampler, augment_seed, build_datasets,
                                 default_num_workers, make_loader)
 from engine.data.store_source import build_store_batches
-from engine.data.transforms import DEFAULT_CROP_PCT, Normalize
+from engine.data.transforms import DEFAULT_CROP_PCT, Normalize, recipe_train_transform
 from engine.errors import UserError
+from engine.recipe import augment_at, augment_presets
 from engine.system import device as dev
 from engine.system.distributed import Dist
 
@@ -54,7 +55,7 @@ def choose_path(recipe, device: torch.device, paths: Sequence[str] | None = None
         return "store", f"feature_views={recipe.feature_views}: only the head trains, from stored backbone features"
     if recipe.cache == "device":
         return "resident", "cache='device'"
-    preset_ok = recipe.augment in DEVICE_PRESETS
+    preset_ok = all(p in DEVICE_PRESETS for p in augment_presets(recipe))
     on_device = dev.augment_on(recipe.augment_on, device, preset_ok) == "device"
     not_resident = ""
     if recipe.cache == "auto" and on_device and device.type == "cuda":
@@ -87,7 +88,7 @@ def build_fold_batches(recipe, model: torch.nn.Module, data_cfg: dict, train: pd
     if 0 < len(val) < d.world:
         raise UserError(f"fold {fold}: {len(val)} validation rows for {d.world} processes; "
                         f"raise val_fraction or use fewer processes")
-    if path == "store":
+    if path == "store":  # (an augment_schedule cannot change stored views: the recipe check refuses it)
         train_b, val_b = build_store_batches(recipe, model, data_cfg, train, val, fold, d, show_progress, log)
         return FoldBatches(train_b, val_b, path, why)
     normalize = Normalize(data_cfg["mean"], data_cfg["std"], dev.use_channels_last(recipe.channels_last, device))
@@ -102,18 +103,21 @@ def build_fold_batches(recipe, model: torch.nn.Module, data_cfg: dict, train: pd
         images = resident.training_images(recipe.image_size, crop_pct, device, workers).get(list(train["path"]),
                                                                                               show_progress)
         crops = resident.eval_crops(recipe.image_size, crop_pct, device, workers).get(list(val["path"]), show_progress)
-        train_b = ResidentBatches(images, torch.as_tensor(train["target"].to_numpy()), sampler, recipe.batch_size,
+        train_b = ResidentBatches(images, torch.tensor(train["target"].to_numpy()), sampler, recipe.batch_size,
                                   augment, fill, device, normalize, d.rank)
-        val_b = ResidentEval(crops, torch.as_tensor(val["target"].to_numpy()), val_sampler, recipe.batch_size * 2,
+        val_b = ResidentEval(crops, torch.tensor(val["target"].to_numpy()), val_sampler, recipe.batch_size * 2,
                              device, normalize)
     else:
         train_ds, val_ds = build_datasets(recipe, train, val, crop_pct, fold, fill, augment_later=augment is not None)
         pin = device.type == "cuda"
         train_b = LoaderBatches(make_loader(train_ds, recipe.batch_size, sampler, workers, True, pin,
                                             CanvasCollate(fill) if augment is not None else None),
-                                device, normalize, augment, d.rank)
+                                device, normalize, augment, d.rank,
+                                lambda preset: recipe_train_transform(recipe, fill, preset))
         val_b = LoaderBatches(make_loader(val_ds, recipe.batch_size * 2, val_sampler, workers, False, pin),
                               device, normalize)
+    if recipe.augment_schedule:
+        train_b.preset_at = lambda epoch: augment_at(recipe, epoch)
     if len(train_b) == 0:
         raise UserError(f"fold {fold}: no training batches (batch_size {recipe.batch_size} x {d.world} process(es) > "
                         f"{len(train)} rows); lower batch_size")

@@ -1,4 +1,4 @@
-"""A training run: the data audit, the folds, one `fit` per fold into the run folder (engine/runs.py),
+"""A training run: the data audit, the folds, one `fit` per fold into the run folder (engine/runs/),
 the out-of-fold results and the closing summary."""
 from __future__ import annotations
 

@@ -18,7 +18,7 @@ from engine.train.losses import build_loss
 from engine.train.mix import Mixer
 from engine.train.freezing import apply_freeze, set_train_mode, trainable_names, unfreeze_index
 from engine.train.optim import add_groups, build_optimizer, joining_groups
-from engine.train.schedule import build_scheduler
+from engine.train.schedule import build_scheduler, step_milestone_updates
 from engine.train.sync_bn import convert_sync_batchnorm
 
 
@@ -163,7 +163,8 @@ def build_train_state(recipe: Recipe, model: torch.nn.Module, num_classes: int, 
         forward=wrap_forward(net, device, distributed, recipe.compile),
         optimizer=optimizer,
         scheduler=build_scheduler(optimizer, recipe.epochs * updates_per_epoch,
-                                  round(recipe.warmup_epochs * updates_per_epoch), recipe.scheduler),
+                                  round(recipe.warmup_epochs * updates_per_epoch), recipe.scheduler,
+                                  step_milestone_updates(recipe.step_milestones, updates_per_epoch), recipe.step_gamma),
         scaler=torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16),
         criterion=build_loss(recipe.loss, recipe.focal_alpha, recipe.focal_gamma),
         mixer=Mixer(num_classes, recipe.mixup_ratio, recipe.cutmix_ratio, recipe.mix_alpha,
