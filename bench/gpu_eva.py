@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from gpu_feed import OnDevice  # noqa: E402
+from feeds import OnDevice  # noqa: E402
 from engine.data import feature_store as fs  # noqa: E402
 from engine.data.loader import ImageDataset  # noqa: E402
 from engine.data.transforms import Normalize, build_eval_transform  # noqa: E402

@@ -23,8 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from data_pipeline import write_sketches  # noqa: E402
+from feeds import OnDevice  # noqa: E402
 from engine.data import device_augment  # noqa: E402
-from engine.data.batches import BatchSource  # noqa: E402
 from engine.data.loader import stop_workers  # noqa: E402
 from engine.data.sources import build_fold_batches  # noqa: E402
 from engine.data.transforms import Normalize  # noqa: E402
@@ -35,20 +35,6 @@ from engine.train.loop import train_one_epoch  # noqa: E402
 from engine.train.state import build_train_state  # noqa: E402
 
 CLASSES = 100
-
-
-class OnDevice(BatchSource):
-    """The ceiling: uint8 batches already on the device, only normalised per step."""
-
-    def __init__(self, batches: list, device: torch.device, normalize: torch.nn.Module):
-        super().__init__(device, normalize)
-        self.batches = batches
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-    def __iter__(self):
-        return (self.ready(x, y) for x, y in self.batches)
 
 
 def write_parallel(folder: Path, n: int, sides: tuple[int, int], processes: int) -> list[str]:
