@@ -28,12 +28,11 @@ from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine.data.loader import build_loaders  # noqa: E402
+from engine.data.sources import build_fold_batches  # noqa: E402
 from engine.models import build_model, data_config  # noqa: E402
 from engine.recipe import load_recipe  # noqa: E402
 from engine.system.distributed import Dist  # noqa: E402
 from engine.train.folds import load_data  # noqa: E402
-from engine.train.head_fit import build_head_training  # noqa: E402
 from engine.train.loop import evaluate, train_one_epoch  # noqa: E402
 from engine.train.state import build_train_state  # noqa: E402
 
@@ -97,30 +96,25 @@ def make_sketches(folder: Path, n: int, seed: int = 0) -> Path:
 
 def run_epochs(recipe, store: bool) -> dict:
     """fit()'s epochs (train_one_epoch + evaluate) over pixels with a frozen backbone, or over stored features
-    (train/head_fit.py, store build included when new); checkpoints and reports are left out of both."""
+    (engine/data/store_source.py, store build included when new); checkpoints and reports are left out of both."""
     t0 = time.perf_counter()
     d = Dist()
     table, classes, _ = load_data(recipe, d, log=lambda *a: None)
     train_rows, val_rows = table[table["fold"] != 0], table[table["fold"] == 0]
     torch.manual_seed(recipe.seed)
     model = build_model(recipe.model, len(classes))
-    cfg = data_config(model)
-    if store:
-        loaders, s = build_head_training(recipe, model, cfg, train_rows, val_rows, len(classes), 0, d, False,
-                                         log=lambda *a: None)
-        net = model.get_classifier()
-    else:
-        loaders = build_loaders(recipe, train_rows, val_rows, cfg["crop_pct"], 0, d)
-        # freeze="backbone": the train state freezes it and train_one_epoch keeps its batch-norms in eval mode
-        s = build_train_state(recipe, model, len(classes), cfg, len(loaders.train), d.device)
-        net = model
+    cfg = {**data_config(model), "background": (255, 255, 255)}
+    # feature_views: stored features (store build included when new); else freeze="backbone" through the backbone
+    batches = build_fold_batches(recipe, model, cfg, train_rows, val_rows, 0, d, False, log=lambda *a: None)
+    s = build_train_state(recipe, model, len(classes), len(batches.train), d.device, takes=batches.train.takes)
     epochs, accs = [], []
     for epoch in range(recipe.epochs):
         e0 = time.perf_counter()
-        loaders.sampler.set_epoch(epoch)
-        train_one_epoch(s, loaders.train, epoch, show_progress=False)
-        accs.append(evaluate(net, loaders.val, s.device, s.normalize)["acc"])
+        batches.train.set_epoch(epoch)
+        train_one_epoch(s, batches.train, epoch, show_progress=False)
+        accs.append(evaluate(batches.val.takes(s.model), batches.val)["acc"])
         epochs.append(time.perf_counter() - e0)
+    batches.stop()
     return {"wall": time.perf_counter() - t0, "epochs": epochs, "acc": max(accs)}
 
 

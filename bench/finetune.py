@@ -23,6 +23,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
 
 def rss_mb() -> float:
@@ -41,6 +42,8 @@ def one(model_name: str, freeze: str | int, images: int, batch: int, size: int, 
     from engine.train.freezing import count
     from engine.train.loop import train_one_epoch
     from engine.train.state import build_train_state
+    from engine.data.transforms import Normalize
+    from feeds import OnDevice
     torch.manual_seed(0)
     recipe = load_recipe(None, dict(model=model_name, freeze=freeze, batch_size=batch, image_size=size,
                                     epochs=2, warmup_epochs=0.0, num_workers=0, augment="none",
@@ -49,8 +52,8 @@ def one(model_name: str, freeze: str | int, images: int, batch: int, size: int, 
     g = torch.Generator().manual_seed(0)
     batches = [(torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, generator=g),
                 torch.randint(0, 10, (batch,), generator=g)) for _ in range(images // batch)]
-    s = build_train_state(recipe, model, 10, {"mean": (0.5,) * 3, "std": (0.5,) * 3}, len(batches),
-                          torch.device(device))
+    s = build_train_state(recipe, model, 10, len(batches), torch.device(device))
+    batches = OnDevice(batches, torch.device(device), Normalize((0.5,) * 3, (0.5,) * 3).to(device))
     built = rss_mb()
     train_one_epoch(s, batches, 0, show_progress=False)
     if device.startswith("cuda"):

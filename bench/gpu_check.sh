@@ -1,19 +1,30 @@
 #!/usr/bin/env bash
-# Does augment_on="device" keep a GPU fed? From a clean checkout on a machine with one GPU, in under
-# 8 minutes: writes its own synthetic sketch JPEGs, then trains resnext50_32x4d at 224 px, bf16 +
-# channels_last, with 4 and 14 loader workers, augment_on workers vs device, plus the same loop fed
-# batches already on the GPU (the ceiling). One row each: img/s, share of the ceiling, data wait, peak memory.
+# The GPU check: one prepared call of under 8 minutes that a lent GPU runs whole, from a clean checkout.
+# Each step has its own timeout and writes its table to $OUT (default bench/gpu_out/):
+#   feed.md     every batch source (workers / device canvas / resident) at 1, 4, 14 workers vs the ceiling
+#   recipes.md  every recipe in recipes/ (+ the 1st place's store): one short epoch + predict --tta + cam
+#   eva.md      EVA02-L@448 bf16 img/s, share of the chip, peak memory per set-up; feature-store build vs bare
+#               forward loop; compile=True rows last (as far as the step's time goes)
 #
-#   bash bench/gpu_check.sh                        # on the GPU machine
-#   SKETCHBOOK_GPU_CHECK_TINY=1 bash bench/gpu_check.sh   # anywhere, in seconds: proves it runs
-set -euo pipefail
+#   bash bench/gpu_check.sh                               # on the GPU machine
+#   SKETCHBOOK_GPU_CHECK_TINY=1 bash bench/gpu_check.sh   # anywhere, in minutes: proves every step runs
+set -uo pipefail
 cd "$(dirname "$0")/.."
-python -c "import timm, torchvision, pandas" 2>/dev/null || pip install -q -r requirements.txt
-export WANDB_MODE=disabled
+OUT=${OUT:-bench/gpu_out}
+mkdir -p "$OUT"
+export WANDB_MODE=disabled PYTHONUNBUFFERED=1
+PY=${PYTHON:-python3}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "no GPU: CPU run"
-if [ "${SKETCHBOOK_GPU_CHECK_TINY:-0}" = "1" ]; then
-  exec timeout 480 python bench/gpu_feed.py --tiny
-fi
-# 60 steps x 128 images a row (7,680 images, 200-800 px), one warm-up epoch + one timed epoch per row
-exec timeout 480 python bench/gpu_feed.py --model resnext50_32x4d --size 224 --batch 128 --steps 60 \
-  --workers 4 14 --precision bf16 --cache memory
+$PY -c "import torch, torchvision, timm; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'timm', timm.__version__)"
+tiny=""
+[ "${SKETCHBOOK_GPU_CHECK_TINY:-0}" = "1" ] && tiny="--tiny"
+step() {  # step NAME SECONDS COMMAND...: its table to $OUT/NAME.md, its log to $OUT/NAME.log
+  local name=$1 seconds=$2; shift 2
+  local t0=$SECONDS
+  timeout "$seconds" "$@" > "$OUT/$name.md" 2> "$OUT/$name.log"
+  local code=$?
+  echo "== $name: exit $code in $((SECONDS - t0))s"; cat "$OUT/$name.md"; tail -n 3 "$OUT/$name.log"
+}
+step feed 140 $PY bench/gpu_feed.py $tiny --steps 40 --workers 1 4 14
+step recipes 190 $PY bench/gpu_recipes.py $tiny
+step eva 120 $PY bench/gpu_eva.py $tiny --compile

@@ -25,6 +25,8 @@ from engine.models import build_model, data_config  # noqa: E402
 from engine.recipe import load_recipe  # noqa: E402
 from engine.train.loop import train_one_epoch  # noqa: E402
 from engine.train.state import build_train_state  # noqa: E402
+from engine.data.transforms import Normalize  # noqa: E402
+from feeds import OnDevice  # noqa: E402
 
 CLASSES = 10
 
@@ -51,12 +53,15 @@ class Engine:
         recipe = load_recipe(None, {"model": model_name, "optimizer": "AdamW", "lr": 1e-3, "weight_decay": 0.05,
                                     "precision": precision, "channels_last": channels_last, "epochs": 1000,
                                     "warmup_epochs": 0.0, "scheduler": "cosine"})
-        self.state = build_train_state(recipe, model, CLASSES, data_config(model), steps, torch.device("cpu"))
+        self.state = build_train_state(recipe, model, CLASSES, steps, torch.device("cpu"))
+        cfg = data_config(model)
+        self.normalize = Normalize(cfg["mean"], cfg["std"], channels_last)
         self.epoch = 0
 
     def run(self, batches: list) -> float:
         t0 = time.perf_counter()
-        train_one_epoch(self.state, batches, self.epoch, show_progress=False)
+        train_one_epoch(self.state, OnDevice(batches, torch.device("cpu"), self.normalize), self.epoch,
+                        show_progress=False)
         self.epoch += 1
         return time.perf_counter() - t0
 

@@ -149,15 +149,15 @@ def predict_probs(members: Sequence[Member], image_paths: Sequence[str], batch_s
     groups = view_groups(members, scales)
     total = torch.zeros(n, num_classes, device=device)
     views, bad = 0, set()
-    def member_views(m: Member) -> int:  # a store holds the eval view and its horizontal flip
-        return (2 if flip else 1) if use_store and trained_from_store(m.recipe) else len(tta_flips(m, flip))
+    def member_views(m: Member) -> int:
+        return len(tta_flips(m, flip))  # a store holds the same views: the eval crop and each TTA flip
 
     weight = {id(m): None if weights is None else float(w) / ((1 + len(scales)) * member_views(m))
               for m, w in zip(members, weights if weights is not None else members)}  # w over the member's views
     for (size, crop_pct, at_trained_size), group in groups.items():
         dataset = eval_dataset(image_paths, size, crop_pct, as_validated=at_trained_size)  # other scales: raw decode
         stored = [m for m in group if use_store and trained_from_store(m.recipe)]
-        views += len(stored) * (2 if flip else 1)  # a store holds the eval view and its horizontal flip
+        views += sum(member_views(m) for m in stored)
         for part in ([stored] if weights is None else [[m] for m in stored]) if stored else []:
             summed = stored_probs(part, dataset, size, crop_pct, at_trained_size, flip, amp, batch_size, workers,
                                   show_progress)
@@ -210,8 +210,8 @@ def stored_probs(members: Sequence[Member], dataset: ImageDataset, size: int, cr
     from engine.data import feature_store as fs
     device = next(members[0].model.parameters()).device
     total = torch.zeros(len(dataset), len(members[0].classes), device=device)
-    views = ("eval", "eval_hflip") if flip else ("eval",)
     for m in members:
+        views = fs.eval_views(tta_flips(m, flip))  # "hv": the eval crop and its 3 flips
         key = fs.store_key(m.recipe.model, fs.tensor_identity(m.model), size, crop_pct, dataset.paths, views,
                            PRECISION_NAMES[amp], m.recipe.feature_dtype, pre_resized=pre_resized)
         builder = fs.Builder(m.model, m.normalize, lambda view: fs.view_images(view, None, dataset), amp, batch_size,

@@ -19,5 +19,5 @@ clip_grad_norm = 1.0
 augment, crop_scale = "light", 0.5
 loss, label_smoothing = "CE", 0.1
 monitor = "val_acc"
-cache = "disk"
+cache = "auto"  # on a GPU: images resident there when they fit in half its free memory, else decoded by the workers
 # layer_decay = 0.85  # not in the original set-up: lower LRs for the early blocks (timm's layer grouping)

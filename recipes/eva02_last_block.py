@@ -17,5 +17,5 @@ grad_checkpointing = False  # one trainable block: activations of the frozen one
 augment, crop_scale = "light", 0.5
 loss, label_smoothing = "CE", 0.1
 monitor = "val_acc"
-cache = "disk"
+cache = "auto"  # on a GPU: images resident there when they fit in half its free memory, else decoded by the workers
 # init_head = "imagenet"  # not in the original set-up: start the head from the ImageNet-1k rows of the classes

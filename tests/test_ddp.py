@@ -59,3 +59,16 @@ def test_a_failing_rank_stops_every_rank_quickly_with_its_error(digits_dir, tmp_
     assert run.returncode != 0
     assert time.time() - start < 120
     assert "boom from rank 1" in run.stdout + run.stderr
+
+
+def test_images_resident_on_each_rank_train_as_the_device_canvas_does(digits_dir, tmp_path):
+    """Under torchrun each rank holds its images on its device and warps the batches its sampler gives it,
+    with the same draws as the canvas path (the pixels are the same, so the weights are)."""
+    runs = {}
+    for path, keys in (("canvas", ["augment_on='device'", "cache='none'"]), ("resident", ["cache='device'"])):
+        run = torchrun(train_args(digits_dir, tmp_path / path, 16) + keys + ["random_erase=0.3", "flip='hv'"])
+        assert run.returncode == 0, run.stderr[-3000:]
+        assert ("images resident on the device" in run.stdout) == (path == "resident")
+        runs[path] = last_weights(tmp_path / path)
+    for name in runs["canvas"]:
+        assert torch.allclose(runs["canvas"][name], runs["resident"][name], atol=1e-6), name

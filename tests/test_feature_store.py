@@ -19,13 +19,14 @@ from engine.checkpoint import load_checkpoint
 from engine.data import feature_store as fs
 from engine.data.cache import image_loader
 from engine.data.loader import EpochSampler, ImageDataset, make_loader
-from engine.data.transforms import build_train_transform
+from engine.data.batches import LoaderBatches
+from engine.data.transforms import Normalize, recipe_train_transform
 from engine.errors import UserError
 from engine.models import build_model, data_config
 from engine.recipe import load_recipe
 from engine.system.distributed import Dist
 from engine.train.folds import load_data, train
-from engine.train.head_fit import store_keys
+from engine.data.store_source import store_keys
 from engine.train.loop import train_one_epoch
 from engine.train.state import build_train_state
 
@@ -89,15 +90,16 @@ def test_head_from_fp32_store_equals_head_trained_through_the_frozen_backbone(st
     model = build_model(recipe.model, len(classes))
     initial = {k: v.clone() for k, v in model.state_dict().items()}
     cfg = data_config(model)
-    tf = build_train_transform(recipe.image_size, recipe.augment, recipe.random_erase, recipe.crop_scale)
+    tf = recipe_train_transform(recipe, (255, 255, 255))  # the digits' white paper
     pixels = EpochView(ImageDataset(rows["path"], rows["target"], tf, recipe.seed,
                                     image_loader(recipe, rows["path"], cfg["crop_pct"])), recipe.feature_views)
     sampler = EpochSampler(len(rows), recipe.batch_size, True, recipe.seed)
     loader = make_loader(pixels, recipe.batch_size, sampler, 0, train=True)
-    s = build_train_state(recipe, model, len(classes), cfg, len(loader), torch.device("cpu"))
+    s = build_train_state(recipe, model, len(classes), len(loader), torch.device("cpu"))
+    batches = LoaderBatches(loader, torch.device("cpu"), Normalize(cfg["mean"], cfg["std"]))
     for epoch in range(recipe.epochs):  # 3 epochs over 2 views: the third reads view 0 again
-        sampler.set_epoch(epoch)
-        train_one_epoch(s, loader, epoch, show_progress=False)
+        batches.set_epoch(epoch)
+        train_one_epoch(s, batches, epoch, show_progress=False)
     stored = load_checkpoint(runs.fold_dir(run_dir, 0) / runs.LAST)["model"]
     head = {id(p) for p in model.get_classifier().parameters()}
     for name, p in model.named_parameters():
@@ -133,16 +135,16 @@ def test_key_changes_with_every_keyed_input_and_nothing_else(small_digits, digit
     torch.save(model.state_dict(), weights)
     rows = pd.DataFrame({"path": [str(p) for p in images], "target": [0, 1, 2]})
 
-    def keys(crop_pct=0.875, rows=rows, **changes):
+    def keys(crop_pct=0.875, rows=rows, fill=(255, 255, 255), **changes):
         recipe = store_recipe(digits_dir, small_digits, tmp_path, **{"pretrained_path": str(weights), **changes})
-        return store_keys(recipe, model, crop_pct, 0, rows, rows, torch.device("cpu"))
+        return store_keys(recipe, model, crop_pct, 0, rows, rows, torch.device("cpu"), fill)
 
     base = keys()
     for same in [dict(lr=0.1), dict(epochs=9), dict(batch_size=3), dict(label_smoothing=0.1), dict(mixup_ratio=0.2),
                  dict(num_workers=2), dict(cache="disk"), dict(output_dir="elsewhere"), dict(weight_decay=0.0)]:
         assert keys(**same) == base, same
     train_only = [dict(seed=1), dict(augment="light"), dict(crop_scale=0.5), dict(random_erase=0.2),
-                  dict(feature_views=3)]
+                  dict(feature_views=3), dict(flip="hv"), dict(flip="none"), dict(fill=(0, 0, 0))]
     both = [dict(model="test_convnext"), dict(image_size=40), dict(crop_pct=0.9), dict(feature_dtype="fp16"),
             dict(rows=rows.iloc[:2])]
     for change in train_only + both:
@@ -159,6 +161,12 @@ def test_key_changes_with_every_keyed_input_and_nothing_else(small_digits, digit
     assert keys()[0] != after_weights[0]  # an image's mtime
     images[2].write_bytes(images[2].read_bytes() + b"\0")
     assert keys()[1] != after_weights[1]  # an image's size
+    before, st = keys(), os.stat(images[0])
+    edited = bytearray(images[0].read_bytes())
+    edited[-13] ^= 0xFF  # edited in place: same size, and the modification time put back
+    images[0].write_bytes(bytes(edited))
+    os.utime(images[0], ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert os.stat(images[0]).st_size == st.st_size and keys()[0] != before[0] and keys()[1] != before[1]
 
 
 SETUP = textwrap.dedent("""

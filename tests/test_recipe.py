@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from engine.errors import UserError
-from engine.recipe import FIELDS, Recipe, describe, from_dict, load_recipe, parse_override
+from engine.recipe import FIELDS, Recipe, augment_at, augment_presets, describe, from_dict, load_recipe, parse_override
 from tests.conftest import ROOT
 
 
@@ -104,3 +104,45 @@ def test_defaults_are_a_valid_recipe():
 def test_command_line_mistakes_are_one_line(args, message):
     out = subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 2 and out.stderr.startswith(message) and out.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("override, message", [
+    ("scheduler=step", 'scheduler="step" needs step_milestones'),
+    ("step_milestones=(6, 3)", "'step_milestones' must be increasing epochs >= 1"),
+    ("step_milestones=(0, 3)", "'step_milestones' must be increasing epochs >= 1"),
+    ("step_milestones=6", "'step_milestones' must be a tuple of epochs such as (6, 9)"),
+    ("step_milestones=(2.5,)", "'step_milestones' has 2.5 where an epoch (an int >= 0) belongs"),
+    ("step_gamma=0", "'step_gamma' must be in (0, 1]"),
+    ("step_gamma=2.0", "'step_gamma' must be in (0, 1]"),
+    ("augment_schedule={0: 'strong'}", "'augment_schedule' has preset 'strong'; presets are none, light"),
+    ("augment_schedule={-1: 'light'}", "'augment_schedule' has -1 where an epoch (an int >= 0) belongs"),
+    ("augment_schedule=['light']", "'augment_schedule' must be a dict of epoch -> preset"),
+])
+def test_bad_schedules_are_one_line_errors(override, message):
+    with pytest.raises(UserError) as e:
+        load_recipe(None, [override])
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_schedules_that_cannot_run_where_they_are_asked_to_are_errors():
+    with pytest.raises(UserError, match="augment='randaugment' runs only in the workers"):
+        load_recipe(None, ["augment_on=device", "augment_schedule={2: 'randaugment'}"])
+    with pytest.raises(UserError, match="an augment_schedule cannot change them"):
+        load_recipe(None, ["freeze=backbone", "feature_views=2", "augment_schedule={2: 'light'}"])
+
+
+def test_augment_at_follows_the_schedule_and_survives_recipe_json():
+    r = load_recipe(None, ["augment=none", "augment_schedule={5: 'randaugment', 2: 'light'}"])
+    assert [augment_at(r, e) for e in range(7)] == ["none"] * 2 + ["light"] * 3 + ["randaugment"] * 2
+    saved = from_dict(json.loads(json.dumps(r.to_dict())))  # JSON makes the epochs strings
+    assert saved == r and augment_at(saved, 2) == "light"
+    assert augment_at(load_recipe(None, ["augment=light"]), 100) == "light"
+    staged = load_recipe(None, ["augment=randaugment", "augment_schedule={0: 'none', 3: 'light'}"])
+    assert augment_at(staged, 0) == "none" and augment_presets(staged) == ("none", "light")
+    assert augment_presets(r) == ("none", "light", "randaugment")
+    assert staged.replace(augment_on="device").augment_on == "device"  # randaugment is never used: no error
+
+
+def test_step_milestones_round_trip_through_json():
+    r = load_recipe(None, ["scheduler=step", "step_milestones=[6, 9]"])
+    assert r.step_milestones == (6, 9) and from_dict(json.loads(json.dumps(r.to_dict()))) == r

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from engine import checkpoint
+from engine.data.batches import LoaderBatches
 from engine.data.loader import EpochSampler, make_loader
 from engine.train.loop import evaluate, train_one_epoch
 from engine.train.state import TrainState
@@ -13,7 +14,7 @@ from engine.train.losses import SoftTargetCrossEntropy
 from engine.train.mix import Mixer
 from engine.models import build_model
 from engine.train.optim import build_optimizer
-from engine.train.schedule import build_scheduler, lr_factor
+from engine.train.schedule import build_scheduler, lr_factor, step_milestone_updates
 from engine.recipe import from_dict
 from engine.data.tables import read_train_table
 from engine.data.transforms import Normalize, build_eval_transform
@@ -43,14 +44,16 @@ def tiny_state(accumulate=1, precision=None, lr=0.1, optimizer="SGD"):
     opt = build_optimizer(model, optimizer, lr, 0.0, momentum=0.0)
     return TrainState(model=model, forward=model, optimizer=opt, scheduler=build_scheduler(opt, 100, 0, "none"),
                       scaler=torch.amp.GradScaler("cpu", enabled=False), criterion=SoftTargetCrossEntropy(),
-                      mixer=Mixer(3), normalize=Normalize((0.5,) * 3, (0.25,) * 3), device=torch.device("cpu"),
-                      amp_dtype=precision, accumulate=accumulate)
+                      mixer=Mixer(3), device=torch.device("cpu"), amp_dtype=precision, accumulate=accumulate)
+
+
+NORMALIZE = Normalize((0.5,) * 3, (0.25,) * 3)
 
 
 def run_epoch(state, batch_size, n=24):
     sampler = EpochSampler(n, batch_size, True, seed=0)
     loader = make_loader(TensorImages(n), batch_size, sampler, 0, train=True)
-    return train_one_epoch(state, loader, epoch=0, show_progress=False)
+    return train_one_epoch(state, LoaderBatches(loader, state.device, NORMALIZE), epoch=0, show_progress=False)
 
 
 def test_accumulating_micro_batches_equals_one_big_batch():
@@ -72,7 +75,7 @@ def test_last_partial_window_is_divided_by_its_true_length():
     order = [i for _, i in sampler]
     for window in (order[:16], order[16:]):  # by hand: the mean loss over each window's samples
         x, y = data.x[window], data.y[window]
-        loss = ref.criterion(ref.model(ref.normalize(x)), torch.eye(3)[y])
+        loss = ref.criterion(ref.model(NORMALIZE(x)), torch.eye(3)[y])
         loss.backward()
         ref.optimizer.step()
         ref.optimizer.zero_grad()
@@ -88,6 +91,23 @@ def test_lr_warms_up_linearly_then_follows_a_cosine():
     assert lr_factor(60, total, warm) == pytest.approx(0.5)
     assert lr_factor(110, total, warm) == pytest.approx(0.0)
     assert lr_factor(60, total, warm, "none") == 1.0
+
+
+def test_step_decay_drops_by_gamma_at_each_milestone_after_its_warm_up():
+    upe = 10  # updates per epoch; milestones after 3 and 6 epochs, 5 updates of warm-up
+    milestones = step_milestone_updates((3, 6), upe)
+    assert milestones == (30, 60)
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.5)
+    sched = build_scheduler(opt, 10 * upe, 5, "step", milestones, 0.1)
+    lrs = []
+    for _ in range(10 * upe):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[:6] == pytest.approx([0.5 * k / 6 for k in range(1, 6)] + [0.5])  # warm-up, then the peak
+    assert lrs[29] == pytest.approx(0.5) and lrs[30] == pytest.approx(0.05)  # first update after 3 epochs
+    assert lrs[59] == pytest.approx(0.05) and lrs[60] == pytest.approx(0.005) and lrs[-1] == pytest.approx(0.005)
+    assert lr_factor(2, 100, 5, "step", (2,), 0.5) == pytest.approx(0.5 * 3 / 6)  # a milestone inside the warm-up
 
 
 def test_bf16_on_cpu_runs_the_forward_in_bf16_and_learns():
@@ -119,7 +139,7 @@ def test_checkpoint_round_trip_with_weights_only(trained_run):
     rows = table.set_index("image_path").loc[val["image_path"]]
     ds = ImageDataset(rows["path"], rows["target"], build_eval_transform(recipe.image_size, raw["data"]["crop_pct"]))
     loader = make_loader(ds, 64, ShardSampler(len(ds)), 0, train=False)
-    result = evaluate(model, loader, torch.device("cpu"), Normalize(raw["data"]["mean"], raw["data"]["std"]))
+    result = evaluate(model, LoaderBatches(loader, torch.device("cpu"), Normalize(raw["data"]["mean"], raw["data"]["std"])))
     assert result["acc"] == pytest.approx(raw["metrics"]["val_acc"])
     assert (result["probs"].argmax(1).numpy() == val["pred"].to_numpy()).all()
 

@@ -145,11 +145,17 @@ def build_processes() -> int:
     return cpu_count()
 
 
+def host_cache(recipe) -> str:
+    """The host-side cache: "memory" or "disk" as asked; otherwise ("none", "auto", "device") the workers decode
+    each time (images resident on the device are loaded by engine/data/resident.py)."""
+    return recipe.cache if recipe.cache in ("memory", "disk") else "none"
+
+
 def image_loader(recipe, paths: Sequence[str], crop_pct: float,
                  show_progress: bool = True) -> Callable[[int], torch.Tensor]:
     """A function index -> pre-resized uint8 image for the dataset, from the cache the recipe asks for."""
     short_side = cache_short_side(recipe.image_size, crop_pct)
-    if recipe.cache == "none":
+    if host_cache(recipe) == "none":
         return DecodeEachTime(paths, short_side)
     store = open_store(recipe.cache, recipe.data_dir, short_side)
     return store.ensure([os.path.abspath(p) for p in paths], build_processes(), show_progress)
@@ -161,8 +167,8 @@ def cache_summary(recipe, paths: Sequence[str], crop_pct: float) -> str:
     size, exact = estimate_bytes(paths, short_side)
     amount = f"{'' if exact else '~'}{size / 2**30:.2f} GiB" if size >= 2**28 else f"{size / 2**20:.1f} MiB"
     what = f"{len(paths)} images at shorter side <= {short_side} px: {amount}"
-    if recipe.cache == "none":
-        return f"cache: none (decoding every epoch); cache='memory' or 'disk' would take {what}"
+    if host_cache(recipe) == "none":
+        return f"host cache: none (workers decode every epoch); cache='memory' or 'disk' would take {what}"
     root = memory_cache_root() if recipe.cache == "memory" else disk_cache_root()
     probe = next((p for p in (root, *root.parents) if p.exists()), Path("/"))
     free = shutil.disk_usage(probe).free

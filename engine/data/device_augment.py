@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.data.transforms import PAPER
-from engine.system.device import augment_on
+from engine.system.device import device_feed
 
 RATIO = (3 / 4, 4 / 3)  # RandomResizedCrop's default aspect-ratio range
 ATTEMPTS = 10  # torchvision tries 10 crops (and erase boxes) before its fallback
@@ -26,11 +26,6 @@ ERASE_SCALE, ERASE_RATIO = (0.02, 0.15), (0.3, 3.3)  # RandomErasing's area shar
 CANVAS_MULTIPLE = 32  # canvas sides are rounded up to this, so few distinct shapes reach the device
 DEVICE_PRESETS = ("none", "light")  # augment presets the device path implements
 DEFAULT_FILL = PAPER if isinstance(PAPER, tuple) else (PAPER,) * 3  # white paper, as an RGB triple
-
-
-def on_device(recipe, device: torch.device) -> bool:
-    """Whether this recipe augments on `device` (recipe key augment_on, "auto" resolved)."""
-    return augment_on(recipe.augment_on, device, recipe.augment in DEVICE_PRESETS) == "device"
 
 
 @dataclass
@@ -57,7 +52,8 @@ class Canvas:
 def pad_to_canvas(images: list[torch.Tensor], fill: tuple[int, int, int] = DEFAULT_FILL,
                   shared: bool = False) -> Canvas:
     """Pad 3 x h x w uint8 images (portrait ones transposed) onto one canvas filled with `fill`, sides
-    rounded up to CANVAS_MULTIPLE. shared: allocate in shared memory (a loader worker sends it without a copy).
+    rounded up to CANVAS_MULTIPLE, on the images' device (images resident on the GPU: a canvas there).
+    shared: allocate in shared memory (a loader worker sends it without a copy).
     """
     extents = torch.tensor([tuple(img.shape[-2:]) for img in images], dtype=torch.int64)
     transposed = extents[:, 0] > extents[:, 1]
@@ -68,8 +64,8 @@ def pad_to_canvas(images: list[torch.Tensor], fill: tuple[int, int, int] = DEFAU
         storage = images[0]._typed_storage()._new_shared(math.prod(shape), device=images[0].device)
         canvas = images[0].new(storage).view(shape)
     else:
-        canvas = torch.empty(shape, dtype=torch.uint8)
-    canvas.copy_(torch.tensor(fill, dtype=torch.uint8).view(1, 3, 1, 1).expand_as(canvas))
+        canvas = torch.empty(shape, dtype=torch.uint8, device=images[0].device)
+    canvas.copy_(device_fill(fill, canvas.device, torch.uint8).expand_as(canvas))
     for b, img in enumerate(images):
         canvas[b, :, :laid[b, 0], :laid[b, 1]] = img.transpose(-1, -2) if transposed[b] else img
     return Canvas(canvas, extents, transposed)
@@ -190,9 +186,20 @@ def affine_matrices(d: Draws, canvas_hw: tuple[int, int], size: int,
     return theta[:, :2].float()
 
 
+_FILLS: dict[tuple, torch.Tensor] = {}
+
+
+def device_fill(fill: tuple, device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The 1 x 3 x 1 x 1 fill colour on `device`, made once per (colour, device, dtype)."""
+    key = (tuple(fill), str(device), dtype)
+    if key not in _FILLS:
+        _FILLS[key] = torch.tensor(fill, dtype=dtype).view(1, 3, 1, 1).to(device)
+    return _FILLS[key]
+
+
 def warp(images: torch.Tensor, theta: torch.Tensor, size: int, fill: torch.Tensor) -> torch.Tensor:
     """One bilinear warp of the uint8 canvas batch to B x 3 x size x size float pixels; outside: `fill`."""
-    grid = F.affine_grid(theta.to(images.device), [images.shape[0], 3, size, size], align_corners=False)
+    grid = F.affine_grid(device_feed(theta, images.device), [images.shape[0], 3, size, size], align_corners=False)
     shifted = torch.sub(images, fill)  # uint8 -> float in one pass; zeros outside the canvas become fill
     return F.grid_sample(shifted, grid, mode="bilinear", padding_mode="zeros", align_corners=False).add_(fill)
 
@@ -215,8 +222,15 @@ class DeviceAugment:
         if flip not in ("none", "h", "hv"):
             raise ValueError(f"unknown flip {flip!r}")
         self.flip = flip  # random flips: "h" horizontal, "hv" horizontal and vertical, "none"
-        self.size, self.crop_scale, self.affine, self.random_erase = size, crop_scale, augment == "light", random_erase
+        self.size, self.crop_scale, self.random_erase = size, crop_scale, random_erase
         self.seed, self.fill = seed, tuple(float(v) for v in fill)
+        self.set_preset(augment)
+
+    def set_preset(self, augment: str) -> None:
+        """Augment with this preset from the next batch on (staged augmentation)."""
+        if augment not in DEVICE_PRESETS:
+            raise ValueError(f"augment={augment!r} has no device implementation; use augment_on='workers'")
+        self.affine = augment == "light"
 
     def draw(self, extents: torch.Tensor, epoch: int, step: int, rank: int = 0) -> Draws:
         """The batch's draws: a pure function of (seed, epoch, step, rank) and the images' extents."""
@@ -233,7 +247,7 @@ class DeviceAugment:
     def apply(self, canvas: Canvas, d: Draws) -> torch.Tensor:
         """Warp and erase the canvas batch with given draws (the preview and tests call this directly)."""
         images = canvas.images
-        fill = torch.tensor(self.fill, device=images.device).view(1, 3, 1, 1)
+        fill = device_fill(self.fill, images.device)
         theta = affine_matrices(d, tuple(images.shape[-2:]), self.size, canvas.transposed)
         return erase(warp(images, theta, self.size, fill), d.erase, fill)
 

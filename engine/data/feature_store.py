@@ -5,14 +5,15 @@ and reused by every epoch, fold, rerun, sweep trial and predict call whose key m
     <cache>/features/<name>/features.bin  views x rows x dim, row-major
     <cache>/features/<name>.lock          held while one process checks or builds the store
 
-Views: "eval" (the eval crop), "eval_hflip" (its mirror, for TTA) and "train<v>": the training transform
-seeded by sample_seed(seed, v, row), so view v of an image is a pure function of (seed, v, row). A build
-writes <name>.building/ and renames it into place after meta.json: a killed build leaves nothing that is
-trusted, and the next builder (holding the lock) removes the leftover. Under torchrun rank 0 holds the lock
-and every rank computes its shard of rows into the one file (the cache folder must be shared by the ranks).
+Views: "eval" (the eval crop), its TTA flips ("eval_hflip", "eval_vflip", "eval_hvflip", as the recipe's `flip`)
+and "train<v>": the recipe's training transform (flips, fill) seeded by sample_seed(seed, v, row). The key holds
+the images' paths, sizes, times and contents. A build writes <name>.building/ and renames it into place after
+meta.json: a killed build leaves nothing trusted; the next builder (holding the lock) removes the leftover. Under
+torchrun rank 0 holds the lock and every rank computes its shard of rows into the one file (a shared folder).
 """
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import functools
 import hashlib
@@ -31,7 +32,7 @@ from engine.system import distributed
 from engine.system.device import autocast
 from engine.system.runlog import progress
 
-FORMAT = 1
+FORMAT = 2  # 2: training views with the recipe's flips and fill, eval flips per `flip`, content hashes
 DTYPES = {"fp16": np.float16, "fp32": np.float32}
 META, DATA = "meta.json", "features.bin"
 
@@ -41,8 +42,16 @@ def pooled_features(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     return model.forward_head(model.forward_features(x), pre_logits=True)
 
 
+EVAL_VIEWS = {(): "eval", (3,): "eval_hflip", (2,): "eval_vflip", (2, 3): "eval_hvflip"}  # flipped dims -> view
+
+
 def train_views(k: int) -> tuple[str, ...]:
     return tuple(f"train{v}" for v in range(k))
+
+
+def eval_views(flip_dims: Sequence[tuple[int, ...]]) -> tuple[str, ...]:
+    """The stored eval views of TTA flips (engine.data.transforms.FLIP_VIEWS: "h" 2 views, "hv" 4)."""
+    return tuple(EVAL_VIEWS[tuple(d)] for d in flip_dims)
 
 
 def _file_sha1(path: str) -> str:
@@ -86,23 +95,28 @@ def tensor_identity(model: torch.nn.Module) -> str:
 
 
 def data_identity(paths: Sequence[str]) -> str:
-    """A hash of the images: their paths, sizes and modification times, in order."""
+    """A hash of the images: their paths, sizes, modification times and bytes, in order (an image edited in
+    place keeping its size and time still changes the key; reading the files costs far less than a build)."""
     digest = hashlib.sha1()
     for p in paths:
         st = os.stat(p)
-        digest.update(f"{os.path.abspath(p)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        digest.update(f"{os.path.abspath(p)}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+        with open(p, "rb") as f:
+            digest.update(hashlib.sha1(f.read()).digest())
     return digest.hexdigest()
 
 
 def store_key(model_name: str, weights: str, image_size: int, crop_pct: float, paths: Sequence[str],
-              views: Sequence[str], precision: str, dtype: str, recipe=None, pre_resized: bool = True) -> dict:
+              views: Sequence[str], precision: str, dtype: str, recipe=None, pre_resized: bool = True,
+              fill: tuple[int, int, int] = (255, 255, 255)) -> dict:
     """Everything that changes a stored feature; `recipe` (for training views) adds the augmentation and seed."""
     key = {"format": FORMAT, "model": model_name, "weights": weights, "image_size": image_size,
            "crop_pct": round(float(crop_pct), 6), "pre_resized": pre_resized, "views": list(views),
            "rows": len(paths), "data": data_identity(paths), "precision": precision, "dtype": dtype}
     if any(v.startswith("train") for v in views):
         key["augment"] = {k: getattr(recipe, k) for k in ("augment", "crop_scale", "random_erase", "seed")}
-        key["augment"]["flip"] = getattr(recipe, "flip", "h")  # issue 13's key; "h" is today's behaviour
+        key["augment"]["flip"] = recipe.flip
+        key["augment"]["fill"] = [int(c) for c in fill]  # what the training transform paints new pixels with
     return key
 
 
@@ -159,10 +173,7 @@ def _locked(path: Path):
 
 @contextmanager
 def _main_holds_lock(path: Path, is_main: bool):
-    if is_main:
-        with _locked(path):
-            yield
-    else:
+    with _locked(path) if is_main else contextlib.nullcontext():
         yield
 
 
@@ -217,8 +228,9 @@ def _compute(b: Builder, views: Sequence[str], rows: list[int], out: np.memmap, 
         start = 0
         for x, _ in progress(loader, len(loader), f"features {view} ({v + 1}/{len(views)})", show):
             x = b.normalize(x.to(device, non_blocking=True))
-            if view.endswith("_hflip"):
-                x = x.flip(3)  # the mirror predict's TTA adds
+            dims = next((d for d, name in EVAL_VIEWS.items() if name == view), ())
+            if dims:
+                x = x.flip(dims)  # a flip predict's TTA adds
             with autocast(device, b.amp_dtype):
                 f = pooled_features(b.model, x)
             out[v, rows[start:start + len(f)]] = f.float().cpu().numpy().astype(out.dtype)

@@ -9,17 +9,16 @@ import atexit
 import multiprocessing
 import signal
 import weakref
-from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
 import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
-from engine.data.device_augment import DEFAULT_FILL, Canvas, on_device, pad_to_canvas
+from engine.data.cache import image_loader
+from engine.data.device_augment import DEFAULT_FILL, Canvas, pad_to_canvas
 from engine.data.images import load_image
-from engine.data.transforms import PAPER, build_eval_transform, build_train_transform
-from engine.errors import UserError
+from engine.data.transforms import PAPER, build_eval_transform, recipe_train_transform
 from engine.system.device import cpu_count
 
 
@@ -131,10 +130,11 @@ def _ignore_stop_signals(worker_id: int) -> None:
 def stop_workers() -> None:
     """End every loader's persistent workers now, also after an exception that left them running."""
     for loader in list(_LOADERS):
-        _stop(loader)
+        stop_loader(loader)
 
 
-def _stop(loader: DataLoader) -> None:
+def stop_loader(loader: DataLoader) -> None:
+    """End one loader's persistent workers now."""
     iterator = getattr(loader, "_iterator", None)
     if iterator is not None and hasattr(iterator, "_shutdown_workers"):
         iterator._shutdown_workers()
@@ -161,20 +161,6 @@ def make_loader(dataset: Dataset, batch_size: int, sampler: Sampler, num_workers
     return loader
 
 
-@dataclass
-class FoldLoaders:
-    """One fold's loaders: training (with its epoch sampler) and validation (rank-sharded)."""
-    train: DataLoader
-    val: DataLoader
-    sampler: EpochSampler
-    workers: int
-
-    def stop(self) -> None:
-        """End both loaders' workers now (the fold is done; nothing else would end them until exit)."""
-        for loader in (self.train, self.val):
-            _stop(loader)
-
-
 def augment_seed(recipe, fold: int) -> int:
     """The seed of a fold's training augmentation (both paths)."""
     return recipe.seed + 7919 * fold
@@ -188,31 +174,8 @@ def build_datasets(recipe, train: pd.DataFrame, val: pd.DataFrame, crop_pct: flo
 
     augment_later: the training images come as decoded; engine/data/device_augment.py augments them.
     """
-    from engine.data.cache import image_loader  # the decode-once cache, when the recipe asks for it
-    train_tf = None if augment_later else build_train_transform(recipe.image_size, recipe.augment, recipe.random_erase,
-                                                             recipe.crop_scale, flip=recipe.flip, fill=background)
+    train_tf = None if augment_later else recipe_train_transform(recipe, background)
     eval_tf = build_eval_transform(recipe.image_size, crop_pct)
     seed = augment_seed(recipe, fold)
     return (ImageDataset(train["path"], train["target"], train_tf, seed, image_loader(recipe, train["path"], crop_pct)),
             ImageDataset(val["path"], val["target"], eval_tf, seed, image_loader(recipe, val["path"], crop_pct)))
-
-
-def build_loaders(recipe, train: pd.DataFrame, val: pd.DataFrame, crop_pct: float, fold: int, d,
-                  background: tuple[int, int, int] = PAPER) -> FoldLoaders:
-    """One fold's loaders (`d`: the process's place in the job), checked for size; `background`: the fill."""
-    batched = on_device(recipe, d.device)
-    train_ds, val_ds = build_datasets(recipe, train, val, crop_pct, fold, background, batched)
-    workers = recipe.num_workers if recipe.num_workers is not None else default_num_workers(d.local_world)
-    sampler = EpochSampler(len(train_ds), recipe.batch_size, True, recipe.seed + fold, d.rank, d.world)
-    pin = d.device.type == "cuda"
-    train_loader = make_loader(train_ds, recipe.batch_size, sampler, workers, True, pin_memory=pin,
-                               collate_fn=CanvasCollate(background) if batched else None)
-    val_loader = make_loader(val_ds, recipe.batch_size * 2, ShardSampler(len(val_ds), d.rank, d.world), workers,
-                             False, pin_memory=pin)
-    if 0 < len(val_ds) < d.world:
-        raise UserError(f"fold {fold}: {len(val_ds)} validation rows for {d.world} processes; "
-                        f"raise val_fraction or use fewer processes")
-    if len(train_loader) == 0:
-        raise UserError(f"fold {fold}: no training batches (batch_size {recipe.batch_size} x {d.world} process(es) > "
-                        f"{len(train_ds)} rows); lower batch_size")
-    return FoldLoaders(train_loader, val_loader, sampler, workers)

@@ -50,6 +50,12 @@ def build_train_transform(image_size: int, augment: str = "light", random_erase:
     return v2.Compose(ops)
 
 
+def recipe_train_transform(recipe, fill: tuple[int, int, int] = PAPER, augment: str | None = None) -> v2.Compose:
+    """The recipe's training transform (the one place it is built from a recipe); `augment` overrides its preset."""
+    return build_train_transform(recipe.image_size, augment or recipe.augment, recipe.random_erase, recipe.crop_scale,
+                                 flip=recipe.flip, fill=fill)
+
+
 def build_eval_transform(image_size: int, crop_pct: float = DEFAULT_CROP_PCT) -> v2.Compose:
     """Resize the shorter side, then centre-crop image_size (the standard eval view)."""
     return v2.Compose([v2.Resize(eval_resize(image_size, crop_pct), antialias=True), v2.CenterCrop(image_size)])

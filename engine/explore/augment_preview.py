@@ -12,7 +12,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from engine.data.background import resolve_background  # noqa: E402
-from engine.data.device_augment import DeviceAugment, on_device, pad_to_canvas  # noqa: E402
+from engine.data.device_augment import pad_to_canvas  # noqa: E402
+from engine.data.sources import choose_path, device_augment  # noqa: E402
 from engine.data.loader import ImageDataset  # noqa: E402
 from engine.data.demo_digits import ensure_demo_data  # noqa: E402
 from engine.errors import UserError  # noqa: E402
@@ -20,7 +21,7 @@ from engine.train.losses import smooth_targets  # noqa: E402
 from engine.train.mix import Mixer  # noqa: E402
 from engine.recipe import Recipe  # noqa: E402
 from engine.data.tables import audit_table, read_train_table  # noqa: E402
-from engine.data.transforms import Normalize, build_eval_transform, build_train_transform  # noqa: E402
+from engine.data.transforms import Normalize, build_eval_transform, recipe_train_transform  # noqa: E402
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # mixing is linear: any normalisation previews alike
 MAX_COLUMNS = 8
@@ -60,18 +61,16 @@ def write_augment_preview(recipe: Recipe, path: str | Path, columns: int = MAX_C
     seen = ImageDataset(rows["path"], rows["target"], build_eval_transform(recipe.image_size), recipe.seed)
     normalize = Normalize(MEAN, STD)
     paper = resolve_background(recipe.background, table["path"]).rgb  # fills as training will
-    where = "device" if on_device(recipe, torch.device("cuda" if torch.cuda.is_available() else "cpu")) else "workers"
-    if where == "device":  # what training does with augment_on="device": one batched warp of the padded canvas
+    path_here, _ = choose_path(recipe, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    where = "device" if path_here in ("device", "resident") else "workers"
+    if where == "device":  # what training does there: one batched warp of the padded canvas
         canvas = pad_to_canvas([ImageDataset(rows["path"], rows["target"], None)[i][0] for i in range(n)], paper)
-        device_augment = DeviceAugment(recipe.image_size, recipe.crop_scale, recipe.augment, recipe.random_erase,
-                                       recipe.seed, paper, recipe.flip)
+        batch_augment = device_augment(recipe, 0, paper)
 
         def augmented(epoch: int) -> torch.Tensor:
-            return normalize(device_augment(canvas, epoch, 0))
+            return normalize(batch_augment(canvas, epoch, 0))
     else:
-        train_tf = build_train_transform(recipe.image_size, recipe.augment, recipe.random_erase, recipe.crop_scale,
-                                         flip=recipe.flip, fill=paper)
-        trained = ImageDataset(rows["path"], rows["target"], train_tf, recipe.seed)
+        trained = ImageDataset(rows["path"], rows["target"], recipe_train_transform(recipe, paper), recipe.seed)
 
         def augmented(epoch: int) -> torch.Tensor:
             return normalize(torch.stack([trained[(epoch, i)][0] for i in range(n)]))

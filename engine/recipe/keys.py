@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
 from engine.errors import UserError
+from engine.recipe.schedules import AUGMENT_PRESETS, parse_augment_schedule, parse_milestones
 
 
 def key(default: Any, doc: str, choices: tuple = (), bounds: str = "", parse: Any = None) -> Any:
@@ -88,11 +89,15 @@ class Recipe:
     image_size: int = key(224, "square input size the model sees (each model also has its own minimum)",
                           bounds="[2, inf)")  # 1 px crashes inside PyTorch's antialiased resize
     num_workers: Optional[int] = key(None, "dataloader worker processes; None: from the CPU count", bounds="[0, inf)")
-    cache: str = key("none", "decode images once: in shared memory, or in a reusable file on disk", ("none", "memory", "disk"))
+    cache: str = key("auto", "decode images once: in shared memory, in a reusable file on disk, or resident on the "
+                     "device (every batch cut and warped there); auto: device on CUDA when the images fit in half its "
+                     "free memory and the augment preset runs there, else none", ("auto", "none", "memory", "disk", "device"))
     bad_images: str = key("skip", "what to do with rows the data audit rejects", ("skip", "error"))
     crop_scale: float = key(0.35, "smallest area share a random-resized crop keeps (1.0: whole image, no crop)", bounds="(0, 1]")
     augment: str = key("light", "augmentation on top of random-resized crop and flip: none, light (small affine), ...",
-                       ("none", "light", "randaugment", "trivialaugment"))
+                       AUGMENT_PRESETS)
+    augment_schedule: dict = key({}, 'staged augmentation: {epoch: preset}, e.g. {0: "none", 3: "light"}: from that many '
+                                 "epochs trained on, that preset; before the first, `augment`", parse=parse_augment_schedule)
     augment_on: str = key("auto", "where training augmentation runs: workers (per image) or device (batched, after "
                           "the transfer); auto: device on CUDA, workers on CPU", ("auto", "workers", "device"))
     random_erase: float = key(0.0, "probability of random erasing a patch of each training image", bounds="[0, 1]")
@@ -106,7 +111,11 @@ class Recipe:
     lr: float = key(1e-3, "peak learning rate (after warm-up)", bounds="(0, inf)")
     weight_decay: float = key(0.05, "decoupled (AdamW) or L2 (SGD) weight decay", bounds="[0, inf)")
     momentum: float = key(0.9, "SGD momentum (AdamW: beta1)", bounds="[0, 1)")
-    scheduler: str = key("cosine", "learning-rate shape after warm-up", ("cosine", "none"))
+    scheduler: str = key("cosine", "learning-rate shape after warm-up: cosine to 0, flat, or step decay",
+                         ("cosine", "none", "step"))
+    step_milestones: tuple = key((), 'scheduler="step": the LR is multiplied by step_gamma once this many epochs are '
+                                 "trained, e.g. (6, 9)", parse=parse_milestones)
+    step_gamma: float = key(0.1, 'scheduler="step": the factor at each milestone', bounds="(0, 1]")
     warmup_epochs: float = key(1.0, "linear warm-up length in epochs (fractions allowed)", bounds="[0, inf)")
     accumulate_grad_batches: int = key(1, "micro-batches per optimizer update", bounds="[1, inf)")
     clip_grad_norm: Optional[float] = key(None, "clip the gradient norm to this value (None: no clipping)", bounds="(0, inf)")
@@ -216,9 +225,17 @@ def _check_recipe(r: Recipe) -> Recipe:
         raise UserError('init_head="imagenet" copies rows of a linear ImageNet head; use head="linear" or init_head="random"')
     if r.feature_views:
         _check_feature_store(r)
-    if r.augment_on == "device" and r.augment in ("randaugment", "trivialaugment"):
-        raise UserError(f"augment='{r.augment}' runs only in the workers; set augment_on='workers' (or auto), "
+    worker_only = [p for p in augment_presets(r) if p in ("randaugment", "trivialaugment")]
+    if r.augment_on == "device" and worker_only:
+        raise UserError(f"augment='{worker_only[0]}' runs only in the workers; set augment_on='workers' (or auto), "
                         f"or augment='light' to augment on the device")
+    if r.cache == "device" and (r.augment_on == "workers" or worker_only):
+        raise UserError(f"cache='device' keeps the images on the device and augments them there, which "
+                        f"augment_on={r.augment_on!r} / augment={(worker_only or [r.augment])[0]!r} cannot; use augment='light' or 'none' "
+                        f"with augment_on='auto', or cache='memory'")
+    if r.scheduler == "step" and not r.step_milestones:
+        raise UserError('scheduler="step" needs step_milestones, the epochs after which the LR drops, '
+                        'e.g. step_milestones=(6, 9)')
     if r.folds == 1 and not 0 <= r.val_fraction < 1:
         raise UserError(f"val_fraction must be in [0, 1) when folds = 1; got {r.val_fraction}")
     if r.folds > 1 and r.val_fraction == 0:  # folds decide the validation rows: "no validation" would be ignored
@@ -245,6 +262,20 @@ def _check_feature_store(r: Recipe) -> None:
     if r.cutmix_ratio > 0:
         raise UserError(f"cutmix_ratio={r.cutmix_ratio} needs pixels, a feature store has none; use mixup_ratio "
                         f"(it mixes stored features) or feature_views=0")
+    if r.augment_schedule:
+        raise UserError(f"feature_views={r.feature_views} stores views augmented once with `augment`; an "
+                        f"augment_schedule cannot change them: set augment_schedule={{}} or feature_views=0")
+
+
+def augment_at(recipe: Recipe, epoch: int) -> str:
+    """The augmentation preset of the epoch after `epoch` epochs trained (0: the first): the augment_schedule
+    entry with the largest epoch <= `epoch`, else `augment`."""
+    return next((p for e, p in reversed(recipe.augment_schedule.items()) if e <= epoch), recipe.augment)
+
+
+def augment_presets(recipe: Recipe) -> tuple[str, ...]:
+    """Every preset some epoch of the run uses, in order (where augmentation can run must suit them all)."""
+    return tuple(dict.fromkeys(augment_at(recipe, e) for e in range(recipe.epochs)))
 
 
 def resolve(base: dict, overrides: dict) -> Recipe:

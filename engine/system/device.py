@@ -47,3 +47,11 @@ def augment_on(setting: str, device: torch.device, preset_on_device: bool = True
     if setting != "auto":
         return setting
     return "device" if device.type == "cuda" and preset_on_device else "workers"
+
+
+def device_feed(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A small CPU tensor on `device` without waiting for the device: from pageable memory a CUDA copy would wait
+    for every queued kernel (a host sync per step, idling the GPU while the next batch is prepared)."""
+    if device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)

@@ -12,7 +12,8 @@ import torch
 
 from engine import checkpoint, runs
 from engine.evaluate.predictions import write_probs, write_val_predictions
-from engine.data.loader import build_loaders
+from engine.data.device_augment import DEVICE_PRESETS
+from engine.data.sources import PATH_NAMES, FoldBatches, build_fold_batches
 from engine.data.background import WHITE, checkpoint_background
 from engine.errors import UserError
 from engine.models import check_input_size, count_parameters, data_config, model_from_recipe, small_map_warning
@@ -23,7 +24,6 @@ from engine.system.distributed import Dist
 from engine.system.runlog import RunLog
 from engine.train.freezing import count as count_trainable
 from engine.train.early_stopping import EarlyStopping
-from engine.train.head_fit import build_head_training
 from engine.train.loop import evaluate, train_one_epoch
 from engine.train.state import TrainState, build_train_state
 
@@ -45,13 +45,9 @@ def fit(recipe: Recipe, fold: int, train: pd.DataFrame, val: pd.DataFrame, class
     if resume is not None:  # the colour it started with (white for checkpoints from before it was saved)
         background = checkpoint_background(resume.get("data"))
     data_cfg = {**data_config(model), "background": tuple(int(c) for c in background)}
-    if recipe.feature_views:  # frozen backbone: only the head trains, from stored features (train/head_fit.py)
-        loaders, s = build_head_training(recipe, model, data_cfg, train, val, len(classes), fold, d, show_progress,
-                                         log.print)
-    else:
-        loaders = build_loaders(recipe, train, val, data_cfg["crop_pct"], fold, d, data_cfg["background"])
-        s = build_train_state(recipe, model, len(classes), data_cfg, len(loaders.train), d.device, fold, d.rank,
-                              d.enabled)
+    batches = build_fold_batches(recipe, model, data_cfg, train, val, fold, d, show_progress and d.is_main, log.print)
+    s = build_train_state(recipe, model, len(classes), len(batches.train), d.device, fold, d.rank, d.enabled,
+                          batches.train.takes)
     torch.manual_seed(recipe.seed + fold + 1000 * (d.rank + 1))  # same init everywhere, own dropout per rank
     base = {"recipe": recipe.to_dict(), "classes": list(classes), "data": data_cfg, "fold": fold}
     early = EarlyStopping(recipe.monitor, recipe.early_stopping)
@@ -65,32 +61,31 @@ def fit(recipe: Recipe, fold: int, train: pd.DataFrame, val: pd.DataFrame, class
         early, metrics = EarlyStopping(recipe.monitor, recipe.early_stopping, early_state), resume.get("metrics", {})
         log.print(f"fold {fold}: resumed at epoch {start_epoch + 1}, step {start_step}")
     else:
-        log.print(start_line(recipe, fold, s, loaders, d))
+        log.print(start_line(recipe, fold, s, batches, d))
         if small_map:
             log.print(small_map)
         if recipe.init_head == "imagenet" and (recipe.pretrained or recipe.pretrained_path) and len(val):  # copied rows
-            res = evaluate(s.eval_model, loaders.val, s.device, s.normalize, s.amp_dtype)
+            res = evaluate(batches.val.takes(s.eval_model), batches.val, s.amp_dtype)
             log.print(f"fold {fold}: the ImageNet-initialised head scores val acc {res['acc']:.3f} before training")
     has_val = len(val) > 0  # no validation rows: a full-data refit, whose best.pt is its last epoch
     if d.is_main:  # rows of epochs a crash made us redo would be written twice
         log.trim_metrics(fold_dir / runs.METRICS, start_epoch)
 
     for epoch in range(start_epoch, recipe.epochs):
-        loaders.sampler.set_epoch(epoch, start_step)
+        batches.train.set_epoch(epoch, start_step)
         if s.maybe_unfreeze(epoch):
             log.print(f"epoch {epoch + 1}: everything trains now ({count_trainable(s.model)[0] / 1e6:.2f}M parameters)")
         if s.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(s.device)
         t0 = time.perf_counter()
         mixing = epoch < recipe.epochs - recipe.mix_off_epochs
-        stats = train_one_epoch(s, loaders.train, epoch, start_step, mixing, show_progress and d.is_main)
+        stats = train_one_epoch(s, batches.train, epoch, start_step, mixing, show_progress and d.is_main)
         if "stopped_at" in stats:
             save_last(s, base, epoch, stats["stopped_at"], False, metrics, early, fold_dir, d)
             raise preemption.Preempted(f"stopped at epoch {epoch + 1}, step {stats['stopped_at']}; last.pt written",
                                        preemption.signal_number())
         start_step, train_time = 0, time.perf_counter() - t0
-        net = s.eval_model.get_classifier() if recipe.feature_views else s.eval_model  # stored features: the head
-        res = evaluate(net, loaders.val, s.device, s.normalize, s.amp_dtype) if has_val else NO_VAL
+        res = evaluate(batches.val.takes(s.eval_model), batches.val, s.amp_dtype) if has_val else NO_VAL
         metrics = epoch_metrics(epoch, stats, res, s, train_time, time.perf_counter() - t0)
         improved = early.update(metrics) if has_val else True
         stop = early.stop_reason(metrics) if has_val else None
@@ -98,12 +93,12 @@ def fit(recipe: Recipe, fold: int, train: pd.DataFrame, val: pd.DataFrame, class
         if d.is_main:
             log.metrics(fold_dir / runs.METRICS, metrics, prefix=f"{fold_dir.name}/")
             log.print(epoch_line(metrics, recipe.epochs, improved))
-            if metrics["data_wait"] > 0.1 and not recipe.feature_views:  # stored features need no workers
-                fix = "a lighter augment" if recipe.cache != "none" else "cache='memory'"
-                if s.augment is None and s.device.type == "cuda" and recipe.augment in ("none", "light"):
-                    fix = "augment_on='device'"  # the workers only decode then
+            if metrics["data_wait"] > 0.1 and batches.path in ("workers", "device"):  # the others need no workers
+                fix = "a lighter augment" if recipe.cache in ("memory", "disk") else "cache='memory'"
+                if s.device.type == "cuda" and recipe.augment in DEVICE_PRESETS:
+                    fix = "cache='device' (images resident on the GPU)"
                 log.print(f"warning: the step waited for data {metrics['data_wait']:.0%} of the epoch; raise "
-                          f"num_workers (now {loaders.workers}) or use {fix}")
+                          f"num_workers (now {batches.train.workers}) or use {fix}")
             if improved:
                 best = [(checkpoint.model_checkpoint(base, s.eval_model.state_dict(), epoch + 1, metrics),
                          fold_dir / runs.BEST)]
@@ -117,7 +112,7 @@ def fit(recipe: Recipe, fold: int, train: pd.DataFrame, val: pd.DataFrame, class
         if stop:
             log.print(stop)
             break
-    loaders.stop()  # its workers end now, while the last checkpoints are written (folds.train waits for them)
+    batches.stop()  # its workers end now, while the last checkpoints are written (folds.train waits for them)
     distributed.barrier()
     return early.result() if has_val else {"best_epoch": metrics.get("epoch"), recipe.monitor: None}
 
@@ -136,16 +131,16 @@ def save_last(s: TrainState, base: dict, epoch: int, step: int, finished: bool, 
         distributed.barrier()  # stopping mid-epoch: nobody exits before last.pt is on disk
 
 
-def start_line(recipe: Recipe, fold: int, s: TrainState, loaders, d: Dist) -> str:
+def start_line(recipe: Recipe, fold: int, s: TrainState, batches: FoldBatches, d: Dist) -> str:
     """What a fold trains on, said once at its start."""
     trainable, frozen = count_trainable(s.model)
     line = (f"fold {fold}: {recipe.model} ({count_parameters(s.model) / 1e6:.2f}M params"
             + (f", {trainable / 1e6:.2f}M trainable, {frozen / 1e6:.2f}M frozen" if frozen else "") + "), "
-            f"{len(loaders.train.dataset)} train / {len(loaders.val.dataset)} val images, {len(loaders.train)} steps "
+            f"{batches.train.rows} train / {batches.val.rows} val images, {len(batches.train)} steps "
             f"per epoch, {d.device.type}{' x' + str(d.world) if d.enabled else ''}, precision "
-            f"{PRECISION_NAMES[s.amp_dtype]}, {loaders.workers} workers"
-            f"{', augmentation on the device' if s.augment is not None else ''}")
-    if not len(loaders.val.dataset):
+            f"{PRECISION_NAMES[s.amp_dtype]}, {batches.train.workers} workers"
+            f"\nbatches: {PATH_NAMES[batches.path]} ({batches.why})")
+    if not batches.val.rows:
         line += "\nno validation rows (val_fraction = 0): every row trains; best.pt is the last epoch"
     if s.mixer.active:
         line += "\nnote: under mixup/cutmix, train acc is measured against each sample's dominant label"

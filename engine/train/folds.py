@@ -1,4 +1,4 @@
-"""A training run: the data audit, the folds, one `fit` per fold into the run folder (engine/runs.py),
+"""A training run: the data audit, the folds, one `fit` per fold into the run folder (engine/runs/),
 the out-of-fold results and the closing summary."""
 from __future__ import annotations
 
@@ -191,10 +191,14 @@ def describe_dry_run(recipe: Recipe, d: Dist, say, show_progress: bool = True) -
     say(f"data: {len(table)} usable rows, {len(classes)} classes ({counts.min()}..{counts.max()} per class), "
         f"fold 0: {n_train} train / {len(table) - n_train} val")
     from engine.data.cache import cache_summary  # what cache="memory"/"disk" will take, from image headers
+    from engine.data.sources import PATH_NAMES, choose_path
+    path, why = choose_path(recipe, d.device, list(table["path"]), data_config(model)["crop_pct"])
+    say(f"batches on {d.device.type}: {PATH_NAMES[path]} ({why})")
     say(cache_summary(recipe, list(table["path"]), data_config(model)["crop_pct"]))
     if recipe.feature_views:
-        from engine.train.head_fit import describe_stores  # the stores' size, and whether they exist
-        for line in describe_stores(recipe, table, model, data_config(model), d.device):
+        from engine.data.store_source import describe_stores  # the stores' size, and whether they exist
+        for line in describe_stores(recipe, table, model, {**data_config(model), "background": (255, 255, 255)},
+                                    d.device):
             say(line)
     say(f"steps per epoch: {n_train // per_step} (batch {recipe.batch_size} x {d.world} process(es)), "
         f"updates per epoch: {updates}")

@@ -38,25 +38,24 @@ def optimizer_update(s: TrainState, skip: bool = False) -> bool:
     return applied
 
 
-def train_one_epoch(s: TrainState, loader, epoch: int, start_step: int = 0, mixing: bool = True,
+def train_one_epoch(s: TrainState, batches, epoch: int, start_step: int = 0, mixing: bool = True,
                     show_progress: bool = True) -> dict:
-    """One pass over the loader from `start_step`; stops early (returning `stopped_at`) on a signal."""
+    """One pass over a batch source (engine/data/batches.py, set to this epoch) from `start_step`; stops early
+    (returning `stopped_at`) on a signal."""
     s.train_mode()
-    n_steps = start_step + len(loader)
+    n_steps = start_step + len(batches)
     sums = s.sums if start_step else {"loss": 0.0, "correct": 0.0, "seen": 0, "wait": 0.0}
     # device-side running sums continue from a resumed epoch's, so the epoch's numbers are exact too
     loss_sum = torch.tensor(sums["loss"], dtype=torch.float64, device=s.device)
     correct = torch.tensor(sums["correct"], dtype=torch.float64, device=s.device)
     bad_loss = torch.zeros((), dtype=torch.bool, device=s.device)
-    bar = progress(loader, len(loader), f"epoch {epoch + 1}", show_progress)
-    t_ready = time.perf_counter()
-    for step, (x, y) in enumerate(bar, start=start_step):
-        sums["wait"] += time.perf_counter() - t_ready
-        x = x.to(s.device, non_blocking=True)
-        if s.augment is not None:  # augment_on="device": x is a uint8 Canvas, augmented here as one batch
-            x = s.augment(x, epoch, step, s.rank)
-        x = s.normalize(x)
-        y = y.to(s.device, non_blocking=True)
+    bar = progress(batches, len(batches), f"epoch {epoch + 1}", show_progress)
+    upcoming = iter(bar)
+    batch = next_batch(upcoming, sums)
+    step = start_step - 1
+    while batch is not None:
+        step += 1
+        x, y = batch
         x, soft, _ = s.mixer(x, y, epoch, step, s.rank, enabled=mixing)
         window = step - step % s.accumulate
         window_len = min(s.accumulate, n_steps - window)  # the last window may be shorter
@@ -70,6 +69,9 @@ def train_one_epoch(s: TrainState, loader, epoch: int, start_step: int = 0, mixi
         correct += (logits.detach().argmax(1) == soft.argmax(1)).sum()  # dominant label under mixing
         bad_loss |= ~torch.isfinite(loss.detach())
         sums["seen"] += y.shape[0]
+        # the next batch's work is queued while the device computes this one: after the update's host sync
+        # (agreeing on stop / a bad loss) the device would sit idle while it is prepared
+        batch = next_batch(upcoming, sums)
         if is_update:
             stop, loss_was_bad = distributed.any_true([preempt.requested(), bool(bad_loss)], s.device)
             bad_loss.zero_()
@@ -84,9 +86,8 @@ def train_one_epoch(s: TrainState, loader, epoch: int, start_step: int = 0, mixi
             if stop and step + 1 < n_steps:
                 s.sums = add_sums(sums, loss_sum, correct)
                 return {"stopped_at": step + 1}
-        if show_progress and bar is not loader and step % 10 == 0:
+        if show_progress and bar is not batches and step % 10 == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{s.optimizer.param_groups[0]['lr']:.2e}", refresh=False)
-        t_ready = time.perf_counter()
     sums = add_sums(sums, loss_sum, correct)
     s.sums = {}
     total = distributed.all_sum(torch.tensor([sums["loss"], sums["correct"], sums["seen"]], dtype=torch.float64,
@@ -96,26 +97,34 @@ def train_one_epoch(s: TrainState, loader, epoch: int, start_step: int = 0, mixi
             "data_wait": sums["wait"]}
 
 
+def next_batch(upcoming, sums: dict):
+    """The next (x, y) or None at the end, its wait added to sums["wait"] (the data-wait share of the epoch)."""
+    t0 = time.perf_counter()
+    batch = next(upcoming, None)
+    sums["wait"] += time.perf_counter() - t0
+    return batch
+
+
 def add_sums(sums: dict, loss_sum: torch.Tensor, correct: torch.Tensor) -> dict:
     """The epoch's (checkpointable) sums with the device-side running totals read back."""
     return {**sums, "loss": loss_sum.item(), "correct": correct.item()}
 
 
 @torch.inference_mode()
-def evaluate(model: torch.nn.Module, loader, s_device: torch.device, normalize: torch.nn.Module,
-             amp_dtype: torch.dtype | None = None, show_progress: bool = False) -> dict:
-    """Exact metrics over the whole (rank-sharded, unpadded) loader: loss, acc, top5, f1, and the probabilities."""
+def evaluate(model: torch.nn.Module, batches, amp_dtype: torch.dtype | None = None,
+             show_progress: bool = False) -> dict:
+    """Exact metrics over a whole (rank-sharded, unpadded) batch source: loss, acc, top5, f1, and the probabilities.
+    `model`: what the source's batches go into (`batches.takes(model)`)."""
     was_training = model.training
     model.eval()
     probs, targets, index = [], [], []
     position = 0
-    indices = list(loader.sampler) if loader.sampler is not None else None
-    for x, y in progress(loader, len(loader), "validate", show_progress):
-        x = normalize(x.to(s_device, non_blocking=True))
-        with autocast(s_device, amp_dtype):
+    indices = batches.order()
+    for x, y in progress(batches, len(batches), "validate", show_progress):
+        with autocast(batches.device, amp_dtype):
             logits = model(x)
         probs.append(logits.float().softmax(1).cpu())
-        targets.append(y)
+        targets.append(y.cpu())
         index.append(torch.as_tensor(indices[position:position + len(y)]))
         position += len(y)
     model.train(was_training)

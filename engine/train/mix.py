@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from engine.system.device import device_feed
 from engine.train.losses import smooth_targets
 
 
@@ -58,7 +59,7 @@ class Mixer:
         order = torch.randperm(x.shape[0], generator=g)
         partner = torch.empty_like(order)
         partner[order] = order.roll(-1)  # a random cycle: nobody is their own partner
-        partner = partner.to(x.device)
+        partner = device_feed(partner, x.device)
         if mode == "mixup":
             x = x.lerp(x[partner], 1 - lam)  # x is already float: mixing runs after normalisation
         else:

@@ -11,9 +11,6 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from engine import checkpoint
-from engine.data.device_augment import DEFAULT_FILL, DeviceAugment, on_device
-from engine.data.loader import augment_seed
-from engine.data.transforms import Normalize
 from engine.recipe import Recipe
 from engine.system import device as dev
 from engine.train.ema import ModelEma
@@ -21,7 +18,7 @@ from engine.train.losses import build_loss
 from engine.train.mix import Mixer
 from engine.train.freezing import apply_freeze, set_train_mode, trainable_names, unfreeze_index
 from engine.train.optim import add_groups, build_optimizer, joining_groups
-from engine.train.schedule import build_scheduler
+from engine.train.schedule import build_scheduler, step_milestone_updates
 from engine.train.sync_bn import convert_sync_batchnorm
 
 
@@ -35,14 +32,12 @@ class TrainState:
     scaler: torch.amp.GradScaler
     criterion: torch.nn.Module
     mixer: Mixer
-    normalize: torch.nn.Module
     device: torch.device
     amp_dtype: torch.dtype | None  # None: fp32
     accumulate: int = 1
     clip_grad_norm: float | None = None
     max_bad_steps: int = 10
     ema: ModelEma | None = None
-    augment: DeviceAugment | None = None  # augment_on="device": the batched augmentation after the transfer
     rank: int = 0
     bad_steps: int = 0  # consecutive non-finite updates
     skipped_steps: int = 0  # all skipped updates
@@ -51,6 +46,7 @@ class TrainState:
     updates_per_epoch: int = 1
     distributed: bool = False
     unfrozen: bool = False  # whether unfreeze_epoch has been reached (saved in last.pt's progress)
+    net: torch.nn.Module | None = None  # the part of the model batches go into (the head, for stored features)
 
     @property
     def ddp(self) -> bool:
@@ -84,7 +80,7 @@ class TrainState:
         self.scheduler.refresh()
         self.forward = None
         gc.collect()  # the old DDP wrapper's gradient hooks go with it
-        self.forward = wrap_forward(self.model, self.device, self.distributed, r.compile)
+        self.forward = wrap_forward(self.net or self.model, self.device, self.distributed, r.compile)
         self.unfrozen = True
 
     @property
@@ -145,11 +141,11 @@ def wrap_forward(model: torch.nn.Module, device: torch.device, distributed: bool
     return torch.compile(forward) if compile else forward
 
 
-def build_train_state(recipe: Recipe, model: torch.nn.Module, num_classes: int, data_cfg: dict,
-                      steps_per_epoch: int, device: torch.device, fold: int = 0, rank: int = 0,
-                      distributed: bool = False) -> TrainState:
+def build_train_state(recipe: Recipe, model: torch.nn.Module, num_classes: int, steps_per_epoch: int,
+                      device: torch.device, fold: int = 0, rank: int = 0, distributed: bool = False,
+                      takes=None) -> TrainState:
     """The state fit() trains: model on its device, frozen parts, optimizer, schedule, scaler, loss, mixer, EMA,
-    DDP, and with augment_on="device" the batched augmentation (filling with data_cfg's background)."""
+    DDP. `takes` (a batch source's): the part of the model its batches go into; forward wraps that part."""
     channels_last = dev.use_channels_last(recipe.channels_last, device)
     model = model.to(device, memory_format=dev.memory_format(channels_last))
     if recipe.sync_bn and distributed:
@@ -161,22 +157,20 @@ def build_train_state(recipe: Recipe, model: torch.nn.Module, num_classes: int, 
         model.set_grad_checkpointing(True)
     optimizer = build_optimizer(model, recipe.optimizer, recipe.lr, recipe.weight_decay, recipe.momentum,
                                 recipe.layer_decay, recipe.head_lr_scale)
-    s = TrainState(
+    net = takes(model) if takes is not None else model
+    return TrainState(
         model=model,
-        forward=wrap_forward(model, device, distributed, recipe.compile),
+        forward=wrap_forward(net, device, distributed, recipe.compile),
         optimizer=optimizer,
         scheduler=build_scheduler(optimizer, recipe.epochs * updates_per_epoch,
-                                  round(recipe.warmup_epochs * updates_per_epoch), recipe.scheduler),
+                                  round(recipe.warmup_epochs * updates_per_epoch), recipe.scheduler,
+                                  step_milestone_updates(recipe.step_milestones, updates_per_epoch), recipe.step_gamma),
         scaler=torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16),
         criterion=build_loss(recipe.loss, recipe.focal_alpha, recipe.focal_gamma),
         mixer=Mixer(num_classes, recipe.mixup_ratio, recipe.cutmix_ratio, recipe.mix_alpha,
                     recipe.label_smoothing, recipe.seed + fold),
-        normalize=Normalize(data_cfg["mean"], data_cfg["std"], channels_last).to(device),
         device=device, amp_dtype=amp_dtype, accumulate=recipe.accumulate_grad_batches,
         clip_grad_norm=recipe.clip_grad_norm, max_bad_steps=recipe.max_bad_steps,
         ema=ModelEma(model, recipe.ema_decay) if recipe.ema_decay > 0 else None, rank=rank,
         recipe=recipe, updates_per_epoch=updates_per_epoch, distributed=distributed,
-        augment=DeviceAugment(recipe.image_size, recipe.crop_scale, recipe.augment, recipe.random_erase,
-                              augment_seed(recipe, fold), tuple(data_cfg.get("background", DEFAULT_FILL)),
-                              recipe.flip) if on_device(recipe, device) else None)
-    return s
+        net=net if net is not model else None)

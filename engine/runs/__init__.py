@@ -5,7 +5,8 @@
       ensemble.json  ensemble_per_class.csv/.png   (predict.py --weights oof)
       fold<k>/  best.pt  last.pt  metrics.csv  val_predictions.csv  val_probs.npy  train.lock
 
-No other module spells these names: they ask this one for the path.
+No other module spells these names: they ask this one for the path. `python -m engine.runs` lists every
+run (engine/run_table/).
 """
 from __future__ import annotations
 

@@ -1,0 +1,102 @@
+"""What one run folder says about itself: its recipe, each fold's progress and validation curve, and whether it
+finished, stopped (and how to resume it), failed before its first checkpoint, or is being trained now."""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from engine import runs
+from engine.errors import UserError
+from engine.recipe import Recipe
+from engine.system import lock
+from engine.train.state import is_finished
+
+
+@dataclass
+class RunState:
+    """A run folder as the table shows it."""
+    path: Path
+    name: str  # relative to the folder listed: <recipe>/<time>[-name]
+    recipe: Recipe | None  # None: recipe.json is damaged
+    status: str  # finished | stopped | failed | training | damaged
+    detail: str  # the resume command, the lock holder, or why it failed
+    folds_done: int = 0
+    curves: dict[int, pd.DataFrame] = field(default_factory=dict)  # fold -> its metrics.csv rows
+    oof_acc: float | None = None
+
+    @property
+    def folds_planned(self) -> int:
+        return self.recipe.folds if self.recipe else 0
+
+    def best(self, column: str) -> float | None:
+        """The mean over folds of each fold's best `column` (val_acc, val_f1); None without validation."""
+        values = [c[column].max() for c in self.curves.values() if column in c and c[column].notna().any()]
+        return float(sum(values) / len(values)) if values else None
+
+    @property
+    def wall_s(self) -> float:
+        """Seconds spent in epochs, every fold together (metrics.csv's time_s)."""
+        return float(sum(c["time_s"].sum() for c in self.curves.values() if "time_s" in c))
+
+    def curve(self, column: str = "val_acc") -> pd.Series:
+        """`column` by epoch, averaged over the folds that reached the epoch."""
+        parts = [c.set_index("epoch")[column] for c in self.curves.values() if {"epoch", column} <= set(c)]
+        return pd.concat(parts, axis=1).mean(axis=1).dropna() if parts else pd.Series(dtype=float)
+
+
+def read_curve(path: Path) -> pd.DataFrame | None:
+    """A fold's metrics.csv, or None when it has none yet (or it cannot be read while being written)."""
+    try:
+        return pd.read_csv(path) if path.is_file() else None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
+        return None
+
+
+def read_oof_accuracy(run_dir: Path) -> float | None:
+    """oof_metrics.json's accuracy (written once every fold finished), else None."""
+    path = run_dir / runs.OOF_METRICS
+    try:
+        value = json.loads(path.read_text()).get("accuracy") if path.is_file() else None
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        return None
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+def read_run(run_dir: Path, listed: Path) -> RunState:
+    """The state of one run folder (`listed`: the folder the table lists, for the run's short name)."""
+    name = str(run_dir.relative_to(listed)) if run_dir != listed else run_dir.name
+    try:
+        recipe = runs.read_recipe(run_dir)
+    except UserError as e:
+        return RunState(run_dir, name, None, "damaged", str(e))
+    state = RunState(run_dir, name, recipe, "", "")
+    for k in range(recipe.folds):
+        curve = read_curve(runs.fold_dir(run_dir, k) / runs.METRICS)
+        if curve is not None and not curve.empty:
+            state.curves[k] = curve
+    finished = [k for k in range(recipe.folds) if is_finished(runs.fold_dir(run_dir, k) / runs.LAST)]
+    state.folds_done = len(finished)
+    state.oof_acc = read_oof_accuracy(run_dir) if len(finished) == recipe.folds else None
+    state.status, state.detail = status_of(run_dir, recipe, finished, state.curves)
+    return state
+
+
+def status_of(run_dir: Path, recipe: Recipe, finished: list[int], curves: dict) -> tuple[str, str]:
+    """(status, detail): a held fold lock wins, then every fold finished, then any checkpoint to resume from."""
+    for k in range(recipe.folds):
+        who = lock.holder(runs.fold_dir(run_dir, k) / runs.LOCK)
+        if who:
+            return "training", f"fold {k}: {who}"
+    if len(finished) == recipe.folds:
+        return "finished", ""
+    started = [k for k in range(recipe.folds) if (runs.fold_dir(run_dir, k) / runs.LAST).is_file()]
+    if started:
+        epochs = {k: int(curves[k]["epoch"].max()) for k in started if k in curves and "epoch" in curves[k]}
+        where = ", ".join(f"fold {k} at epoch {epochs[k]}/{recipe.epochs}" for k in started
+                          if k not in finished and k in epochs)
+        return "stopped", f"{where + ': ' if where else ''}python train.py --resume {run_dir}"
+    return "failed", f"no checkpoint was written; see {run_dir / runs.TRAIN_LOG}"
