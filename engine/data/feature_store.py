@@ -28,6 +28,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from engine.data.images import DECODER
 from engine.system import distributed
 from engine.system.device import autocast
 from engine.system.runlog import progress
@@ -112,7 +113,8 @@ def store_key(model_name: str, weights: str, image_size: int, crop_pct: float, p
     """Everything that changes a stored feature; `recipe` (for training views) adds the augmentation and seed."""
     key = {"format": FORMAT, "model": model_name, "weights": weights, "image_size": image_size,
            "crop_pct": round(float(crop_pct), 6), "pre_resized": pre_resized, "views": list(views),
-           "rows": len(paths), "data": data_identity(paths), "precision": precision, "dtype": dtype}
+           "rows": len(paths), "data": data_identity(paths), "precision": precision, "dtype": dtype,
+           "decoder": DECODER}  # features of pixels decoded by other rules are other features
     if any(v.startswith("train") for v in views):
         key["augment"] = {k: getattr(recipe, k) for k in ("augment", "crop_scale", "random_erase", "seed")}
         key["augment"]["flip"] = recipe.flip
