@@ -113,8 +113,7 @@ def store_key(model_name: str, weights: str, image_size: int, crop_pct: float, p
     """Everything that changes a stored feature; `recipe` (for training views) adds the augmentation and seed."""
     key = {"format": FORMAT, "model": model_name, "weights": weights, "image_size": image_size,
            "crop_pct": round(float(crop_pct), 6), "pre_resized": pre_resized, "views": list(views),
-           "rows": len(paths), "data": data_identity(paths), "precision": precision, "dtype": dtype,
-           "decoder": DECODER}  # features of pixels decoded by other rules are other features
+           "rows": len(paths), "data": data_identity(paths), "precision": precision, "dtype": dtype, "decoder": DECODER}
     if any(v.startswith("train") for v in views):
         key["augment"] = {k: getattr(recipe, k) for k in ("augment", "crop_scale", "random_erase", "seed")}
         key["augment"]["flip"] = recipe.flip
