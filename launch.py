@@ -3,9 +3,13 @@
 
     python launch.py --nproc_per_node=4 train.py recipes/resnext.py     # same arguments as torchrun
 """
+import os
 import sys
 
 from engine.system.launch import launch
 
 if __name__ == "__main__":
-    sys.exit(launch(sys.argv[1:]))
+    code = launch(sys.argv[1:])
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # after a signal the rendezvous threads still run, and a normal exit aborts on them (exit -6)

@@ -34,6 +34,7 @@ OOF_PROBS = "oof_probs.npy"  # every fold's VAL_PROBS stacked, rows as oof.csv (
 ENSEMBLE = "ensemble.json"  # written by predict.py --weights oof next to its output CSV
 ENSEMBLE_PER_CLASS = "ensemble_per_class.csv"
 ENSEMBLE_PER_CLASS_PLOT = "ensemble_per_class.png"
+LR_FIND = "lr_find.png"  # python train.py RECIPE --find-lr, in runs/<recipe>/ (beside the run folders)
 LOCK = "train.lock"  # held while a process trains the fold (engine/system/lock.py)
 FOLD_PREFIX = "fold"
 
