@@ -117,8 +117,9 @@ class TrainState:
             self.ema.updates = progress.get("ema_updates", 0)
         checkpoint.restore_rng(ckpt["rng"][min(self.rank, len(ckpt["rng"]) - 1)])
         # the saved sums are every rank's: rank 0 carries them on, the others add their part from zero
-        self.sums = dict(progress["sums"]) if self.rank == 0 or not progress.get("world") else \
-            {**progress["sums"], "loss": 0.0, "correct": 0.0, "seen": 0}
+        self.sums = dict(progress["sums"])
+        if self.sums and self.rank and progress.get("world"):
+            self.sums.update(loss=0.0, correct=0.0, seen=0)
         self.bad_steps, self.skipped_steps = progress["bad_steps"], progress["skipped_steps"]
         return progress["epoch"], progress["step"], dict(ckpt["early_stopping"])
 
