@@ -1,6 +1,7 @@
 """Train a timm image classifier from a recipe.
 
     python train.py [RECIPE] [KEY=VALUE ...] [--fold K] [--resume RUN_OR_CKPT] [--name NAME] [--dry-run]
+    python train.py [RECIPE] [KEY=VALUE ...] --find-lr [--lr-steps N]     # LR range test: plot + suggested lr
     torchrun --nproc_per_node=4 train.py recipes/resnext.py
 """
 from __future__ import annotations
@@ -27,6 +28,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--resume", metavar="RUN_OR_CKPT", help="continue a run folder or last.pt exactly where it stopped")
     p.add_argument("--name", help="suffix of the run folder; an existing run of that name is added to")
     p.add_argument("--dry-run", action="store_true", help="show recipe, data audit, model size, steps; train nothing")
+    p.add_argument("--find-lr", action="store_true",
+                   help="LR range test: lr grows exponentially until the loss diverges; writes runs/<recipe>/lr_find.png, "
+                        "prints a suggested lr=, trains no run")
+    p.add_argument("--lr-steps", type=int, default=100, help="--find-lr: at most this many updates (default 100)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (logs and CI)")
     return p.parse_intermixed_args(argv)  # flags may stand between KEY=VALUE overrides
 
@@ -34,8 +39,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def run(args: argparse.Namespace) -> None:
     if args.resume and args.items:
         raise UserError("--resume continues the saved recipe exactly; drop the recipe and KEY=VALUE arguments")
-    from engine.train import train
+    if args.find_lr and (args.resume or args.fold is not None or args.dry_run or args.name):
+        raise UserError("--find-lr trains no run: drop --resume, --fold, --name and --dry-run")
     recipe = None if args.resume else load_recipe_args(args.items, DEFAULT_RECIPE)
+    if args.find_lr:
+        from engine.train.lr_find import find_lr
+        find_lr(recipe, args.lr_steps, show_progress=not args.no_progress)
+        return
+    from engine.train import train
     train(recipe, fold=args.fold, name=args.name, resume=args.resume, dry_run=args.dry_run,
           show_progress=not args.no_progress)
 

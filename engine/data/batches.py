@@ -31,23 +31,36 @@ class BatchSource:
     workers = 0
     rows = 0
     sampler = None  # EpochSampler (training) or ShardSampler (evaluation)
+    drop_last = False  # whether a last short batch is left out
     preset_at: Callable[[int], str] | None = None  # training: the augment preset of each epoch (augment_schedule)
 
     def __init__(self, device: torch.device, normalize: torch.nn.Module | None, rank: int = 0):
         self.device, self.normalize, self.rank = device, normalize, rank
         self.epoch, self.skip = 0, 0
 
-    def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
-        """Next pass is `epoch`, starting after `skip_batches` batches (a mid-epoch resume)."""
+    def set_epoch(self, epoch: int, skip_batches: int = 0, reshard: tuple[int, int] | None = None) -> None:
+        """Next pass is `epoch`, starting after `skip_batches` batches (a mid-epoch resume); `reshard`
+        (plan_world, consumed): the rest of an epoch begun on another number of processes (EpochSampler.reshard),
+        whose steps are numbered from `skip_batches` on."""
         self.epoch, self.skip = epoch, skip_batches
         if isinstance(self.sampler, EpochSampler):
-            self.sampler.set_epoch(epoch, skip_batches)
+            if reshard is None:
+                self.sampler.set_epoch(epoch, skip_batches)
+            else:
+                self.sampler.reshard(epoch, *reshard)
+            self.keep_short_batch(reshard is not None)
         if self.preset_at is not None:
             self.use_preset(self.preset_at(epoch))
 
     def use_preset(self, preset: str) -> None:
         """Augment with `preset` from now on (staged augmentation)."""
         self.augment.set_preset(preset)
+
+    def keep_short_batch(self, keep: bool) -> None:
+        """Train on a last short batch too (a re-sharded epoch leaves none of its samples out)."""
+        if not hasattr(self, "whole_batches"):
+            self.whole_batches = self.drop_last
+        self.drop_last = self.whole_batches and not keep
 
     def order(self) -> list[int]:
         """This rank's row indices in the order its batches come."""
@@ -94,6 +107,12 @@ class LoaderBatches(BatchSource):
             self.preset = preset
             self.loader.dataset.transform = self.transform_of(preset)
             stop_loader(self.loader)  # persistent workers hold the old transform: the next pass starts new ones
+
+    def keep_short_batch(self, keep: bool) -> None:
+        batches = self.loader.batch_sampler  # the sampling runs in this process: workers see no change
+        if not hasattr(self, "whole_batches"):
+            self.whole_batches = batches.drop_last
+        batches.drop_last = self.whole_batches and not keep
 
     def stop(self) -> None:
         stop_loader(self.loader)

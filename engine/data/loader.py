@@ -70,24 +70,60 @@ class CanvasCollate:
 
 
 class EpochSampler(Sampler):
-    """Shuffled (or not), sharded across DDP ranks; yields (epoch, index); can skip already-seen batches."""
+    """Shuffled (or not), sharded across DDP ranks; yields (epoch, index); can skip already-seen batches, or
+    re-shard what an epoch begun on another number of processes has left (`reshard`)."""
 
     def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int, rank: int = 0, world: int = 1):
         self.inner = DistributedSampler(range(n), num_replicas=world, rank=rank, shuffle=shuffle, seed=seed)
+        self.n, self.shuffle, self.seed, self.rank, self.world = n, shuffle, seed, rank, world
         self.batch_size = batch_size
         self.epoch = 0
         self.skip = 0
+        self.rest: list[int] | None = None  # this rank's share of a re-sharded epoch
+        self.plan_world, self.start, self.unseen, self.left = world, 0, 0, 0
 
     def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
         """Next pass is `epoch`, starting after `skip_batches` batches (mid-epoch resume)."""
-        self.epoch, self.skip = epoch, skip_batches
+        self.epoch, self.skip, self.rest = epoch, skip_batches, None
+        self.plan_world, self.start, self.unseen = self.world, skip_batches * self.batch_size * self.world, 0
         self.inner.set_epoch(epoch)
 
+    def plan(self, epoch: int, world: int) -> list[int]:
+        """The epoch's global order as `world` processes train it: position k * world + r is rank r's k-th sample,
+        cut where that run's loaders stop (whole batches when a shard holds more than one)."""
+        shards = []
+        for r in range(world):
+            s = DistributedSampler(range(self.n), num_replicas=world, rank=r, shuffle=self.shuffle, seed=self.seed)
+            s.set_epoch(epoch)
+            shards.append(list(s))
+        per_rank = len(shards[0])
+        if per_rank > self.batch_size:
+            per_rank -= per_rank % self.batch_size
+        return [shards[r][k] for k in range(per_rank) for r in range(world)]
+
+    def reshard(self, epoch: int, plan_world: int, consumed: int) -> None:
+        """Next pass is the rest of `epoch`, begun on `plan_world` processes, after `consumed` positions of its
+        global order: rank r takes every world-th remaining sample, so each one is trained on once. A last
+        global batch too small to give every rank two samples (batch-norm needs two) is left out (`unseen`)."""
+        rest = self.plan(epoch, plan_world)[consumed:]
+        tail = len(rest) % (self.batch_size * self.world)
+        self.unseen = tail if tail < 2 * self.world else 0
+        rest = rest[:len(rest) - self.unseen]
+        self.left = len(rest)
+        self.epoch, self.plan_world, self.start, self.skip = epoch, plan_world, consumed, 0
+        self.rest = rest[self.rank::self.world]
+
+    def consumed(self, steps: int) -> int:
+        """Positions of the epoch's global order trained on after `steps` full batches of this pass."""
+        return self.start + steps * self.batch_size * self.world
+
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        indices = list(self.inner)[self.skip * self.batch_size:]
+        indices = self.rest if self.rest is not None else list(self.inner)[self.skip * self.batch_size:]
         return iter([(self.epoch, i) for i in indices])
 
     def __len__(self) -> int:
+        if self.rest is not None:
+            return len(self.rest)
         return max(0, len(self.inner) - self.skip * self.batch_size)
 
 

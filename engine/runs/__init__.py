@@ -35,6 +35,7 @@ ENSEMBLE = "ensemble.json"  # written by predict.py --weights oof next to its ou
 ENSEMBLE_PER_CLASS = "ensemble_per_class.csv"
 ENSEMBLE_PER_CLASS_PLOT = "ensemble_per_class.png"
 SPLIT = "split.csv"  # every training row's image_path, target and fold, written when the run starts
+LR_FIND = "lr_find.png"  # python train.py RECIPE --find-lr, in runs/<recipe>/ (beside the run folders)
 LOCK = "train.lock"  # held while a process trains the fold (engine/system/lock.py)
 FOLD_PREFIX = "fold"
 MAX_NAME = 120

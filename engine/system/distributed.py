@@ -29,14 +29,28 @@ class Dist:
         return self.world > 1
 
 
-def setup(timeout_s: float = 600) -> Dist:
-    """Read torchrun's environment, pick this process's device and join the process group."""
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+def local_device(local_rank: int) -> torch.device:
+    """This process's device (made current on CUDA)."""
     use_cuda = torch.cuda.is_available() and os.environ.get("SKETCHBOOK_CPU") != "1"
     device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
     if use_cuda:
         torch.cuda.set_device(device)
+    return device
+
+
+def alone() -> Dist | None:
+    """Rank 0 as a single process on its device (no process group); None on every other torchrun rank."""
+    if int(os.environ.get("RANK", 0)) != 0:
+        return None
+    return Dist(device=local_device(int(os.environ.get("LOCAL_RANK", 0))))
+
+
+def setup(timeout_s: float = 600) -> Dist:
+    """Read torchrun's environment, pick this process's device and join the process group."""
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    device = local_device(local_rank)
+    use_cuda = device.type == "cuda"
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if use_cuda else "gloo", timeout=datetime.timedelta(seconds=timeout_s),
                                 device_id=device if use_cuda else None)

@@ -51,7 +51,7 @@ def fit(recipe: Recipe, fold: int, train: pd.DataFrame, val: pd.DataFrame, class
     torch.manual_seed(recipe.seed + fold + 1000 * (d.rank + 1))  # same init everywhere, own dropout per rank
     base = {"recipe": recipe.to_dict(), "classes": list(classes), "data": data_cfg, "fold": fold}
     early = EarlyStopping(recipe.monitor, recipe.early_stopping)
-    start_epoch, start_step, metrics = 0, 0, {}
+    start_epoch, start_step, metrics, reshard = 0, 0, {}, None
     if resume is not None:
         try:
             start_epoch, start_step, early_state = s.restore(resume)
@@ -60,6 +60,11 @@ def fit(recipe: Recipe, fold: int, train: pd.DataFrame, val: pd.DataFrame, class
                             f"({type(e).__name__}: {str(e).splitlines()[0][:160]}); it belongs to another run") from None
         early, metrics = EarlyStopping(recipe.monitor, recipe.early_stopping, early_state), resume.get("metrics", {})
         log.print(f"fold {fold}: resumed at epoch {start_epoch + 1}, step {start_step}")
+        start_step, reshard = resume_point(resume["progress"], recipe.batch_size, s.accumulate, d.world)
+        s.continue_schedule(start_epoch, start_step, resume["progress"].get("updates_per_epoch"))
+        if reshard is None and resume["progress"].get("world", d.world) != d.world:
+            log.print(f"world size changed: {resume['progress']['world']} -> {d.world} process(es); epoch "
+                      f"{start_epoch + 1} starts whole, the schedule goes on in {s.updates_per_epoch} updates per epoch")
     else:
         log.print(start_line(recipe, fold, s, batches, d))
         if small_map:
@@ -72,7 +77,10 @@ def fit(recipe: Recipe, fold: int, train: pd.DataFrame, val: pd.DataFrame, class
         log.trim_metrics(fold_dir / runs.METRICS, start_epoch)
 
     for epoch in range(start_epoch, recipe.epochs):
-        batches.train.set_epoch(epoch, start_step)
+        batches.train.set_epoch(epoch, start_step, reshard if epoch == start_epoch else None)
+        if reshard and epoch == start_epoch:
+            log.print(world_change_line(resume["progress"].get("world", d.world), batches.train.sampler, epoch, d.world))
+        s.continue_schedule(epoch, start_step)  # after a re-sharded epoch: back on this run's update count
         if s.maybe_unfreeze(epoch):
             log.print(f"epoch {epoch + 1}: everything trains now ({count_trainable(s.model)[0] / 1e6:.2f}M parameters)")
         if s.device.type == "cuda":
@@ -81,7 +89,10 @@ def fit(recipe: Recipe, fold: int, train: pd.DataFrame, val: pd.DataFrame, class
         mixing = epoch < recipe.epochs - recipe.mix_off_epochs
         stats = train_one_epoch(s, batches.train, epoch, start_step, mixing, show_progress and d.is_main)
         if "stopped_at" in stats:
-            save_last(s, base, epoch, stats["stopped_at"], False, metrics, early, fold_dir, d)
+            sampler = batches.train.sampler
+            save_last(s, base, epoch, stats["stopped_at"], False, metrics, early, fold_dir, d, position={
+                "world": d.world, "plan_world": sampler.plan_world,
+                "consumed": sampler.consumed(stats["stopped_at"] - start_step)})
             raise preemption.Preempted(f"stopped at epoch {epoch + 1}, step {stats['stopped_at']}; last.pt written",
                                        preemption.signal_number())
         start_step, train_time = 0, time.perf_counter() - t0
@@ -118,17 +129,41 @@ def fit(recipe: Recipe, fold: int, train: pd.DataFrame, val: pd.DataFrame, class
 
 
 def save_last(s: TrainState, base: dict, epoch: int, step: int, finished: bool, metrics: dict,
-              early: EarlyStopping, fold_dir: Path, d: Dist, also: list[tuple[dict, Path]] = ()) -> None:
+              early: EarlyStopping, fold_dir: Path, d: Dist, also: list[tuple[dict, Path]] = (),
+              position: dict | None = None) -> None:
     """Every rank's RNG state goes in (for an exact resume); rank 0 writes last.pt (after `also`, e.g.
-    best.pt) in the background; stopping mid-epoch, it waits until they are on disk."""
+    best.pt) in the background; stopping mid-epoch, it waits until they are on disk. `position`: where in
+    the epoch's global order it stopped (TrainState.last_checkpoint)."""
     rng = distributed.all_objects(checkpoint.rng_state())
     if d.is_main:
-        last = s.last_checkpoint(base, epoch, step, finished, metrics, early.state, rng)
+        last = s.last_checkpoint(base, epoch, step, finished, metrics, early.state, rng, position or {"world": d.world})
         checkpoint.save_in_background([*also, (last, fold_dir / runs.LAST)])
         if step:
             checkpoint.wait_for_writes()
     if step:
         distributed.barrier()  # stopping mid-epoch: nobody exits before last.pt is on disk
+
+
+def resume_point(progress: dict, batch_size: int, accumulate: int, world: int) -> tuple[int, tuple[int, int] | None]:
+    """(step, reshard) a resumed fold starts its epoch at: the saved step on the process count the epoch began
+    with; on another, the rest of the epoch's global order re-sharded (plan world, positions consumed), its
+    steps numbered from the nearest whole accumulation window."""
+    saved, step = progress.get("world", world), progress["step"]
+    plan_world = progress.get("plan_world", saved)
+    if not step or (saved == world == plan_world):
+        return step, None
+    consumed = progress.get("consumed", step * batch_size * saved)
+    if saved != world:
+        step = accumulate * round(consumed / (batch_size * world * accumulate))
+    return step, (plan_world, consumed)
+
+
+def world_change_line(saved_world: int, sampler, epoch: int, world: int) -> str:
+    """What a resume on another process count does with the epoch it stopped in."""
+    line = (f"world size changed: {saved_world} -> {world} process(es); " if saved_world != world else "") + \
+        (f"epoch {epoch + 1}: {sampler.start} samples were trained on, the {sampler.left} left are re-sharded "
+         f"over {world} process(es), each seen once")
+    return line + (f" ({sampler.unseen} left out: too few for a batch on every process)" if sampler.unseen else "")
 
 
 def start_line(recipe: Recipe, fold: int, s: TrainState, batches: FoldBatches, d: Dist) -> str:

@@ -44,7 +44,7 @@ def train_one_epoch(s: TrainState, batches, epoch: int, start_step: int = 0, mix
     (returning `stopped_at`) on a signal."""
     s.train_mode()
     n_steps = start_step + len(batches)
-    sums = s.sums if start_step else {"loss": 0.0, "correct": 0.0, "seen": 0, "wait": 0.0}
+    sums = s.sums or {"loss": 0.0, "correct": 0.0, "seen": 0, "wait": 0.0}  # a resumed epoch's, or new
     # device-side running sums continue from a resumed epoch's, so the epoch's numbers are exact too
     loss_sum = torch.tensor(sums["loss"], dtype=torch.float64, device=s.device)
     correct = torch.tensor(sums["correct"], dtype=torch.float64, device=s.device)
@@ -83,8 +83,8 @@ def train_one_epoch(s: TrainState, batches, epoch: int, start_step: int = 0, mix
             if s.bad_steps > s.max_bad_steps:
                 raise preempt.Diverged(f"{s.bad_steps} consecutive non-finite updates at epoch {epoch + 1}, "
                                        f"step {step + 1}: lower lr, set clip_grad_norm, or check the data")
-            if stop and step + 1 < n_steps:
-                s.sums = add_sums(sums, loss_sum, correct)
+            if stop and step + 1 < n_steps:  # last.pt keeps every rank's sums: a resume on any count goes on
+                s.sums = global_sums(add_sums(sums, loss_sum, correct), s.device)
                 return {"stopped_at": step + 1}
         if show_progress and bar is not batches and step % 10 == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{s.optimizer.param_groups[0]['lr']:.2e}", refresh=False)
@@ -95,6 +95,13 @@ def train_one_epoch(s: TrainState, batches, epoch: int, start_step: int = 0, mix
     seen = max(1.0, total[2])
     return {"train_loss": total[0] / seen, "train_acc": total[1] / seen, "seen": int(total[2]),
             "data_wait": sums["wait"]}
+
+
+def global_sums(sums: dict, device: torch.device) -> dict:
+    """The epoch's sums of loss, correct and seen over every rank (this rank's data wait)."""
+    total = distributed.all_sum(torch.tensor([sums["loss"], sums["correct"], sums["seen"]], dtype=torch.float64,
+                                             device=device)).tolist()
+    return {**sums, "loss": total[0], "correct": total[1], "seen": int(total[2])}
 
 
 def next_batch(upcoming, sums: dict):

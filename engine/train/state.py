@@ -89,15 +89,18 @@ class TrainState:
         return self.ema.module if self.ema else self.model
 
     def last_checkpoint(self, base: dict, epoch: int, step: int, finished: bool, metrics: dict,
-                        early_stopping: dict, rng: list) -> dict:
-        """last.pt: the model checkpoint plus everything an exact resume needs."""
+                        early_stopping: dict, rng: list, position: dict | None = None) -> dict:
+        """last.pt: the model checkpoint plus everything an exact resume needs. `position` (world, plan_world,
+        consumed): where in its epoch's global order the run stopped, for a resume on another process count;
+        `sums` are every rank's (see train_one_epoch)."""
         return {**checkpoint.model_checkpoint(base, self.model.state_dict(), epoch, metrics),
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict(), "ema": self.ema.module.state_dict() if self.ema else None,
                 "rng": rng, "early_stopping": dict(early_stopping),
                 "progress": {"epoch": epoch, "step": step, "finished": finished, "sums": dict(self.sums),
                              "bad_steps": self.bad_steps, "skipped_steps": self.skipped_steps,
-                             "ema_updates": self.ema.updates if self.ema else 0, "unfrozen": self.unfrozen}}
+                             "ema_updates": self.ema.updates if self.ema else 0, "unfrozen": self.unfrozen,
+                             "updates_per_epoch": self.updates_per_epoch, **(position or {})}}
 
     def restore(self, ckpt: dict) -> tuple[int, int, dict]:
         """Load a last.pt into the live objects; returns (epoch, step inside it, early-stopping state)."""
@@ -113,9 +116,30 @@ class TrainState:
             self.ema.module.load_state_dict(ckpt["ema"])
             self.ema.updates = progress.get("ema_updates", 0)
         checkpoint.restore_rng(ckpt["rng"][min(self.rank, len(ckpt["rng"]) - 1)])
+        # the saved sums are every rank's: rank 0 carries them on, the others add their part from zero
         self.sums = dict(progress["sums"])
+        if self.sums and self.rank and progress.get("world"):
+            self.sums.update(loss=0.0, correct=0.0, seen=0)
         self.bad_steps, self.skipped_steps = progress["bad_steps"], progress["skipped_steps"]
         return progress["epoch"], progress["step"], dict(ckpt["early_stopping"])
+
+
+    def continue_schedule(self, epoch: int, step: int, saved_updates_per_epoch: int | None = None) -> None:
+        """Put the schedule at `step` of `epoch` in this run's updates (a resume on another process count has
+        another number of updates per epoch); groups that joined at unfreeze_epoch keep their epoch."""
+        upe, old = self.updates_per_epoch, saved_updates_per_epoch or self.updates_per_epoch
+        update = epoch * upe + step // self.accumulate
+        if update == self.scheduler.last_epoch and upe == old:
+            return
+        for g in self.optimizer.param_groups:
+            if "join_update" in g:
+                g["join_update"] = round(g["join_update"] * upe / old)
+                g["join_warmup"] = max(round(self.recipe.warmup_epochs * upe), upe)
+        r, sched = self.recipe, self.scheduler  # load_state_dict brought the saved run's update counts
+        sched.total_updates, sched.warmup_updates = r.epochs * upe, round(r.warmup_epochs * upe)
+        sched.milestones = step_milestone_updates(r.step_milestones, upe)
+        sched.last_epoch = update
+        sched.refresh()
 
 
 def finished(ckpt: dict) -> bool:
