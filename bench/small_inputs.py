@@ -156,7 +156,10 @@ def table(results: Path) -> str:
     out = g.agg(seeds=("seed", "count"), acc_mean=("test_acc", "mean"), acc_std=("test_acc", "std"),
                 acc_min=("test_acc", "min"), cpu_s=("cpu_s", "mean"), wall_s=("wall_s", "mean"),
                 load_avg=("load_avg", "mean")).reset_index()
-    return out.round({"acc_mean": 4, "acc_std": 4, "cpu_s": 0, "wall_s": 0, "load_avg": 1}).to_markdown(index=False)
+    out = out.round({"acc_mean": 4, "acc_std": 4, "cpu_s": 0, "wall_s": 0, "load_avg": 1})
+    lines = [" | ".join(out.columns), " | ".join("---" for _ in out.columns)]  # markdown without tabulate
+    lines += [" | ".join("" if pd.isna(v) else str(v) for v in row) for row in out.itertuples(index=False)]
+    return "\n".join(f"| {line} |" for line in lines)
 
 
 def main() -> None:
