@@ -70,10 +70,11 @@ def run_one(repo: Path, recipe: str, overrides: dict, data: Path, out: Path, nam
     if status:
         raise SystemExit(f"failed: {' '.join(cmd)}\n{text[-3000:]}")
     metrics = pd.read_csv(next(out.glob(f"*/*-{name}/fold0/metrics.csv")))
-    best = metrics.loc[metrics["val_loss"].idxmin()]
+    scored = "val_loss" in metrics and metrics["val_loss"].notna().any()  # val_fraction=0: no validation rows
+    best = metrics.loc[metrics["val_loss"].idxmin()] if scored else metrics.iloc[-1]
     bg = next((line for line in text.splitlines() if line.startswith("background:")), "")
-    return {"val_acc_last": round(float(metrics["val_acc"].iloc[-1]), 4),
-            "val_acc_best_loss": round(float(best["val_acc"]), 4), "wall_s": round(wall, 1),
+    return {"val_acc_last": round(float(metrics["val_acc"].iloc[-1]), 4) if scored else None,
+            "val_acc_best_loss": round(float(best["val_acc"]), 4) if scored else None, "wall_s": round(wall, 1),
             "cpu_s": round(usage.ru_utime + usage.ru_stime, 1), "background_line": bg}
 
 

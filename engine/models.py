@@ -104,6 +104,8 @@ def model_from_recipe(recipe, classes: Sequence[str], weights: bool = True) -> t
     if recipe.init_head != "imagenet" or not (pretrained or path):
         model = build_model(recipe.model, len(classes), pretrained, path, recipe.drop_path)
         set_head(model, recipe.head, len(classes), recipe.head_hidden, recipe.head_dropout)
+        if recipe.small_input_stem:
+            small_input_stem(model, recipe.model)
         return model
     model = build_model(recipe.model, 1000, pretrained and not path, None, recipe.drop_path)  # keep the 1000-row head
     if path:
@@ -112,7 +114,44 @@ def model_from_recipe(recipe, classes: Sequence[str], weights: bool = True) -> t
     else:
         head_loaded = model.pretrained_cfg.get("num_classes") == 1000
     init_from_imagenet(model, list(classes), head_loaded)
+    if recipe.small_input_stem:
+        small_input_stem(model, recipe.model)
     return model
+
+
+def small_input_stem(model: torch.nn.Module, name: str) -> int:
+    """small_input_stem=True: the stem keeps the input's resolution (CIFAR-style), so a 28-64 px drawing still has a
+    layout at the last stage. ResNet family: first conv stride 1 and no max-pool; ConvNeXt: its 4x4 patchify conv
+    slides with stride 1 (padded to keep the size); EfficientNet / MobileNet: stem conv stride 1. Weights are untouched (a
+    pretrained stem still fits); returns how many times larger each side of every feature map becomes."""
+    conv, pool = _stem_parts(model)
+    if conv is None:
+        raise UserError(f"small_input_stem=True knows the stems of ResNet, ConvNeXt and EfficientNet / MobileNet "
+                        f"models, not '{name}'; set small_input_stem=False (and a larger image_size)")
+    factor = conv.stride[0] * (2 if pool is not None else 1)
+    if conv.stride[0] == conv.kernel_size[0] and conv.padding == (0, 0):  # a patchify conv: pad so the size stays
+        k = conv.kernel_size[0] - 1  # even kernels pad one more on the right and bottom, as padding="same" would
+        conv.register_forward_pre_hook(lambda _, args: (torch.nn.functional.pad(args[0], (k // 2, k - k // 2) * 2),))
+    conv.stride = (1, 1)
+    if pool is not None:
+        setattr(model, "maxpool", torch.nn.Identity())
+    for info in getattr(model, "feature_info", None) or []:  # what small_map_warning and timm's features_only read
+        if isinstance(info, dict) and info.get("reduction"):
+            info["reduction"] = max(1, info["reduction"] // factor)
+    return factor
+
+
+def _stem_parts(model: torch.nn.Module) -> tuple[torch.nn.Conv2d | None, torch.nn.Module | None]:
+    """The stem's first strided conv and the ResNet max-pool after it (None where the model has neither)."""
+    stem = getattr(model, "conv1", None) or getattr(model, "conv_stem", None) or getattr(model, "stem", None)
+    if stem is None or getattr(model, "patch_embed", None) is not None:
+        return None, None
+    conv = next((m for m in ([stem] if isinstance(stem, torch.nn.Conv2d) else stem.modules())
+                 if isinstance(m, torch.nn.Conv2d)), None)
+    if conv is None or conv.stride[0] == 1:
+        return None, None
+    pool = getattr(model, "maxpool", None)
+    return conv, pool if isinstance(pool, torch.nn.MaxPool2d) else None
 
 
 def _classifier_names(model: torch.nn.Module) -> list[str]:
@@ -204,9 +243,11 @@ def small_map_warning(model: torch.nn.Module, image_size: int, name: str) -> str
     if grid is None or max(grid) > 2:
         return None
     reduction = max(1, round(image_size / max(grid)))  # how many input pixels one map cell spans
+    stem = ("small_input_stem=True (a stem that keeps the input's resolution), " if _stem_parts(model)[0] is not None
+            else "")  # a stem already at stride 1, or none this knows: the key would not help
     return (f"warning: {name} reduces a {image_size} px image to a {grid[0]}x{grid[1]} feature map at its last "
             f"stage, so that stage sees almost no layout; use image_size >= {3 * reduction} (a 3x3 map or larger: "
-            f"small images are upscaled) or a model made for small inputs (fewer stride-2 stages)")
+            f"small images are upscaled), {stem}or a model made for small inputs (fewer stride-2 stages)")
 
 
 def check_input_size(model: torch.nn.Module, name: str, image_size: int) -> None:

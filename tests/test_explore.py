@@ -161,6 +161,7 @@ def test_report_embeds_every_plot_and_csvs_sit_beside_it(explored):
     for png in pngs:
         assert base64.b64encode(png.read_bytes()).decode() in page
     assert "leakage_train_test" in page and "src=\"http" not in page
+    assert "mirror check (recipe key flip)" in page and "suggested flip=" in page
     assert len(pd.read_csv(result.out_dir / "findings.csv")) == len(explored[1])
 
 

@@ -12,6 +12,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from engine.explore.flip_check import check_flips
 from engine.explore.findings import Findings, find_problems, write_clean_csv
 from engine.data.demo_digits import ensure_demo_data
 from engine.explore.plots import duplicates_plot, write_plots
@@ -145,6 +146,9 @@ def explore(recipe: Recipe, out_dir: str | Path | None = None, classes: Sequence
         clean_guard.wrote(write_clean)
     seconds = time.perf_counter() - start
     summary = _summary(train, test, found, images, counts, decoded, len(facts), seconds)
+    if flips := check_flips(found.clean["path"].tolist(), found.clean["target"].astype(int).tolist(), recipe.seed):
+        summary.insert(-2, ("mirror check (recipe key flip)", flips.describe().split(": ", 1)[1]
+                            + f"; the recipe has flip={recipe.flip!r}"))
     report = write_report(out / "report.html", f"Data exploration: {recipe.name}", summary, plots,
                           found.findings, notes)
     for label, value in summary:

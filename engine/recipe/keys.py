@@ -48,6 +48,9 @@ class Recipe:
     pretrained: bool = key(False, "load timm's pretrained weights (needs the network or a warm cache)")
     pretrained_path: Optional[str] = key(None, "local weights file to start from; the classifier is adapted to num_classes")
     num_classes: Optional[int] = key(None, "number of classes; None: taken from the data", bounds="[1, inf)")
+    small_input_stem: bool = key(False, "for 28-64 px images: a stem that keeps the input's resolution (ResNet: first "
+                                 "conv stride 1, no max-pool; ConvNeXt, EfficientNet: stem stride 1), so the last "
+                                 "stage still sees a layout; more compute per image")
     drop_path: float = key(0.0, "stochastic depth rate, for models that support it", bounds="[0, 1)")
     # fine-tuning: what trains, at which learning rate, and the head (engine/train/freezing.py, engine/train/optim.py)
     freeze: Union[str, int] = key("none", 'what stays frozen: "none", "backbone" (only the head trains), or an int N: '
@@ -259,6 +262,9 @@ def _check_feature_store(r: Recipe) -> None:
     if r.sync_bn:
         raise UserError(f"feature_views={r.feature_views} cannot use sync_bn=True (a train-mode batch-norm changes the "
                         f"backbone's features); set sync_bn=False or feature_views=0")
+    if r.small_input_stem:  # a store is keyed by the backbone's weights, which the stem's stride leaves alone
+        raise UserError(f"feature_views={r.feature_views} cannot use small_input_stem=True (stored features are "
+                        f"keyed by weights, not by the stem); set small_input_stem=False or feature_views=0")
     if r.cutmix_ratio > 0:
         raise UserError(f"cutmix_ratio={r.cutmix_ratio} needs pixels, a feature store has none; use mixup_ratio "
                         f"(it mixes stored features) or feature_views=0")
