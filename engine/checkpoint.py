@@ -153,3 +153,19 @@ def restore_rng(state: dict) -> None:
 
 def _as_tuples(x):
     return tuple(_as_tuples(v) for v in x) if isinstance(x, (list, tuple)) else x
+
+
+def finished(ckpt: dict) -> bool:
+    """Whether a loaded last.pt says its fold finished training."""
+    return bool(ckpt.get("progress", {}).get("finished"))
+
+
+def is_finished(last_pt: Path) -> bool:
+    """Whether a last.pt says its fold finished (memory-mapped: the weights are not read)."""
+    if not Path(last_pt).is_file():
+        return False
+    try:
+        state = torch.load(last_pt, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:
+        return False  # being written by another machine, or damaged: not finished as far as we know
+    return finished(state)

@@ -23,8 +23,8 @@ from engine.recipe import Recipe, from_dict
 from engine.system.device import PRECISION_NAMES, autocast, autocast_dtype, memory_format, use_channels_last
 from engine.system.distributed import Dist
 from engine.system.runlog import progress
-from engine.train.state import is_finished
-from engine.data.transforms import FLIP_VIEWS, Normalize, build_eval_transform
+from engine.data.transforms import (DEFAULT_CROP_PCT, FLIP_VIEWS, IMAGENET_MEAN, IMAGENET_STD, Normalize,
+                                    build_eval_transform)
 
 
 @dataclass
@@ -64,7 +64,7 @@ def load_member(path: str | Path, device: torch.device) -> Member:
         raise UserError(f"'{path}': weights do not fit {recipe.model} with {len(classes)} classes ({e})") from e
     channels_last = use_channels_last(recipe.channels_last, device)
     model = model.to(device, memory_format=memory_format(channels_last)).eval()
-    data = ckpt.get("data") or {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225), "crop_pct": 0.875}
+    data = ckpt.get("data") or {"mean": IMAGENET_MEAN, "std": IMAGENET_STD, "crop_pct": DEFAULT_CROP_PCT}
     normalize = Normalize(data["mean"], data["std"], channels_last).to(device)
     return Member(Path(path), model, normalize, recipe, classes, float(data["crop_pct"]), checkpoint_background(data))
 
@@ -260,7 +260,7 @@ def fold_checkpoints(run_dir: Path, kfold: bool) -> list[Path]:
     if missing:
         raise UserError(f"{run_dir} lacks {runs.BEST} for {', '.join(missing)} of {folds} fold(s); train them with "
                         f"python train.py --resume {run_dir}  (or --fold K on each machine)")
-    unfinished = [p.parent.name for p in paths if not is_finished(p.parent / runs.LAST)]
+    unfinished = [p.parent.name for p in paths if not checkpoint.is_finished(p.parent / runs.LAST)]
     if unfinished:  # a stopped fold's best.pt is an undertrained model: never average it in silently
         raise UserError(f"{run_dir}: {', '.join(unfinished)} did not finish training; resume with "
                         f"python train.py --resume {run_dir}, or pass a fold's {runs.BEST} explicitly to use it anyway")

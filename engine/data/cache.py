@@ -29,6 +29,7 @@ from torchvision.transforms.v2 import functional as F
 from engine.data.cache_store import Store, estimate_bytes
 from engine.data.images import DECODER, load_image
 from engine.data.transforms import DEFAULT_CROP_PCT, eval_resize
+from engine.system.atomic import pid_alive
 from engine.system.device import cpu_count
 
 
@@ -86,16 +87,6 @@ def store_name(settings: dict) -> str:
     return f"{Path(settings['data_dir']).name or 'data'}-{settings['short_side']}px-{digest}"
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def namespace_tag() -> str:
     """This host and PID namespace, in 10 characters: a pid means something only where this tag is the same.
 
@@ -125,7 +116,7 @@ def memory_store_folder(settings: dict) -> Path:
     folder = root / f"{MEMORY_PREFIX}{tag}-{owner}-{store_name(settings)}"
     for other in root.glob(f"{MEMORY_PREFIX}{tag}-*-*"):
         pid = other.name[len(MEMORY_PREFIX) + len(tag) + 1:].split("-")[0]
-        if pid.isdigit() and other != folder and (int(pid) == owner or not _pid_alive(int(pid))):
+        if pid.isdigit() and other != folder and (int(pid) == owner or not pid_alive(int(pid))):
             shutil.rmtree(other, ignore_errors=True)  # a finished trial's or a killed run's memory
     if int(os.environ.get("LOCAL_RANK", 0)) == 0 and folder not in _REMOVE_AT_EXIT:
         _REMOVE_AT_EXIT.add(folder)

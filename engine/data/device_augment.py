@@ -25,7 +25,6 @@ DEGREES, TRANSLATE, SCALE, SHEAR = 10.0, 0.06, (0.9, 1.1), 5.0  # the 'light' pr
 ERASE_SCALE, ERASE_RATIO = (0.02, 0.15), (0.3, 3.3)  # RandomErasing's area share and aspect ratio
 CANVAS_MULTIPLE = 32  # canvas sides are rounded up to this, so few distinct shapes reach the device
 DEVICE_PRESETS = ("none", "light")  # augment presets the device path implements
-DEFAULT_FILL = PAPER if isinstance(PAPER, tuple) else (PAPER,) * 3  # white paper, as an RGB triple
 
 
 @dataclass
@@ -49,7 +48,7 @@ class Canvas:
         return Canvas(self.images.to(device, non_blocking=non_blocking), self.extents, self.transposed)
 
 
-def pad_to_canvas(images: list[torch.Tensor], fill: tuple[int, int, int] = DEFAULT_FILL,
+def pad_to_canvas(images: list[torch.Tensor], fill: tuple[int, int, int] = PAPER,
                   shared: bool = False) -> Canvas:
     """Pad 3 x h x w uint8 images (portrait ones transposed) onto one canvas filled with `fill`, sides
     rounded up to CANVAS_MULTIPLE, on the images' device (images resident on the GPU: a canvas there).
@@ -216,7 +215,7 @@ class DeviceAugment:
     """canvas batch on the device -> augmented float pixels (0..255), each sample with its own draw."""
 
     def __init__(self, size: int, crop_scale: float = 0.35, augment: str = "light", random_erase: float = 0.0,
-                 seed: int = 0, fill: tuple[int, int, int] = DEFAULT_FILL, flip: str = "h"):
+                 seed: int = 0, fill: tuple[int, int, int] = PAPER, flip: str = "h"):
         if augment not in DEVICE_PRESETS:
             raise ValueError(f"augment={augment!r} has no device implementation; use augment_on='workers'")
         if flip not in ("none", "h", "hv"):

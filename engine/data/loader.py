@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from engine.data.cache import image_loader
-from engine.data.device_augment import DEFAULT_FILL, Canvas, pad_to_canvas
+from engine.data.device_augment import Canvas, pad_to_canvas
 from engine.data.images import load_image
 from engine.data.transforms import PAPER, build_eval_transform, recipe_train_transform
 from engine.system.device import cpu_count
@@ -60,7 +60,7 @@ class ImageDataset(Dataset):
 class CanvasCollate:
     """augment_on="device": a batch of decoded images -> (Canvas padded with `fill`, targets)."""
 
-    def __init__(self, fill: tuple[int, int, int] = DEFAULT_FILL):
+    def __init__(self, fill: tuple[int, int, int] = PAPER):
         self.fill = fill
 
     def __call__(self, batch: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[Canvas, torch.Tensor]:

@@ -12,6 +12,7 @@ import torch
 from torchvision.transforms import v2
 
 PAPER = (255, 255, 255)  # the default fill: white paper
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # timm's defaults
 DEFAULT_CROP_PCT = 0.875
 
 

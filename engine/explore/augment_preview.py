@@ -21,9 +21,10 @@ from engine.train.losses import smooth_targets  # noqa: E402
 from engine.train.mix import Mixer  # noqa: E402
 from engine.recipe import Recipe  # noqa: E402
 from engine.data.tables import audit_table, read_train_table  # noqa: E402
-from engine.data.transforms import Normalize, build_eval_transform, recipe_train_transform  # noqa: E402
+from engine.data.transforms import (IMAGENET_MEAN, IMAGENET_STD, Normalize, build_eval_transform,  # noqa: E402
+                                    recipe_train_transform)
 
-MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # mixing is linear: any normalisation previews alike
+MEAN, STD = IMAGENET_MEAN, IMAGENET_STD  # mixing is linear: any normalisation previews alike
 MAX_COLUMNS = 8
 
 

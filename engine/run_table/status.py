@@ -13,7 +13,7 @@ from engine import runs
 from engine.errors import UserError
 from engine.recipe import Recipe
 from engine.system import lock
-from engine.train.state import is_finished
+from engine.checkpoint import is_finished
 
 
 @dataclass

@@ -33,7 +33,7 @@ def _size(n: int) -> str:
     return f"{n / 2**20:.0f} MB" if n >= 2**20 else f"{n / 2**10:.0f} kB"
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -49,7 +49,7 @@ def remove_stale_temp_files(folder: Path) -> list[Path]:
     removed = []
     for p in Path(folder).glob(".*.tmp"):
         match = pattern.match(p.name)
-        if match and int(match.group(1)) != os.getpid() and not _pid_alive(int(match.group(1))):
+        if match and int(match.group(1)) != os.getpid() and not pid_alive(int(match.group(1))):
             p.unlink(missing_ok=True)
             removed.append(p)
     return removed

@@ -21,7 +21,7 @@ from engine.system.atomic import DiskFull
 from engine.system.distributed import Dist
 from engine.system.runlog import RunLog, progress
 from engine.train.fit import fit
-from engine.train.state import finished, is_finished
+from engine.checkpoint import finished, is_finished
 from engine.data.near_duplicates import group_ids
 from engine.data.pseudo_labels import add_pseudo_labels, read_pseudo_labels
 from engine.data.split_record import keep_split

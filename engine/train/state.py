@@ -5,7 +5,6 @@ from __future__ import annotations
 import gc
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -140,22 +139,6 @@ class TrainState:
         sched.milestones = step_milestone_updates(r.step_milestones, upe)
         sched.last_epoch = update
         sched.refresh()
-
-
-def finished(ckpt: dict) -> bool:
-    """Whether a loaded last.pt says its fold finished training."""
-    return bool(ckpt.get("progress", {}).get("finished"))
-
-
-def is_finished(last_pt: Path) -> bool:
-    """Whether a last.pt says its fold finished (memory-mapped: the weights are not read)."""
-    if not Path(last_pt).is_file():
-        return False
-    try:
-        state = torch.load(last_pt, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:
-        return False  # being written by another machine, or damaged: not finished as far as we know
-    return finished(state)
 
 
 def wrap_forward(model: torch.nn.Module, device: torch.device, distributed: bool, compile: bool) -> torch.nn.Module:
