@@ -98,3 +98,13 @@ def test_run_folder_names_are_spelled_only_in_runs_py():
                 if any(node.value == name or node.value.endswith("/" + name) for name in RUN_FOLDER_NAMES):
                     spelled.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.value!r}")
     assert not spelled, "\n".join(spelled)
+
+
+def test_every_engine_module_is_on_the_readme_map():
+    """The README's layout tree names every module, so the map cannot go stale."""
+    import re
+    readme = (ROOT / "README.md").read_text()
+    tree = readme[readme.index("## Layout"):readme.index("Where to change what")]
+    missing = [str(p.relative_to(ROOT)) for p in sorted((ROOT / "engine").rglob("*.py"))
+               if p.stem not in ("__init__", "__main__") and not re.search(rf"\b{re.escape(p.stem)}\b", tree)]
+    assert not missing, f"add to the README's layout tree: {missing}"
