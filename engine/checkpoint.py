@@ -65,7 +65,7 @@ def snapshot(obj, _copies: dict | None = None, buffers: dict | None = None, _at:
     return obj
 
 
-class BackgroundWriter:
+class CheckpointWriter:
     """Writes checkpoints (atomically, durably) in one thread while training goes on.
 
     `submit` first waits for the previous writes, so files are written in order and at most one
@@ -104,7 +104,7 @@ class BackgroundWriter:
             raise error
 
 
-_WRITER = BackgroundWriter()  # one per process: checkpoints reach the disk in the order training made them
+_WRITER = CheckpointWriter()  # one per process: checkpoints reach the disk in the order training made them
 
 
 def save_in_background(writes: list[tuple[dict, Path]]) -> None:

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from engine.data.cache import cache_short_side, image_loader, open_store, store_name, store_settings
+from engine.data.cache import cache_short_side, image_loader, open_store, cache_folder_name, store_settings
 from engine.data.loader import ImageDataset
 from engine.data.loader import build_datasets
 from engine.recipe import load_recipe
@@ -75,8 +75,8 @@ def test_cache_for_other_resize_or_data_is_not_used(data, disk_cache):
     recipe = recipe_for(root, cache="disk", image_size=48)
     expected = image_loader(recipe_for(root, cache="none", image_size=48), paths, 0.875)
     # a foreign store (built for 36 px) sitting where the 54 px store belongs is detected and rebuilt
-    bigger = disk_cache / store_name(store_settings(str(root), cache_short_side(48, 0.875)))
-    shutil.copytree(disk_cache / store_name(store_settings(str(root), 36)), bigger)
+    bigger = disk_cache / cache_folder_name(store_settings(str(root), cache_short_side(48, 0.875)))
+    shutil.copytree(disk_cache / cache_folder_name(store_settings(str(root), 36)), bigger)
     messages = []
     store = open_store("disk", str(root), cache_short_side(48, 0.875), messages.append)
     loader = store.ensure(paths, 1, False)

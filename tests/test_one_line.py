@@ -93,7 +93,7 @@ def test_a_failed_background_write_stops_the_run_at_its_next_step(tmp_path, monk
     monkeypatch.setattr(checkpoint, "save_atomic", failing)
     preemption.install()
     try:
-        writer = checkpoint.BackgroundWriter()
+        writer = checkpoint.CheckpointWriter()
         writer.submit([({"x": 1}, tmp_path / "last.pt")])
         writer._thread.join()  # the write is over; the training thread has not asked yet
         assert preemption.requested()  # the loop stops at its next update (it reads this flag every step)...

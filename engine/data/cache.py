@@ -82,7 +82,7 @@ def store_settings(data_dir: str, short_side: int) -> dict:
             "torchvision": torchvision.__version__, "decoder": DECODER}
 
 
-def store_name(settings: dict) -> str:
+def cache_folder_name(settings: dict) -> str:
     digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
     return f"{Path(settings['data_dir']).name or 'data'}-{settings['short_side']}px-{digest}"
 
@@ -113,7 +113,7 @@ def memory_store_folder(settings: dict) -> Path:
     owner = os.getppid() if int(os.environ.get("LOCAL_WORLD_SIZE", 1)) > 1 else os.getpid()
     root = memory_cache_root()
     tag = namespace_tag()
-    folder = root / f"{MEMORY_PREFIX}{tag}-{owner}-{store_name(settings)}"
+    folder = root / f"{MEMORY_PREFIX}{tag}-{owner}-{cache_folder_name(settings)}"
     for other in root.glob(f"{MEMORY_PREFIX}{tag}-*-*"):
         pid = other.name[len(MEMORY_PREFIX) + len(tag) + 1:].split("-")[0]
         if pid.isdigit() and other != folder and (int(pid) == owner or not pid_alive(int(pid))):
@@ -127,7 +127,7 @@ def memory_store_folder(settings: dict) -> Path:
 def open_store(mode: str, data_dir: str, short_side: int, log: Callable[[str], None] = print) -> Store:
     """The memory or disk store for this data folder and resize."""
     settings = store_settings(data_dir, short_side)
-    folder = memory_store_folder(settings) if mode == "memory" else disk_cache_root() / store_name(settings)
+    folder = memory_store_folder(settings) if mode == "memory" else disk_cache_root() / cache_folder_name(settings)
     return Store(folder, settings, functools.partial(decode_resized, short_side=short_side), log)
 
 

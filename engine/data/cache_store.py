@@ -10,13 +10,11 @@ Readers map the data file with mmap (MAP_SHARED), so every process on the machin
 """
 from __future__ import annotations
 
-import fcntl
 import json
 import multiprocessing
 import os
 import shutil
 import signal
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -24,6 +22,7 @@ import numpy as np
 import torch
 
 from engine.errors import UserError
+from engine.system import lock
 
 FORMAT = 1
 
@@ -54,16 +53,6 @@ class CachedImages:
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_map": None}  # spawned workers map the file themselves
-
-
-@contextmanager
-def _locked(path: Path):
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _file_stamp(path: str) -> tuple[int, int]:
@@ -149,7 +138,7 @@ class Store:
     def ensure(self, paths: Sequence[str], workers: int, show_progress: bool = True) -> CachedImages:
         """Decode whatever of `paths` is missing or changed, then return a reader of all of them (in order)."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        with _locked(self.folder / "lock"):
+        with lock.waiting(self.folder / "lock"):
             index = self._read_index()
             entries = index["entries"]
             stamps = {p: _file_stamp(p) for p in dict.fromkeys(paths)}

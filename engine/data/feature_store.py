@@ -14,7 +14,6 @@ torchrun rank 0 holds the lock and every rank computes its shard of rows into th
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import functools
 import hashlib
 import json
@@ -29,7 +28,7 @@ import numpy as np
 import torch
 
 from engine.data.images import DECODER
-from engine.system import distributed
+from engine.system import distributed, lock
 from engine.system.device import autocast
 from engine.system.runlog import progress
 
@@ -162,19 +161,8 @@ def open_trusted(folder: Path, key: dict) -> FeatureStore | None:
 
 
 @contextmanager
-def _locked(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)  # another run building the same store: wait for it
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-@contextmanager
 def _main_holds_lock(path: Path, is_main: bool):
-    with _locked(path) if is_main else contextlib.nullcontext():
+    with lock.waiting(path) if is_main else contextlib.nullcontext():  # another run building it: wait
         yield
 
 

@@ -61,3 +61,16 @@ def holder(lock_file: Path) -> str | None:
         except BlockingIOError:
             return f.read().strip() or "another process"
     return None  # closing the file dropped the probe's lock
+
+
+@contextmanager
+def waiting(lock_file: Path) -> Iterator[None]:
+    """Hold lock_file for the block, waiting for whoever holds it (a store being checked or built elsewhere)."""
+    lock_file = Path(lock_file)
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_file, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
