@@ -5,7 +5,8 @@
       ensemble.json  ensemble_per_class.csv/.png   (predict.py --weights oof)
       fold<k>/  best.pt  last.pt  metrics.csv  val_predictions.csv  val_probs.npy  train.lock
 
-No other module spells these names: they ask this one for the path. `python -m engine.runs` lists every
+No module spells these names: they live in engine/run_files.py (which stages below this one import too)
+and are re-exported here. `python -m engine.runs` lists every
 run (engine/run_table/).
 """
 from __future__ import annotations
@@ -20,23 +21,7 @@ from engine.recipe import Recipe, differing_keys, from_dict, save_json
 from engine.system import distributed
 from engine.system.distributed import Dist
 
-RECIPE = "recipe.json"
-TRAIN_LOG = "train.log"
-BEST = "best.pt"
-LAST = "last.pt"
-METRICS = "metrics.csv"
-VAL_PREDICTIONS = "val_predictions.csv"
-OOF = "oof.csv"
-OOF_METRICS = "oof_metrics.json"
-OUTPUT = "output.csv"
-VAL_PROBS = "val_probs.npy"  # a fold's validation probabilities at its best epoch, rows as val_predictions.csv
-OOF_PROBS = "oof_probs.npy"  # every fold's VAL_PROBS stacked, rows as oof.csv (ensemble weights are fit on it)
-ENSEMBLE = "ensemble.json"  # written by predict.py --weights oof next to its output CSV
-ENSEMBLE_PER_CLASS = "ensemble_per_class.csv"
-ENSEMBLE_PER_CLASS_PLOT = "ensemble_per_class.png"
-SPLIT = "split.csv"  # every training row's image_path, target and fold, written when the run starts
-LR_FIND = "lr_find.png"  # python train.py RECIPE --find-lr, in runs/<recipe>/ (beside the run folders)
-LOCK = "train.lock"  # held while a process trains the fold (engine/system/lock.py)
+from engine.run_files import *  # noqa: E402,F401,F403  (the names: one owner, engine/run_files.py)
 FOLD_PREFIX = "fold"
 MAX_NAME = 120
 

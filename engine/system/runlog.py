@@ -11,6 +11,7 @@ import string
 import sys
 from pathlib import Path
 
+from engine import run_files
 from engine.system.atomic import write_atomic
 
 
@@ -22,14 +23,14 @@ class RunLog:
                  wandb_name: str | None = None, config: dict | None = None):
         self.enabled = enabled
         self.run_dir = run_dir
-        self.log_file = open(run_dir / "train.log", "a") if enabled and run_dir else None
+        self.log_file = open(run_dir / run_files.TRAIN_LOG, "a") if enabled and run_dir else None
         self.wandb = None
         if enabled and wandb_mode != "disabled":
             import wandb
             os.environ.setdefault("WANDB_SILENT", "true")
             run_id = None
             if run_dir:  # a resumed run continues the same W&B run
-                id_file = run_dir / "wandb_id"
+                id_file = run_dir / run_files.WANDB_ID
                 if not id_file.exists():
                     id_file.write_text(new_wandb_id())
                 run_id = id_file.read_text().strip()
