@@ -140,6 +140,11 @@ class ShardSampler(Sampler):
         return len(self.indices)
 
 
+def recipe_workers(recipe, local_world: int = 1) -> int:
+    """The recipe's num_workers, or default_num_workers when it says None."""
+    return recipe.num_workers if recipe.num_workers is not None else default_num_workers(local_world)
+
+
 def default_num_workers(local_world: int = 1) -> int:
     """Leave one core per process for the training step, the rest decode and augment.
 

@@ -21,7 +21,7 @@ from engine.data import resident
 from engine.data.batches import BatchSource, LoaderBatches, ResidentBatches, ResidentEval
 from engine.data.device_augment import DEVICE_PRESETS, DeviceAugment
 from engine.data.loader import (CanvasCollate, EpochSampler, ShardSampler, augment_seed, build_datasets,
-                                default_num_workers, make_loader)
+                                recipe_workers, make_loader)
 from engine.data.store_source import build_store_batches
 from engine.data.transforms import DEFAULT_CROP_PCT, Normalize, recipe_train_transform
 from engine.errors import UserError
@@ -95,7 +95,7 @@ def build_fold_batches(recipe, model: torch.nn.Module, data_cfg: dict, train: pd
     normalize = normalize.to(device)
     sampler = EpochSampler(len(train), recipe.batch_size, True, recipe.seed + fold, d.rank, d.world)
     val_sampler = ShardSampler(len(val), d.rank, d.world)
-    workers = recipe.num_workers if recipe.num_workers is not None else default_num_workers(d.local_world)
+    workers = recipe_workers(recipe, d.local_world)
     augment = device_augment(recipe, fold, fill) if path in ("device", "resident") else None
     if path == "resident":
         if recipe.cache == "device":

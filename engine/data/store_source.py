@@ -14,7 +14,7 @@ import torch
 
 from engine.data import feature_store as fs
 from engine.data.batches import FeatureBatches
-from engine.data.loader import EpochSampler, ShardSampler, build_datasets, default_num_workers
+from engine.data.loader import EpochSampler, ShardSampler, build_datasets, recipe_workers
 from engine.data.transforms import Normalize
 from engine.errors import UserError
 from engine.system.device import PRECISION_NAMES, autocast_dtype
@@ -54,7 +54,7 @@ def builder(recipe, model: torch.nn.Module, data_cfg: dict, train_rows: pd.DataF
         _, eval_ds = build_datasets(recipe, eval_rows.iloc[:0], eval_rows, data_cfg["crop_pct"], 0)
         return train_ds, eval_ds
 
-    workers = recipe.num_workers if recipe.num_workers is not None else default_num_workers(d.local_world)
+    workers = recipe_workers(recipe, d.local_world)
     return fs.Builder(model=model, normalize=Normalize(data_cfg["mean"], data_cfg["std"]).to(d.device),
                       images=lambda view: fs.view_images(view, *datasets()),
                       amp_dtype=autocast_dtype(recipe.precision, d.device), batch_size=recipe.batch_size * 2,

@@ -209,6 +209,7 @@ def describe_training(recipe: Recipe, model, updates_per_epoch: int, say) -> Non
     at unfreeze_epoch."""
     from engine.train.freezing import apply_freeze, count, trainable_names
     from engine.train.optim import build_optimizer, joining_groups
+    from engine.train.schedule import join_warmup_updates
     apply_freeze(model, trainable_names(model, recipe.freeze))
     trainable, frozen = count(model)
     say(f"trainable: {trainable / 1e6:.3f}M parameters, frozen: {frozen / 1e6:.3f}M (freeze = {recipe.freeze!r})")
@@ -223,7 +224,7 @@ def describe_training(recipe: Recipe, model, updates_per_epoch: int, say) -> Non
         return
     already = {n for n, p in model.named_parameters() if p.requires_grad}
     apply_freeze(model, {n for n, _ in model.named_parameters()})
-    warmup = max(round(recipe.warmup_epochs * updates_per_epoch), updates_per_epoch)
+    warmup = join_warmup_updates(recipe.warmup_epochs, updates_per_epoch)
     say(f"unfreezes at epoch {recipe.unfreeze_epoch}: {frozen / 1e6:.3f}M parameters join, warming up over "
         f"{warmup} updates:")
     for g in joining_groups(model, already, recipe.weight_decay, recipe.layer_decay, recipe.head_lr_scale):

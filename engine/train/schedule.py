@@ -66,3 +66,8 @@ def step_milestone_updates(step_milestones: tuple[int, ...], updates_per_epoch: 
     """The recipe's step_milestones (epochs trained) as update counts: the LR drops at the first update of
     the epoch after each milestone."""
     return tuple(m * updates_per_epoch for m in step_milestones)
+
+
+def join_warmup_updates(warmup_epochs: float, updates_per_epoch: int) -> int:
+    """Warm-up of parameter groups joining at unfreeze_epoch: the recipe's warm-up, at least one epoch."""
+    return max(round(warmup_epochs * updates_per_epoch), updates_per_epoch)

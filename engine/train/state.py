@@ -17,7 +17,7 @@ from engine.train.losses import build_loss
 from engine.train.mix import Mixer
 from engine.train.freezing import apply_freeze, set_train_mode, trainable_names, unfreeze_index
 from engine.train.optim import add_groups, build_optimizer, joining_groups
-from engine.train.schedule import build_scheduler, step_milestone_updates
+from engine.train.schedule import build_scheduler, join_warmup_updates, step_milestone_updates
 from engine.train.sync_bn import convert_sync_batchnorm
 
 
@@ -73,7 +73,7 @@ class TrainState:
         r = self.recipe
         already = {n for n, p in self.model.named_parameters() if p.requires_grad}
         apply_freeze(self.model, {n for n, _ in self.model.named_parameters()})
-        warmup = max(round(r.warmup_epochs * self.updates_per_epoch), self.updates_per_epoch)
+        warmup = join_warmup_updates(r.warmup_epochs, self.updates_per_epoch)
         add_groups(self.optimizer, joining_groups(self.model, already, r.weight_decay, r.layer_decay, r.head_lr_scale),
                    r.lr, epoch * self.updates_per_epoch, warmup)
         self.scheduler.refresh()
@@ -133,7 +133,7 @@ class TrainState:
         for g in self.optimizer.param_groups:
             if "join_update" in g:
                 g["join_update"] = round(g["join_update"] * upe / old)
-                g["join_warmup"] = max(round(self.recipe.warmup_epochs * upe), upe)
+                g["join_warmup"] = join_warmup_updates(self.recipe.warmup_epochs, upe)
         r, sched = self.recipe, self.scheduler  # load_state_dict brought the saved run's update counts
         sched.total_updates, sched.warmup_updates = r.epochs * upe, round(r.warmup_epochs * upe)
         sched.milestones = step_milestone_updates(r.step_milestones, upe)
