@@ -17,6 +17,7 @@ from engine import checkpoint, runs
 from engine.data.background import WHITE, checkpoint_background
 from engine.data.cache import DecodeEachTime, cache_short_side
 from engine.data.loader import ImageDataset, default_num_workers
+from engine.data.tables import class_list_difference
 from engine.errors import UserError
 from engine.models import model_from_recipe
 from engine.recipe import Recipe, from_dict
@@ -76,10 +77,7 @@ def load_ensemble(paths: Sequence[str | Path], device: torch.device) -> list[Mem
     members = [load_member(p, device) for p in paths]
     first = members[0]
     for m in members[1:]:
-        if m.classes != first.classes:
-            diff = next((i for i, (a, b) in enumerate(zip(first.classes, m.classes)) if a != b), None)
-            where = (f"{len(first.classes)} vs {len(m.classes)} classes" if diff is None
-                     else f"class {diff} is '{first.classes[diff]}' vs '{m.classes[diff]}'")
+        if where := class_list_difference(first.classes, m.classes):
             raise UserError(f"cannot ensemble {first.path} and {m.path}: their classes differ ({where}); "
                             f"ensemble only models trained on the same class list")
     return members

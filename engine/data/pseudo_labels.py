@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from engine.data.tables import audit_table, read_csv
+from engine.data.tables import audit_table, class_list_difference, read_csv
 from engine.errors import UserError
 
 PSEUDO_FOLD = -1  # trained on by every fold, validated by none
@@ -40,10 +40,7 @@ def read_pseudo_labels(probs_csv: str, test_dir: str, classes: list[str], thresh
     audited as training rows are."""
     probs = read_csv(probs_csv, ("image_path",), "pseudo_labels", "write it with python predict.py RUN --save-probs")
     names = [str(c) for c in probs.columns if c != "image_path"]
-    if names != [str(c) for c in classes]:
-        diff = next((i for i, (a, b) in enumerate(zip(names, classes)) if a != str(b)), None)
-        where = (f"{len(names)} vs {len(classes)} classes" if diff is None
-                 else f"column {diff + 1} is '{names[diff]}', class {diff} is '{classes[diff]}'")
+    if where := class_list_difference(names, classes):
         raise UserError(f"pseudo_labels '{probs_csv}' was predicted with another class list ({where}); "
                         f"use probabilities from a model trained on this data's classes")
     values = _probabilities(probs, names, probs_csv)

@@ -262,3 +262,12 @@ def _assign_group_folds(targets: np.ndarray, folds: int, val_fraction: float, se
             if folds > 1 or k == 0:
                 fold[val] = k
     return fold
+
+
+def class_list_difference(first: list, second: list) -> str | None:
+    """Where two class lists first differ, in words ("10 vs 12 classes", "class 3 is 'cat' vs 'dog'"); None if equal."""
+    a, b = [str(c) for c in first], [str(c) for c in second]
+    if a == b:
+        return None
+    diff = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), None)
+    return f"{len(a)} vs {len(b)} classes" if diff is None else f"class {diff} is '{a[diff]}' vs '{b[diff]}'"
