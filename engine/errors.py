@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import gc
+import os
 import sys
 from typing import Callable
 
@@ -42,6 +43,9 @@ def run_command(action: Callable[[], object]) -> int:
     except KeyboardInterrupt as e:
         print(f"interrupted{f' ({e})' if str(e) else ''}", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `... | head` closed the pipe: the reader has what it wanted, no traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more to flush into it at exit
+        return 141
     return 0
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import digits_recipe
+from conftest import ROOT, digits_recipe
 from engine.errors import UserError
 
 
@@ -101,3 +101,16 @@ def test_a_failed_background_write_stops_the_run_at_its_next_step(tmp_path, monk
             writer.join()  # ...and its last.pt write raises the error there, an epoch early
     finally:
         preemption.uninstall()
+
+
+def test_a_closed_pipe_ends_a_command_without_a_traceback():
+    """`python -m engine.runs | head`: the reader closed the pipe; exit 141 (as a shell would), no traceback."""
+    import subprocess
+    import sys
+    code = ("from engine.errors import run_command, exit_process\n"
+            "exit_process(run_command(lambda: [print('x' * 100) for _ in range(100000)]))")
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.readline()
+    proc.stdout.close()  # what `head -1` does after its line
+    assert proc.wait(timeout=60) == 141
+    assert "Traceback" not in proc.stderr.read().decode()
