@@ -169,7 +169,7 @@ def describe_dry_run(recipe: Recipe, d: Dist, say, show_progress: bool = True) -
     for key, value in recipe.to_dict().items():
         say(f"  {key} = {value!r}")
     try:
-        table, classes, _ = load_data(recipe, d, say, show_progress)
+        table, classes, audit = load_data(recipe, d, say, show_progress)
     except UserError as e:
         if recipe.num_classes is None:
             raise
@@ -197,7 +197,7 @@ def describe_dry_run(recipe: Recipe, d: Dist, say, show_progress: bool = True) -
     say(cache_summary(recipe, list(table["path"]), data_config(model)["crop_pct"]))
     if recipe.feature_views:
         from engine.data.store_source import describe_stores  # the stores' size, and whether they exist
-        for line in describe_stores(recipe, table, model, {**data_config(model), "background": (255, 255, 255)},
+        for line in describe_stores(recipe, table, model, {**data_config(model), "background": audit.background.rgb},
                                     d.device):
             say(line)
     say(f"steps per epoch: {n_train // per_step} (batch {recipe.batch_size} x {d.world} process(es)), "
