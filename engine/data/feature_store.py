@@ -108,11 +108,12 @@ def data_identity(paths: Sequence[str]) -> str:
 
 def store_key(model_name: str, weights: str, image_size: int, crop_pct: float, paths: Sequence[str],
               views: Sequence[str], precision: str, dtype: str, recipe=None, pre_resized: bool = True,
-              fill: tuple[int, int, int] = (255, 255, 255)) -> dict:
-    """Everything that changes a stored feature; `recipe` (for training views) adds the augmentation and seed."""
+              fill: tuple[int, int, int] = (255, 255, 255), data: str | None = None) -> dict:
+    """Everything that changes a stored feature; `recipe` (for training views) adds the augmentation and seed.
+    `data`: data_identity(paths) when the caller already read the files."""
     key = {"format": FORMAT, "model": model_name, "weights": weights, "image_size": image_size,
            "crop_pct": round(float(crop_pct), 6), "pre_resized": pre_resized, "views": list(views),
-           "rows": len(paths), "data": data_identity(paths), "precision": precision, "dtype": dtype, "decoder": DECODER}
+           "rows": len(paths), "data": data or data_identity(paths), "precision": precision, "dtype": dtype, "decoder": DECODER}
     if any(v.startswith("train") for v in views):
         key["augment"] = {k: getattr(recipe, k) for k in ("augment", "crop_scale", "random_erase", "seed")}
         key["augment"]["flip"] = recipe.flip

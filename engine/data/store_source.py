@@ -37,9 +37,12 @@ def store_keys(recipe, model: torch.nn.Module, crop_pct: float, fold: int, train
     precision = PRECISION_NAMES[autocast_dtype(recipe.precision, device)]
     common = dict(model_name=recipe.model, weights=weights, image_size=recipe.image_size, crop_pct=crop_pct,
                   precision=precision, dtype=recipe.feature_dtype)
-    return (fs.store_key(paths=list(train_rows["path"]), views=fs.train_views(recipe.feature_views), recipe=recipe,
-                         fill=fill, **common),
-            fs.store_key(paths=list(eval_rows["path"]), views=("eval",), **common))
+    train_paths, eval_paths = list(train_rows["path"]), list(eval_rows["path"])
+    train_data = fs.data_identity(train_paths)  # reads every file: once, when both stores cover the same rows
+    return (fs.store_key(paths=train_paths, views=fs.train_views(recipe.feature_views), recipe=recipe, fill=fill,
+                         data=train_data, **common),
+            fs.store_key(paths=eval_paths, views=("eval",), data=train_data if eval_paths == train_paths else None,
+                         **common))
 
 
 def builder(recipe, model: torch.nn.Module, data_cfg: dict, train_rows: pd.DataFrame,
