@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
 
     def explain() -> None:
-        from engine.cam.command import run_cam
+        from engine.cam.command import run_cam  # late: --help and argument errors answer before torch loads
         run_cam(**vars(args))
     return run_command(explain)
 

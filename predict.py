@@ -44,7 +44,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    from engine.predict_command import run_predict
+    from engine.predict.command import run_predict  # late: --help and argument errors answer before torch loads
     return run_command(lambda: run_predict(args))
 
 

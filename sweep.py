@@ -39,7 +39,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def run(args: argparse.Namespace) -> None:
     if args.count is not None and args.count < 0:
         raise UserError(f"--count must be >= 0, got {args.count}")
-    from engine.sweep.runner import run_sweep
+    from engine.sweep.command import run_sweep  # late: --help and argument errors answer before torch loads
     recipe = load_recipe_args(args.items)
     try:
         run_sweep(recipe, count=args.count, backend=args.backend, storage=args.storage, resume=args.resume,

@@ -20,7 +20,7 @@ TIMED = """
 import sys, time
 sys.path.insert(0, sys.argv[1])
 import pandas as pd
-from engine.data.tables import audit_table
+from engine.data.tables.audit import audit_table
 table = pd.read_csv(sys.argv[2]); table["path"] = [sys.argv[3] + "/" + p for p in table["image_path"]]
 start = time.perf_counter(); audit = audit_table(table); print(time.perf_counter() - start, len(audit.problems))
 """

@@ -2,7 +2,7 @@
 cache none / memory / disk, 1 / 2 dataloader workers and augment_on workers / device, interleaved in one run.
 
 augment_on="device" here: the workers pad decoded images onto a canvas and the batched warp
-(engine/data/device_augment.py) runs in this process on the CPU (no GPU): it counts in the time.
+(engine/data/pixels/device_augment.py) runs in this process on the CPU (no GPU): it counts in the time.
 
 By default it writes N synthetic sketch JPEGs of varied sizes (ink strokes on white paper) into a
 temporary folder; --data DIR uses your own images instead. The disk cache goes to a temporary folder
@@ -28,9 +28,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine.data.device_augment import DeviceAugment  # noqa: E402
-from engine.data.loader import CanvasCollate, EpochSampler, ImageDataset, make_loader  # noqa: E402
-from engine.data.transforms import DEFAULT_CROP_PCT, build_train_transform  # noqa: E402
+from engine.data.pixels.device_augment import DeviceAugment  # noqa: E402
+from engine.data.batches.loader import CanvasCollate, EpochSampler, ImageDataset, make_loader  # noqa: E402
+from engine.data.pixels.transforms import DEFAULT_CROP_PCT, build_train_transform  # noqa: E402
 
 
 def write_sketches(folder: Path, n: int, min_side: int, max_side: int, seed: int = 0) -> list[str]:
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
         t0 = time.perf_counter()
         paths = write_sketches(root, args.images, *args.sides)
         print(f"wrote {len(paths)} synthetic JPEGs in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
-    from engine.data.cache import image_loader
+    from engine.data.stores.cache import image_loader
     transform = build_train_transform(args.image_size, args.augment)
     loaders, build_s = {}, {}
     for cache in args.caches:

@@ -1,4 +1,4 @@
-"""Microseconds `engine.data.images.load_image` takes per image (thread CPU time, median of interleaved rounds)
+"""Microseconds `engine.data.pixels.images.load_image` takes per image (thread CPU time, median of interleaved rounds)
 for a 32 x 32 digit PNG (grey) and a 500 x 400 JPEG sketch; --engine DIR times another checkout's decoder.
 
     python bench/decode_speed.py --rounds 7
@@ -17,7 +17,7 @@ HERE = Path(__file__).resolve().parent.parent
 TIMED = """
 import sys, time
 sys.path.insert(0, sys.argv[1])
-from engine.data.images import load_image
+from engine.data.pixels.images import load_image
 for path in sys.argv[2:]:
     load_image(path)  # warm-up: imports and the first call's set-up
     n = 2000

@@ -38,7 +38,7 @@ CANDIDATES = {
 def build_sets(root: Path) -> dict[str, Path]:
     """data/demo-style digits under root/digits and the same images inverted under root/digits_inv."""
     from PIL import Image
-    from engine.data.demo_digits import build_demo_data
+    from engine.data.tables.demo_digits import build_demo_data
     plain = build_demo_data(root / "digits")
     inverted = root / "digits_inv"
     if not (inverted / "test.csv").is_file():

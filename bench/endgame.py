@@ -20,9 +20,9 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import predict  # noqa: E402
 from engine import runs  # noqa: E402
-from engine.data.demo_digits import ensure_demo_data  # noqa: E402
+from engine.data.tables.demo_digits import ensure_demo_data  # noqa: E402
 from engine.recipe import load_recipe  # noqa: E402
-from engine.train.folds import train  # noqa: E402
+from engine.train.orchestrator import train  # noqa: E402
 
 OUT = Path("runs/bench")
 LABELS = "data/demo/test_labels.csv"

@@ -28,11 +28,11 @@ from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine.data.sources import build_fold_batches  # noqa: E402
+from engine.data.batches.factory import build_fold_batches  # noqa: E402
 from engine.models import build_model, data_config  # noqa: E402
 from engine.recipe import load_recipe  # noqa: E402
 from engine.system.distributed import Dist  # noqa: E402
-from engine.train.folds import load_data  # noqa: E402
+from engine.train.training_data import load_data  # noqa: E402
 from engine.train.loop import evaluate, train_one_epoch  # noqa: E402
 from engine.train.state import build_train_state  # noqa: E402
 
@@ -96,7 +96,7 @@ def make_sketches(folder: Path, n: int, seed: int = 0) -> Path:
 
 def run_epochs(recipe, store: bool) -> dict:
     """fit()'s epochs (train_one_epoch + evaluate) over pixels with a frozen backbone, or over stored features
-    (engine/data/store_source.py, store build included when new); checkpoints and reports are left out of both."""
+    (engine/data/batches/store_source.py, store build included when new); checkpoints and reports are left out of both."""
     t0 = time.perf_counter()
     d = Dist()
     table, classes, _ = load_data(recipe, d, log=lambda *a: None)

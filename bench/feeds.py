@@ -1,4 +1,4 @@
-"""Batches already made, as a batch source (engine/data/batches.py): the benches' ceiling and fixed inputs."""
+"""Batches already made, as a batch source (engine/data/batches/sources.py): the benches' ceiling and fixed inputs."""
 from __future__ import annotations
 
 import sys
@@ -8,7 +8,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine.data.batches import BatchSource  # noqa: E402
+from engine.data.batches.sources import BatchSource  # noqa: E402
 
 
 class OnDevice(BatchSource):

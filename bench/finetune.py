@@ -42,7 +42,7 @@ def one(model_name: str, freeze: str | int, images: int, batch: int, size: int, 
     from engine.train.freezing import count
     from engine.train.loop import train_one_epoch
     from engine.train.state import build_train_state
-    from engine.data.transforms import Normalize
+    from engine.data.pixels.transforms import Normalize
     from feeds import OnDevice
     torch.manual_seed(0)
     recipe = load_recipe(None, dict(model=model_name, freeze=freeze, batch_size=batch, image_size=size,

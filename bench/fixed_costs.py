@@ -9,6 +9,7 @@ durable best.pt / last.pt every epoch, the report; Lightning: its default checkp
     python bench/fixed_costs.py                    # 3 rounds
     python bench/fixed_costs.py --rounds 1 --epochs 1 --only engine bare   # smoke test
     python bench/fixed_costs.py --timeline         # one run each, every output line with its time stamp
+    python bench/fixed_costs.py --startup          # each command's --help vs importing its body (the late import)
 """
 from __future__ import annotations
 
@@ -113,6 +114,29 @@ def bare(data: Path, out: Path, epochs: int, lightning: bool) -> None:
     torch.save(model.state_dict(), out / "model.pt")
 
 
+# each command line: its entry, and the body module its entry imports only after the arguments parse
+ENTRIES = {"train.py": "engine.train.command", "predict.py": "engine.predict.command", "cam.py": "engine.cam.command",
+           "sweep.py": "engine.sweep.command", "-m engine.explore": "engine.explore.command",
+           "-m engine.report": "engine.evaluate.command"}
+
+
+def startup(rounds: int) -> None:
+    """What the entries' late imports buy: `--help` (and any argument error) answers in the first column's time;
+    importing the command body first would add the second column's."""
+    def wall(cmd: list[str]) -> float:
+        t0 = time.perf_counter()
+        subprocess.run(cmd, cwd=ROOT, capture_output=True, check=True)
+        return time.perf_counter() - t0
+    rows = {e: ([], []) for e in ENTRIES}
+    for _ in range(rounds):  # interleaved: a slow moment of the machine hits every command alike
+        for entry, body in ENTRIES.items():
+            rows[entry][0].append(wall([sys.executable, *entry.split(), "--help"]))
+            rows[entry][1].append(wall([sys.executable, "-c", f"import {body}"]))
+    print(f"{'command':<20} {'--help s (median)':>18} {'import body s (median)':>23}")
+    for entry, (helps, imports) in rows.items():
+        print(f"{entry:<20} {statistics.median(helps):>18.2f} {statistics.median(imports):>23.2f}")
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--rounds", type=int, default=3)
@@ -120,15 +144,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--only", nargs="*", default=["engine", "bare", "lightning"])
     p.add_argument("--baseline", type=Path, help="another checkout of the engine, timed as contender 'baseline'")
     p.add_argument("--timeline", action="store_true", help="run each contender once, time-stamping its output lines")
+    p.add_argument("--startup", action="store_true", help="each command's --help vs importing its body, medians")
     p.add_argument("--run", choices=["bare", "lightning"], help=argparse.SUPPRESS)  # one contender, in this process
     p.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.run:
         return bare(args.data, args.out, args.epochs, args.run == "lightning")
+    if args.startup:
+        return startup(args.rounds)
     work = Path(tempfile.mkdtemp(prefix="sketchbook-fixed-"))
     sys.path.insert(0, str(ROOT))
-    from engine.data.demo_digits import build_demo_data
+    from engine.data.tables.demo_digits import build_demo_data
     data = build_demo_data(work / "demo")
     commands = {"engine": lambda out: engine_cmd(data, out, args.epochs),
                 "bare": lambda out: [sys.executable, __file__, "--run", "bare", "--data", str(data), "--out", str(out),

@@ -1,6 +1,6 @@
 """EVA02-L at 448 px on a GPU: training img/s, share of the chip's bf16 rate and peak memory for each set-up
 the recipes use (freeze none / last block / backbone, gradient checkpointing on and off, compile), through the
-engine's train state and train_one_epoch; then the feature-store build (engine/data/feature_store.py) against
+engine's train state and train_one_epoch; then the feature-store build (engine/data/stores/feature_store.py) against
 a bare forward_features loop over the same images. Random init (speed does not depend on the weights).
 
     python bench/gpu_eva.py                       # on the GPU (about 3 minutes; compile adds its own)
@@ -23,8 +23,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from feeds import OnDevice  # noqa: E402
 from engine.data import feature_store as fs  # noqa: E402
-from engine.data.loader import ImageDataset  # noqa: E402
-from engine.data.transforms import Normalize, build_eval_transform  # noqa: E402
+from engine.data.batches.loader import ImageDataset  # noqa: E402
+from engine.data.pixels.transforms import Normalize, build_eval_transform  # noqa: E402
 from engine.models import data_config, model_from_recipe  # noqa: E402
 from engine.recipe import load_recipe  # noqa: E402
 from engine.system.distributed import Dist  # noqa: E402

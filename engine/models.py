@@ -8,6 +8,7 @@ from typing import Sequence
 
 import timm
 import torch
+from safetensors.torch import load_file
 
 from engine.errors import UserError
 
@@ -41,7 +42,6 @@ def load_pretrained(model: torch.nn.Module, path: str) -> list[str]:
         raise UserError(f"pretrained_path '{path}' not found")
     try:
         if str(path).endswith(".safetensors"):  # what the model hub ships; safetensors comes with timm
-            from safetensors.torch import load_file
             state = load_file(path, device="cpu")
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)

@@ -20,7 +20,7 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 @pytest.fixture(scope="session")
 def digits_dir(tmp_path_factory) -> Path:
     """The demo data set (1,797 real handwritten digits) in the competition layout, built once."""
-    from engine.data.demo_digits import build_demo_data
+    from engine.data.tables.demo_digits import build_demo_data
     return build_demo_data(tmp_path_factory.mktemp("digits") / "demo")
 
 
@@ -37,6 +37,6 @@ def digits_recipe(digits_dir: Path, out: Path, **changes):
 @pytest.fixture(scope="session")
 def trained_run(digits_dir, tmp_path_factory) -> Path:
     """A run folder with fold0/best.pt and last.pt, trained for 2 epochs on the digits."""
-    from engine.train.folds import train
+    from engine.train.orchestrator import train
     recipe = digits_recipe(digits_dir, tmp_path_factory.mktemp("runs"))
     return train(recipe, show_progress=False)

@@ -15,12 +15,12 @@ from engine.system import distributed  # noqa: E402
 def evaluate_checkpoint(ckpt_path: str, out: str) -> None:
     """Validation metrics of a checkpoint over the sharded (unpadded) validation rows of its run."""
     from engine.checkpoint import load_checkpoint
-    from engine.data.loader import ImageDataset, ShardSampler, make_loader
+    from engine.data.batches.loader import ImageDataset, ShardSampler, make_loader
     from engine.train.loop import evaluate
     from engine.models import build_model
     from engine.recipe import from_dict
-    from engine.train.folds import load_data
-    from engine.data.transforms import Normalize, build_eval_transform
+    from engine.train.training_data import load_data
+    from engine.data.pixels.transforms import Normalize, build_eval_transform
     d = distributed.setup()
     ckpt = load_checkpoint(ckpt_path)
     recipe = from_dict(ckpt["recipe"])
@@ -30,7 +30,7 @@ def evaluate_checkpoint(ckpt_path: str, out: str) -> None:
     model.load_state_dict(ckpt["model"])
     ds = ImageDataset(val["path"], val["target"], build_eval_transform(recipe.image_size, ckpt["data"]["crop_pct"]))
     loader = make_loader(ds, 7, ShardSampler(len(ds), d.rank, d.world), 0, train=False)  # 7: uneven shards
-    from engine.data.batches import LoaderBatches
+    from engine.data.batches.sources import LoaderBatches
     result = evaluate(model, LoaderBatches(loader, d.device, Normalize(ckpt["data"]["mean"], ckpt["data"]["std"])))
     if d.is_main:
         Path(out).write_text(json.dumps({"n": len(result["targets"]), "loss": result["loss"], "acc": result["acc"],
@@ -61,7 +61,7 @@ def record_training(argv: list[str]) -> None:
     torchrun launcher (or, alone, to itself)."""
     import collections
     import signal
-    from engine.data.loader import ImageDataset
+    from engine.data.batches.loader import ImageDataset
     from engine.train import state
     from engine.train.mix import Mixer
     rank, stop_at = os.environ.get("RANK", "0"), int(os.environ.get("STOP_AT", 0))

@@ -10,8 +10,8 @@ import torch
 from PIL import Image
 
 from engine.cam.gradcam import ink_mass
-from engine.data.background import BLACK, WHITE, measure_background, resolve_background
-from engine.data.transforms import build_train_transform
+from engine.data.pixels.background import BLACK, WHITE, measure_background, resolve_background
+from engine.data.pixels.transforms import build_train_transform
 from engine.errors import UserError
 from engine.recipe import load_recipe
 
@@ -100,8 +100,8 @@ def test_small_map_warning_fires_for_resnet18_at_32_px_not_224():
 def test_checkpoint_keeps_the_measured_background_for_cam(tmp_path):
     import pandas as pd
 
-    from engine.inference import load_member
-    from engine.train.folds import train
+    from engine.predict.inference import load_member
+    from engine.train.orchestrator import train
     rows = []
     for cls in ("a", "b"):
         for path in write_set(tmp_path / "data" / cls, 0, 230 if cls == "a" else 150, n=8):

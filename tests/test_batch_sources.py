@@ -16,15 +16,15 @@ import predict
 from conftest import ROOT, digits_recipe
 from engine import runs
 from engine.checkpoint import load_checkpoint
-from engine.data import resident
-from engine.data.batches import LoaderBatches, ResidentBatches
-from engine.data.loader import CanvasCollate, EpochSampler, ImageDataset, make_loader
-from engine.data.cache import DecodeEachTime, cache_short_side
-from engine.data.sources import choose_path, device_augment
-from engine.data.transforms import Normalize
+from engine.data.batches import resident
+from engine.data.batches.sources import LoaderBatches, ResidentBatches
+from engine.data.batches.loader import CanvasCollate, EpochSampler, ImageDataset, make_loader
+from engine.data.stores.cache import DecodeEachTime, cache_short_side
+from engine.data.batches.factory import choose_path, device_augment
+from engine.data.pixels.transforms import Normalize
 from engine.recipe import load_recipe
 from engine.system import preemption
-from engine.train.folds import train
+from engine.train.orchestrator import train
 
 RECIPES = sorted(p.stem for p in (ROOT / "recipes").glob("*.py"))
 TINY_MODEL = {"convnext": "test_convnext", "efficientnet": "test_efficientnet", "eva02_frozen_mlp": "test_vit",
@@ -98,7 +98,7 @@ def test_auto_resolves_as_on_a_cuda_device(name, digits_dir, tiny_digits, tmp_pa
 
 @pytest.mark.slow
 def test_every_recipe_trains_predicts_and_explains_from_every_source(digits_dir, tiny_digits, tmp_path, monkeypatch):
-    monkeypatch.setattr("engine.evaluate.report.make_report", lambda run_dir: [])  # tested elsewhere; slow to draw
+    monkeypatch.setattr("engine.evaluate.run_report.make_report", lambda run_dir: [])  # tested elsewhere; slow to draw
     rows = matrix(digits_dir, tiny_digits, tmp_path)
     assert {s for _, s in rows} == set(SOURCES) and len(rows) >= 2 * len(RECIPES)
     for name, source in rows:
@@ -121,7 +121,7 @@ def test_every_recipe_trains_predicts_and_explains_from_every_source(digits_dir,
 
 
 def _path_name(source: str) -> str:
-    from engine.data.sources import PATH_NAMES
+    from engine.data.batches.factory import PATH_NAMES
     return PATH_NAMES[source]
 
 
@@ -232,7 +232,7 @@ def test_store_serves_every_view_the_recipes_flip_needs(digits_dir, tiny_digits,
 @pytest.mark.parametrize("source", ["workers", "device", "resident"])
 def test_staged_augmentation_changes_the_transform_at_its_epoch_also_on_resume(source, digits_dir, tiny_digits,
                                                                               tmp_path):
-    from engine.data.sources import build_fold_batches
+    from engine.data.batches.factory import build_fold_batches
     from engine.system.distributed import Dist
     recipe = digits_recipe(digits_dir, tmp_path, augment="none", augment_schedule={2: "light"}, epochs=4,
                            batch_size=8, num_workers=1 if source == "workers" else 0, **FORCE[source])

@@ -10,9 +10,9 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from engine.data.cache import cache_short_side, image_loader, open_store, cache_folder_name, store_settings
-from engine.data.loader import ImageDataset
-from engine.data.loader import build_datasets
+from engine.data.stores.cache import cache_short_side, image_loader, open_store, cache_folder_name, store_settings
+from engine.data.batches.loader import ImageDataset
+from engine.data.batches.loader import build_datasets
 from engine.recipe import load_recipe
 
 SIZE = 32  # image_size of the tests: images are pre-resized to a shorter side of 36 px
@@ -180,7 +180,7 @@ def test_cache_decode_processes_die_on_sigterm_even_when_the_trainer_catches_it(
     """The trainer builds its cache after arming its SIGTERM handler; a forked decoder that kept that handler
     would outlive Pool.terminate (seen as a hung two-node resume), so each decoder restores the default."""
     import signal
-    from engine.data import cache_store
+    from engine.data.stores import cache_store
     from engine.system import preemption
     threads = torch.get_num_threads()
     preemption.install()

@@ -27,7 +27,7 @@ def old_run(tmp_path, monkeypatch) -> Path:
 
 
 def test_old_checkpoint_predicts_what_its_validation_recorded(old_run):
-    from engine.inference import load_ensemble, predict_probs
+    from engine.predict.inference import load_ensemble, predict_probs
     members = load_ensemble([old_run / "fold0" / "best.pt"], torch.device("cpu"))
     recorded = pd.read_csv(old_run / "fold0" / "val_predictions.csv")
     paths = [str(Path(members[0].recipe.data_dir) / p) for p in recorded["image_path"]]

@@ -5,11 +5,13 @@ import pytest
 import torch
 from PIL import Image
 
-from engine.data.loader import EpochSampler, ImageDataset, ShardSampler
+from engine.data.batches.loader import EpochSampler, ImageDataset, ShardSampler
 from engine.errors import UserError
-from engine.data.images import load_image
-from engine.data.tables import apply_audit_policy, assign_folds, audit_table, check_image_file, read_train_table
-from engine.data.transforms import build_train_transform
+from engine.data.pixels.images import load_image
+from engine.data.tables.audit import apply_audit_policy, audit_table, check_image_file
+from engine.data.tables.folds import assign_folds
+from engine.data.tables.read import read_train_table
+from engine.data.pixels.transforms import build_train_transform
 
 
 def sketch(path, value=0, size=(20, 16), mode="L"):

@@ -11,11 +11,11 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
-from engine.data.device_augment import Canvas, DeviceAugment, Draws, pad_to_canvas
-from engine.data.loader import CanvasCollate
+from engine.data.pixels.device_augment import Canvas, DeviceAugment, Draws, pad_to_canvas
+from engine.data.batches.loader import CanvasCollate
 from engine.errors import UserError
 from engine.recipe import load_recipe
-from engine.train.folds import train
+from engine.train.orchestrator import train
 from tests.conftest import digits_recipe
 from tests.test_resume import stop_after, weights
 

@@ -12,13 +12,14 @@ import cam
 import predict
 from conftest import digits_recipe
 from engine import runs
-from engine.data.near_duplicates import group_ids
-from engine.data.tables import assign_folds
+from engine.data.tables.near_duplicates import group_ids
+from engine.data.tables.folds import assign_folds
 from engine.errors import UserError
 from engine.evaluate.ensemble import caruana_weights, plan_ensemble
 from engine.recipe import save_json
 from engine.system import distributed
-from engine.train.folds import load_data, train
+from engine.train.orchestrator import train
+from engine.train.training_data import load_data
 
 FAST = ["--workers", "0", "--no-progress"]
 
@@ -149,7 +150,7 @@ def two_runs(digits_dir, tmp_path_factory):
     pd.read_csv(digits_dir / "train.csv").groupby("target").head(12).to_csv(out / "train.csv", index=False)
     common = dict(folds=2, epochs=1, batch_size=30, train_csv=str(out / "train.csv"))
     with pytest.MonkeyPatch.context() as patch:  # the evaluation report is tested elsewhere and slow to draw
-        patch.setattr("engine.evaluate.report.make_report", lambda run_dir: [])
+        patch.setattr("engine.evaluate.run_report.make_report", lambda run_dir: [])
         return [train(digits_recipe(digits_dir, out, model=m, name=m, **common), show_progress=False)
                 for m in ("test_resnet", "test_efficientnet")]
 

@@ -116,7 +116,8 @@ def test_every_planted_problem_is_found_and_nothing_else(explored):
 
 
 def test_a_nan_target_gets_the_training_audits_answer(explored):
-    from engine.data.tables import audit_table, read_train_table
+    from engine.data.tables.audit import audit_table
+    from engine.data.tables.read import read_train_table
     root, _, result, _ = explored
     training = audit_table(read_train_table(str(root / "train"), str(root / "train.csv")))
     dropped = set(training.problems.loc[training.problems["problem"] == "nan_target", "image_path"])
@@ -135,8 +136,9 @@ def test_near_duplicates_are_told_from_exact_copies(explored):
 
 
 def test_clean_csv_is_repaired_and_trains(explored, tmp_path):
-    from engine.train.folds import train
-    from engine.data.tables import audit_table, read_train_table
+    from engine.train.orchestrator import train
+    from engine.data.tables.audit import audit_table
+    from engine.data.tables.read import read_train_table
     root, _, _, clean = explored
     table = pd.read_csv(clean)
     assert list(table.columns) == ["class_name", "image_path", "target"]

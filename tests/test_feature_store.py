@@ -16,17 +16,18 @@ import predict
 from conftest import ROOT, digits_recipe
 from engine import runs
 from engine.checkpoint import load_checkpoint
-from engine.data import feature_store as fs
-from engine.data.cache import image_loader
-from engine.data.loader import EpochSampler, ImageDataset, make_loader
-from engine.data.batches import LoaderBatches
-from engine.data.transforms import Normalize, recipe_train_transform
+from engine.data.stores import feature_store as fs
+from engine.data.stores.cache import image_loader
+from engine.data.batches.loader import EpochSampler, ImageDataset, make_loader
+from engine.data.batches.sources import LoaderBatches
+from engine.data.pixels.transforms import Normalize, recipe_train_transform
 from engine.errors import UserError
 from engine.models import build_model, data_config
 from engine.recipe import load_recipe
 from engine.system.distributed import Dist
-from engine.train.folds import load_data, train
-from engine.data.store_source import store_keys
+from engine.train.orchestrator import train
+from engine.train.training_data import load_data
+from engine.data.batches.store_source import store_keys
 from engine.train.loop import train_one_epoch
 from engine.train.state import build_train_state
 
@@ -171,7 +172,7 @@ def test_key_changes_with_every_keyed_input_and_nothing_else(small_digits, digit
 
 SETUP = textwrap.dedent("""
     import torch
-    from engine.data import feature_store as fs
+    from engine.data.stores import feature_store as fs
     class Tiny(torch.nn.Module):  # timm's interface, without importing timm (the subprocesses start faster)
         def __init__(self):
             super().__init__()

@@ -12,12 +12,12 @@ import timm
 import torch
 from PIL import Image
 
-from engine.inference import load_ensemble, predict_probs
+from engine.predict.inference import load_ensemble, predict_probs
 from engine.models import model_from_recipe, set_head
 from engine.recipe import load_recipe
 from engine.system import preemption as preempt
 from engine.train import freezing
-from engine.train.folds import train
+from engine.train.orchestrator import train
 from engine.train.optim import build_optimizer
 from tests.conftest import ROOT
 
@@ -190,8 +190,8 @@ def test_frozen_backbone_and_batchnorm_buffers_stay_bitwise_while_head_trains(fr
 
 def test_mlp_head_round_trips_into_predict_with_hv_tta_and_cam(frozen_run, tiny_dir):
     from engine.cam.gradcam import compute_cams
-    from engine.data.images import load_image
-    from engine.data.transforms import build_eval_transform
+    from engine.data.pixels.images import load_image
+    from engine.data.pixels.transforms import build_eval_transform
     run, _ = frozen_run
     members = load_ensemble([run / "fold0" / "best.pt"], torch.device("cpu"))
     m = members[0]

@@ -9,7 +9,7 @@ import pytest
 
 from conftest import digits_recipe
 from engine.errors import UserError
-from engine.data.tables import assign_folds
+from engine.data.tables.folds import assign_folds
 
 
 def test_folds_are_stratified_disjoint_and_cover_every_row_once():
@@ -26,8 +26,8 @@ def test_folds_are_stratified_disjoint_and_cover_every_row_once():
 @pytest.fixture(scope="module")
 def split_run(digits_dir, tmp_path_factory):
     """A 2-fold run trained as two machines would: --fold 0, then --fold 1 into the same --name folder."""
-    from engine.inference import fold_checkpoints
-    from engine.train.folds import train
+    from engine.predict.inference import fold_checkpoints
+    from engine.train.orchestrator import train
     out = tmp_path_factory.mktemp("folds")
     rows = pd.read_csv(digits_dir / "train.csv").groupby("target").head(30)  # 300 rows keep it quick
     rows.to_csv(out / "train.csv", index=False)
@@ -83,7 +83,7 @@ def test_oof_metrics_match_the_predictions(split_run):
 def test_kfold_prediction_averages_both_folds(split_run, tmp_path):
     import torch
 
-    from engine.inference import fold_checkpoints, load_ensemble, predict_probs
+    from engine.predict.inference import fold_checkpoints, load_ensemble, predict_probs
     run_dir, _ = split_run
     paths = fold_checkpoints(run_dir, kfold=True)
     assert [p.parent.name for p in paths] == ["fold0", "fold1"]
@@ -96,7 +96,7 @@ def test_kfold_prediction_averages_both_folds(split_run, tmp_path):
 
 
 def test_report_counts_the_most_confused_pairs(split_run, capsys):
-    from engine.evaluate.report import main
+    from engine.report import main
     run_dir, _ = split_run
     oof = pd.read_csv(run_dir / "oof.csv")
     wrong = oof[oof["pred"] != oof["target"]]
@@ -112,7 +112,7 @@ def test_report_counts_the_most_confused_pairs(split_run, capsys):
 
 def test_mistakes_gallery_shows_each_image_in_order_and_survives_a_missing_one(tmp_path):
     from PIL import Image
-    from engine.evaluate.report import CELL, mistake_montage
+    from engine.evaluate.run_report import CELL, mistake_montage
     colours = [(200, 30, 30), (30, 160, 30), (30, 30, 200)]
     paths = []
     for i, (colour, size) in enumerate(zip(colours, [(40, 20), (10, 30), (64, 64)])):  # wide, tall, square

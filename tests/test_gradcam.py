@@ -184,10 +184,10 @@ def test_cam_sees_the_validation_view_of_a_large_image(trained_run, sketch):
     import pandas as pd
 
     from engine.cam.command import model_inputs
-    from engine.data.loader import build_datasets
-    from engine.data.images import load_image
-    from engine.inference import eval_dataset, load_member
-    from engine.data.transforms import build_eval_transform
+    from engine.data.batches.loader import build_datasets
+    from engine.data.pixels.images import load_image
+    from engine.predict.inference import eval_dataset, load_member
+    from engine.data.pixels.transforms import build_eval_transform
     member = load_member(trained_run / "fold0" / "best.pt", torch.device("cpu"))
     table = pd.DataFrame({"path": [str(sketch)], "target": [0]})
     validation = build_datasets(member.recipe, table, table, member.crop_pct, 0)[1][0][0]

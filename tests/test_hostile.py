@@ -18,7 +18,7 @@ import torch
 from conftest import ROOT, digits_recipe
 from engine import runs
 from engine.errors import UserError, run_command
-from engine.train.folds import train
+from engine.train.orchestrator import train
 
 
 def one_line(capsys) -> str:
@@ -200,7 +200,7 @@ def test_disk_full_is_one_line_and_resume_leaves_one_metrics_row_per_epoch(digit
 # 6. targets that are not 0..K-1
 
 def test_targets_with_gaps_are_refused_unless_num_classes_says_so():
-    from engine.data.tables import audit_table
+    from engine.data.tables.audit import audit_table
     table = pd.DataFrame({"class_name": None, "image_path": [f"{i}.png" for i in range(9)],
                           "target": [5, 7, 9] * 3, "path": "x"})
     with pytest.raises(UserError, match=r"7 of 0\.\.9 have no rows"):
@@ -278,7 +278,7 @@ def test_run_names_that_escape_or_nest_are_refused(name, digits_dir, small_csv, 
 
 
 def test_one_single_image_class_keeps_the_others_stratified():
-    from engine.data.tables import assign_folds
+    from engine.data.tables.folds import assign_folds
     targets = np.array([0] + [t for t in range(1, 10) for _ in range(20)])
     fold = assign_folds(targets, folds=1, val_fraction=0.2, seed=42)
     val_per_class = np.bincount(targets[fold == 0], minlength=10)
@@ -287,7 +287,7 @@ def test_one_single_image_class_keeps_the_others_stratified():
 
 def test_a_jpeg_damaged_in_the_middle_fails_the_audit(tmp_path):
     from PIL import Image
-    from engine.data.tables import check_image_file
+    from engine.data.tables.audit import check_image_file
     pixels = (np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8)
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, "JPEG", quality=90)

@@ -14,8 +14,9 @@ CLIS = ["train.py", "predict.py", "sweep.py", "cam.py", "engine/report.py", "eng
         "engine/runs/__main__.py"]
 # a unit may import only units of a lower rank (or itself): system <- data <- evaluate <- train <- the side features
 RANK = {"errors": 0, "run_files": 0, "system": 1, "recipe": 2, "checkpoint": 2, "models": 2, "runs": 3, "data": 4, "evaluate": 5,
-        "train": 6, "inference": 7, "cam": 8, "explore": 8, "sweep": 8, "predict_command": 8, "report": 9,
-        "run_table": 9}
+        "train": 6, "predict": 7, "cam": 8, "explore": 8, "sweep": 8, "report": 9, "run_table": 9}
+# inside data, its rooms import one way too: pixels <- caches and stores <- tables and folds <- batches
+DATA_RANK = {"pixels": 0, "stores": 1, "tables": 2, "batches": 3}
 COMMAND_RANK = 10  # a package's __main__ is a command line (`python -m engine.runs`): it may import any stage
 RUN_FOLDER_NAMES = tuple(v for k, v in vars(run_files).items()  # every file name the owner holds
                          if k.isupper() and isinstance(v, str) and "." in v)
@@ -54,6 +55,14 @@ def test_every_unit_has_a_rank():
 def test_stages_import_one_way():
     upward = [f"{m} imports {t}" for m, targets in MODULES.items() for t in targets
               if m != "engine" and unit(t) != unit(m) and rank(t) >= rank(m)]
+    assert not upward, "\n".join(upward)
+
+
+def test_data_rooms_import_one_way():
+    rooms = {m: targets for m, targets in MODULES.items() if m.startswith("engine.data.") and m.count(".") >= 3}
+    assert {m.split(".")[2] for m in rooms} == set(DATA_RANK)  # every module of data/ is in a room
+    upward = [f"{m} imports {t}" for m, targets in rooms.items() for t in targets if t.startswith("engine.data.")
+              and t.split(".")[2] != m.split(".")[2] and DATA_RANK[t.split(".")[2]] >= DATA_RANK[m.split(".")[2]]]
     assert not upward, "\n".join(upward)
 
 
@@ -111,4 +120,20 @@ def test_every_engine_module_is_on_the_readme_map():
     tree = readme[readme.index("## Layout"):readme.index("Where to change what")]
     missing = [str(p.relative_to(ROOT)) for p in sorted((ROOT / "engine").rglob("*.py"))
                if p.stem not in ("__init__", "__main__") and not re.search(rf"\b{re.escape(p.stem)}\b", tree)]
+    missing += [f"{p.parent.relative_to(ROOT)}/" for p in sorted((ROOT / "engine").rglob("__init__.py"))
+                if p.parent != ROOT / "engine" and not re.search(rf"\b{re.escape(p.parent.name)}/", tree)]
     assert not missing, f"add to the README's layout tree: {missing}"
+
+
+def test_every_package_docstring_names_its_modules():
+    """Each package's docstring lists every job it has: a module (or room) it does not name is a stale map."""
+    import re
+    stale = []
+    for init in sorted(ENGINE.rglob("__init__.py")):
+        if init.parent == ENGINE:  # the root: the README map describes it
+            continue
+        doc = ast.get_docstring(ast.parse(init.read_text())) or ""
+        parts = [p.stem for p in init.parent.glob("*.py") if p.stem not in ("__init__", "__main__")]
+        parts += [p.name for p in init.parent.iterdir() if (p / "__init__.py").is_file()]
+        stale += [f"{init.relative_to(ROOT)}: {part}" for part in parts if not re.search(rf"\b{part}\b", doc)]
+    assert not stale, "name these in the package docstring:\n" + "\n".join(stale)

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 import torch
 
-from engine.data.cache import MEMORY_PREFIX, memory_cache_root, namespace_tag
+from engine.data.stores.cache import MEMORY_PREFIX, memory_cache_root, namespace_tag
 from tests.conftest import ROOT
 
 

@@ -50,7 +50,7 @@ def test_a_storage_error_never_prints_the_password():
 
 def test_count_zero_is_refused_before_anything_runs(tmp_path):
     from engine.recipe import load_recipe
-    from engine.sweep.runner import run_sweep
+    from engine.sweep.command import run_sweep
     sweep = {"method": "random", "metric": {"name": "val_loss", "goal": "minimize"},
              "parameters": {"lr": {"values": [0.1, 0.01]}}}
     recipe = load_recipe(None, dict(name="fake", output_dir=str(tmp_path), sweep=sweep))
@@ -65,7 +65,7 @@ def test_val_fraction_zero_with_folds_is_refused():
 
 
 def test_dry_run_refuses_what_the_real_run_refuses(digits_dir, tmp_path):
-    from engine.train.folds import train
+    from engine.train.orchestrator import train
     with pytest.raises(UserError, match="cannot take image_size=50"):
         train(digits_recipe(digits_dir, tmp_path, model="test_vit", image_size=50), dry_run=True, show_progress=False)
     with pytest.raises(UserError, match="--name"):
@@ -74,7 +74,7 @@ def test_dry_run_refuses_what_the_real_run_refuses(digits_dir, tmp_path):
 
 def test_a_failed_start_leaves_no_run_folder(digits_dir, tmp_path):
     import pandas as pd
-    from engine.train.folds import train
+    from engine.train.orchestrator import train
     csv = tmp_path / "train.csv"
     pd.read_csv(digits_dir / "train.csv").groupby("target").head(4).to_csv(csv, index=False)
     for bad in (dict(model="test_vit", image_size=50), dict(pretrained_path=str(csv))):

@@ -21,7 +21,7 @@ def one_line(capsys) -> str:
 @pytest.fixture(scope="module")
 def small_run(digits_dir, tmp_path_factory) -> Path:
     """Fold 0 of a 1-epoch run at 16 px on 8 digits a class."""
-    from engine.train.folds import train
+    from engine.train.orchestrator import train
     csv = tmp_path_factory.mktemp("small") / "train.csv"
     pd.read_csv(digits_dir / "train.csv").groupby("target").head(8).to_csv(csv, index=False)
     recipe = digits_recipe(digits_dir, tmp_path_factory.mktemp("runs"), train_csv=str(csv), epochs=1, image_size=16,
@@ -134,7 +134,7 @@ def test_a_test_csv_with_its_own_ids_keeps_them(owned, digits_dir, tmp_path):
 def test_explore_and_sweep_outputs_stay_where_they_belong(owned, digits_dir, tmp_path, capsys):
     from engine.explore.analysis import explore
     from engine.recipe import load_recipe
-    from engine.sweep.runner import run_sweep
+    from engine.sweep.command import run_sweep
     before = snapshot(owned)
     recipe = digits_recipe(digits_dir, tmp_path / "runs")
     assert run_command(lambda: explore(recipe, owned["recipe"], workers=1, progress=False)) == 2  # --out a file

@@ -1,4 +1,4 @@
-"""predict.py and engine.inference: the submission file, ensembles, TTA, moved checkpoints, clear errors."""
+"""predict.py and engine.predict.inference: the submission file, ensembles, TTA, moved checkpoints, clear errors."""
 from __future__ import annotations
 
 import json
@@ -10,11 +10,11 @@ import torch
 
 import predict
 from engine.checkpoint import load_checkpoint
-from engine.data.images import load_image
-from engine.inference import load_ensemble, predict_probs
+from engine.data.pixels.images import load_image
+from engine.predict.inference import load_ensemble, predict_probs
 from engine.models import build_model, data_config
 from engine.recipe import from_dict
-from engine.data.transforms import build_eval_transform
+from engine.data.pixels.transforms import build_eval_transform
 
 FAST = ["--workers", "0", "--no-progress"]
 
@@ -30,7 +30,7 @@ def convnext_checkpoint(trained_run, path, classes=None):
 
 
 def by_hand(ckpt_path, image_paths, flip=False, size=None):
-    """Softmax of one checkpoint (at `size` px, default the recipe's), computed without engine.inference."""
+    """Softmax of one checkpoint (at `size` px, default the recipe's), computed without engine.predict.inference."""
     ckpt = load_checkpoint(ckpt_path)
     recipe = from_dict(ckpt["recipe"])
     model = build_model(recipe.model, len(ckpt["classes"]))

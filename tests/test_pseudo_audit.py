@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from engine.data.pseudo_labels import add_pseudo_labels, read_pseudo_labels
+from engine.data.tables.pseudo_labels import add_pseudo_labels, read_pseudo_labels
 from engine.errors import UserError
 
 CLASSES = ["ant", "bee"]

@@ -10,7 +10,7 @@ import torch
 
 from engine import checkpoint
 from engine.system import preemption as preempt
-from engine.train.folds import train
+from engine.train.orchestrator import train
 from tests.conftest import ROOT, digits_recipe
 
 # mixing, accumulation, EMA, drop-path and a partial accumulation window: everything that carries state
@@ -106,7 +106,7 @@ def test_an_exception_out_of_training_leaves_no_data_worker_behind(digits_dir, t
     # workers ignore SIGTERM (see above), so the engine must end them itself, or exit would hang
     code = f"""
 import sys; sys.path.insert(0, {str(ROOT)!r})
-from engine.train.folds import train
+from engine.train.orchestrator import train
 from tests.conftest import digits_recipe
 from pathlib import Path
 def prune(row): raise RuntimeError("pruned")

@@ -17,7 +17,7 @@ from engine.run_table.command import recipe_diff
 from engine.run_table.table import collect, sort_rows
 from engine.system import lock
 from engine.system import preemption as preempt
-from engine.train.folds import train
+from engine.train.orchestrator import train
 from tests.conftest import ROOT, digits_recipe
 from tests.test_resume import stop_after
 

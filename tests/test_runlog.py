@@ -2,7 +2,7 @@
 import sys
 import types
 
-from engine.train.folds import train
+from engine.train.orchestrator import train
 from tests.conftest import digits_recipe
 
 

@@ -21,7 +21,7 @@ def quick(digits_dir: Path, csv: Path, out: Path, **changes):
 
 @pytest.mark.parametrize("edit", ["drop rows", "relabel"])
 def test_resume_and_another_fold_refuse_changed_data(digits_dir, tmp_path, edit):
-    from engine.train.folds import train
+    from engine.train.orchestrator import train
     csv = tmp_path / "train.csv"
     table = pd.read_csv(digits_dir / "train.csv").groupby("target").head(8)
     table.to_csv(csv, index=False)
@@ -43,7 +43,7 @@ def test_resume_and_another_fold_refuse_changed_data(digits_dir, tmp_path, edit)
 
 
 def test_the_recorded_split_wins_over_a_new_assignment(tmp_path):
-    from engine.data.split_record import keep_split
+    from engine.data.tables.split_record import keep_split
     from engine.system.distributed import Dist
     table = pd.DataFrame({"image_path": [f"{i}.png" for i in range(6)], "target": [0, 1] * 3, "fold": [0, 1, 2] * 2})
     d = Dist()
@@ -55,7 +55,7 @@ def test_the_recorded_split_wins_over_a_new_assignment(tmp_path):
 
 def test_mixed_paper_colours_are_said_with_the_fill(tmp_path):
     from PIL import Image
-    from engine.data.background import measure_background
+    from engine.data.pixels.background import measure_background
     paths = []
     for i in range(12):
         paper, ink = (255, 0) if i % 2 else (0, 255)  # half white paper, half black
@@ -72,7 +72,8 @@ def test_mixed_paper_colours_are_said_with_the_fill(tmp_path):
 
 def test_a_class_whose_every_row_is_rejected_is_warned(tmp_path):
     from PIL import Image
-    from engine.data.tables import apply_audit_policy, audit_table, read_train_table
+    from engine.data.tables.audit import apply_audit_policy, audit_table
+    from engine.data.tables.read import read_train_table
     rows = []
     for cls, t in (("ant", 0), ("bee", 1), ("cow", 2)):
         (tmp_path / cls).mkdir()
@@ -87,7 +88,8 @@ def test_a_class_whose_every_row_is_rejected_is_warned(tmp_path):
 
 
 def test_a_blank_image_path_is_an_audit_finding_or_one_line(tmp_path):
-    from engine.data.tables import audit_table, read_test_table, read_train_table
+    from engine.data.tables.audit import audit_table
+    from engine.data.tables.read import read_test_table, read_train_table
     (tmp_path / "a").mkdir()
     from PIL import Image
     Image.fromarray(np.full((8, 8), 200, np.uint8)).save(tmp_path / "a" / "0.png")

@@ -49,7 +49,7 @@ def test_feature_store_refuses_the_small_stem():
 @pytest.fixture(scope="module")
 def small_stem_run(digits_dir, tmp_path_factory) -> Path:
     """One epoch of test_resnet with the small-input stem on 300 digits at 16 px."""
-    from engine.train.folds import train
+    from engine.train.orchestrator import train
     tmp = tmp_path_factory.mktemp("small_stem")
     table = pd.read_csv(digits_dir / "train.csv").sample(300, random_state=0)
     table.to_csv(tmp / "train.csv", index=False)
@@ -63,7 +63,7 @@ def test_small_input_stem_round_trips_through_the_checkpoint_into_predict_and_ca
     import cam
     from engine.cam.command import model_inputs
     from engine.cam.gradcam import compute_cams
-    from engine.inference import load_member, predict_probs
+    from engine.predict.inference import load_member, predict_probs
     best = small_stem_run / "fold0" / "best.pt"
     ckpt = torch.load(best, weights_only=True)
     assert ckpt["recipe"]["small_input_stem"] is True

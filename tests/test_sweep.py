@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 from conftest import digits_recipe
 
-import engine.sweep.runner as sweep_mod
+import engine.sweep.command as sweep_mod
 from engine.errors import UserError
 from engine.recipe import from_dict, load_recipe
-from engine.sweep.runner import choose_backend, run_sweep
+from engine.sweep.command import choose_backend, run_sweep
 from engine.sweep.config import grid_points, parse_sweep, sample_point
 from engine.sweep.optuna_backend import make_pruner, make_sampler
 
@@ -47,8 +47,8 @@ def fake_train(monkeypatch) -> list:
 @pytest.fixture
 def no_report(monkeypatch):
     """Trials are normal runs; their per-run evaluation plots are not what these tests check."""
-    import engine.evaluate.report
-    monkeypatch.setattr(engine.evaluate.report, "make_report", lambda run_dir, *a, **k: [])
+    import engine.evaluate.run_report
+    monkeypatch.setattr(engine.evaluate.run_report, "make_report", lambda run_dir, *a, **k: [])
 
 
 def trials(sweep_dir: Path) -> pd.DataFrame:

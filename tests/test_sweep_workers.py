@@ -170,8 +170,8 @@ def test_postgresql_workers_survive_a_killed_worker(digits_dir, tmp_path, postgr
 @pytest.mark.parametrize("kind", ["sqlite", "journal"])
 def test_a_silent_workers_trial_is_failed_re_run_once_and_run_cap_holds(tmp_path, monkeypatch, kind):
     """In-process and fast: a trial left RUNNING by a worker that stopped sending heartbeats."""
-    import engine.sweep.runner as sweep_mod
-    from engine.sweep.runner import run_sweep
+    import engine.sweep.command as sweep_mod
+    from engine.sweep.command import run_sweep
     from engine.sweep.storage import open_storage
     from test_sweep import LR, base_recipe, fake_trainer
     calls: list = []

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from engine import checkpoint
-from engine.data.batches import LoaderBatches
-from engine.data.loader import EpochSampler, make_loader
+from engine.data.batches.sources import LoaderBatches
+from engine.data.batches.loader import EpochSampler, make_loader
 from engine.train.loop import evaluate, train_one_epoch
 from engine.train.state import TrainState
 from engine.train.losses import SoftTargetCrossEntropy
@@ -16,9 +16,9 @@ from engine.models import build_model
 from engine.train.optim import build_optimizer
 from engine.train.schedule import build_scheduler, lr_factor, step_milestone_updates
 from engine.recipe import from_dict
-from engine.data.tables import read_train_table
-from engine.data.transforms import Normalize, build_eval_transform
-from engine.data.loader import ImageDataset, ShardSampler
+from engine.data.tables.read import read_train_table
+from engine.data.pixels.transforms import Normalize, build_eval_transform
+from engine.data.batches.loader import ImageDataset, ShardSampler
 
 
 class TensorImages(torch.utils.data.Dataset):

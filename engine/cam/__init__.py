@@ -1,1 +1,2 @@
-"""Explaining a model: GradCAM on hooks, its figures and the cam command."""
+"""Explaining a model: gradcam (GradCAM, GradCAM++, LayerCAM on hooks), figures (pages, the mistakes grid) and
+command (cam.py's body)."""

@@ -2,7 +2,7 @@
 maps, write a PNG page per image plus cams.csv, or one grid of a run's most confident validation mistakes.
 
 The command behind cam.py; maps come from engine.cam.gradcam, pages from engine.cam.figures, the checkpoint
-and the eval view from engine.inference (the same view validation and predict.py use).
+and the eval view from engine.predict.inference (the same view validation and predict.py use).
 """
 from __future__ import annotations
 
@@ -13,11 +13,16 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 import torch
+from tqdm import tqdm
 
-from engine.errors import UserError
 from engine import runs
+from engine.cam.figures import save_mistakes_grid, save_page
+from engine.cam.gradcam import compute_cams, find_target_layer, ink_mass, list_layers, resolve_target
+from engine.data.pixels.images import load_image
+from engine.errors import UserError
 from engine.evaluate.predictions import confident_mistakes, read_predictions
-from engine.inference import Member, eval_dataset, load_member, pick_device
+from engine.predict.inference import Member, eval_dataset, load_member, pick_device
+from engine.system.atomic import write_csv
 from engine.system.outputs import OutputGuard
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
@@ -41,7 +46,6 @@ def image_paths(items: Sequence[str]) -> list[Path]:
 def readable(paths: Sequence[Path]) -> list[Path]:
     """The images that decode; each one that does not is skipped with a warning (one bad file must not
     cost the rest of a folder)."""
-    from engine.data.images import load_image
     kept = []
     for p in paths:
         try:
@@ -75,10 +79,7 @@ def explain_images(member: Member, paths: list[Path], out: Path, target: str | N
                    method: str = "gradcam", layer: str | None = None, top_k: int = 1, batch_size: int = 16,
                    save_maps: bool = False, show_progress: bool = True) -> pd.DataFrame:
     """A page per image (and .npy maps with save_maps); returns one row per map for cams.csv."""
-    from tqdm import tqdm
 
-    from engine.cam.figures import save_page
-    from engine.cam.gradcam import compute_cams, find_target_layer, ink_mass, resolve_target
     classes, image_size = member.classes, member.recipe.image_size
     target_class = resolve_target(target, classes) if target is not None else None
     layer = layer or find_target_layer(member.model, image_size)
@@ -112,8 +113,6 @@ def explain_images(member: Member, paths: list[Path], out: Path, target: str | N
 def explain_mistakes(run: Path, out: Path, count: int = 16, method: str = "gradcam", layer: str | None = None,
                      data_dir: str | None = None, batch_size: int = 16, device: str | None = None) -> Path:
     """One grid PNG: per confident mistake, the map of the predicted and of the true class."""
-    from engine.cam.figures import save_mistakes_grid
-    from engine.cam.gradcam import compute_cams
     table, _ = read_predictions(run)
     wrong = confident_mistakes(table, count)
     if wrong.empty:
@@ -141,7 +140,6 @@ def explain_mistakes(run: Path, out: Path, count: int = 16, method: str = "gradc
 
 def print_layers(member: Member) -> None:
     """The layers a map can come from, the automatic choice starred."""
-    from engine.cam.gradcam import find_target_layer, list_layers
     model, size = member.model, member.recipe.image_size
     auto = find_target_layer(model, size)
     print(f"layers of {member.recipe.model} at {size} px (* = automatic choice):")
@@ -165,7 +163,6 @@ def run_cam(images: Sequence[str] = (), ckpt: str | None = None, runs_dir: str =
             data_dir: str | None = None, batch_size: int = 16, device: str | None = None,
             no_progress: bool = False) -> None:
     """Everything cam.py does (its options, by name): pages + cams.csv, --list-layers, or the --mistakes grid."""
-    from engine.system.atomic import write_csv
     if top_k < 1 or batch_size < 1 or count < 1:
         raise UserError("--top-k, --batch-size and --count must be at least 1")
     if mistakes:

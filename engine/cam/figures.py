@@ -10,12 +10,14 @@ from pathlib import Path
 
 import matplotlib
 
-matplotlib.use("Agg")
+matplotlib.use("Agg")  # before pyplot: files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from engine.cam.gradcam import ink_mass, ink_pixels  # noqa: E402
+from engine.system.atomic import write_atomic  # noqa: E402
+
 
 PANEL_IN, TITLE_IN, DPI = 2.5, 0.6, 100  # fixed figure geometry: a page's pixel size depends only on its rows
 CMAP = "turbo"
@@ -50,7 +52,6 @@ def _blank(ax) -> None:
 
 def _save(fig, path: str | Path) -> None:
     """Write the figure atomically: a full disk is one line (DiskFull), never a 0-byte PNG left behind."""
-    from engine.system.atomic import write_atomic
     try:
         write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=DPI), binary=True)
     finally:

@@ -21,6 +21,7 @@ import pandas as pd
 
 from engine import runs
 from engine.errors import UserError
+from engine.evaluate.ensemble_plot import plot_per_class
 from engine.evaluate.metrics import macro_f1
 from engine.evaluate.predictions import class_names, read_probs
 from engine.system.atomic import write_csv, write_text
@@ -159,7 +160,6 @@ def per_class_recall(table: pd.DataFrame, targets: np.ndarray, member_preds: Seq
 
 def write_ensemble_report(ensemble: Ensemble, folder: Path) -> list[Path]:
     """ensemble.json, the per-class recall table and its plot (top classes), next to the output CSV."""
-    from engine.evaluate.ensemble_plot import plot_per_class
     folder = Path(folder)
     paths = [folder / runs.ENSEMBLE, folder / runs.ENSEMBLE_PER_CLASS, folder / runs.ENSEMBLE_PER_CLASS_PLOT]
     write_text(paths[0], json.dumps(ensemble.report, indent=2) + "\n")

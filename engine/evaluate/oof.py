@@ -12,9 +12,11 @@ import numpy as np
 import pandas as pd
 
 from engine import runs
+from engine.evaluate import run_report
 from engine.evaluate.metrics import goal_of, macro_f1, per_class_accuracy
 from engine.evaluate.predictions import class_names, read_fold_predictions, read_probs, write_probs
 from engine.system.atomic import write_csv, write_text
+
 
 def top5_hits(table: pd.DataFrame) -> np.ndarray:
     """Whether each row's target is among its top-5 predictions."""
@@ -99,8 +101,7 @@ def finish_folds(run_dir: Path, recipe, waiting: list[int], log, classes: list[s
         table = read_fold_predictions(run_dir, 1)
     log.print(fold_table(run_dir, table, num_classes, recipe.monitor))
     try:
-        from engine.evaluate.report import make_report
-        written = make_report(run_dir)
+        written = run_report.make_report(run_dir)
         log.print(f"evaluation report: {', '.join(p.name for p in written)} in {run_dir}")
     except Exception as e:  # the weights and predictions are safe; a plotting failure must not fail the run
         log.print(f"warning: the evaluation report failed ({type(e).__name__}: {e}); "

@@ -9,8 +9,7 @@ import argparse
 import sys
 
 from engine.errors import exit_process, run_command
-
-DEFAULT_RECIPE = "recipes/demo.py"
+from engine.recipe import DEFAULT_RECIPE
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -28,26 +27,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return p.parse_intermixed_args(argv)  # flags may stand between KEY=VALUE overrides
 
 
-def run(args: argparse.Namespace) -> None:
-    """The report (or with --augment only the augmentation picture) for the recipe's data."""
-    from engine.explore.analysis import default_out_dir, explore
-    from engine.recipe import load_recipe_args
-    recipe = load_recipe_args(args.items, DEFAULT_RECIPE)
-    out = args.out or default_out_dir(recipe)
-    if args.augment:
-        from engine.explore.augment_preview import write_augment_preview
-        from engine.system.outputs import OutputGuard
-        folder = OutputGuard("explore --out", example="eda", recognise=lambda p: p.name == "augment.png").folder(
-            out, ["augment.png"])
-        print(f"wrote {write_augment_preview(recipe, folder / 'augment.png')}")
-        return
-    result = explore(recipe, out, args.classes, args.write_clean, args.workers, not args.no_progress)
-    print(f"report: {result.report}")
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    return run_command(lambda: run(args))
+    from engine.explore.command import run_explore  # late: --help and argument errors answer before torch loads
+    return run_command(lambda: run_explore(args))
+
 
 if __name__ == "__main__":
     exit_process(main())

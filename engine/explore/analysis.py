@@ -12,17 +12,17 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from engine.explore.flip_check import check_flips
-from engine.explore.findings import Findings, find_problems, write_clean_csv
-from engine.data.demo_digits import ensure_demo_data
-from engine.explore.plots import duplicates_plot, write_plots
+from engine.data.tables.demo_digits import ensure_demo_data
+from engine.data.tables.read import read_test_table, read_train_table
 from engine.errors import UserError
+from engine.explore.facts import scan_images
+from engine.explore.findings import Findings, find_problems, write_clean_csv
+from engine.explore.flip_check import check_flips
 from engine.explore.page import write_report
+from engine.explore.plots import duplicates_plot, write_plots
+from engine.recipe import Recipe
 from engine.system.atomic import write_csv
 from engine.system.outputs import OutputGuard
-from engine.explore.facts import scan_images
-from engine.recipe import Recipe
-from engine.data.tables import read_test_table, read_train_table
 
 REPORT_FILES = ("report.html", "findings.csv", "image_facts.csv", "class_counts.csv", "class_counts.png", "sizes.png",
                 "files.png", "colour_ink.png", "ink_by_class.png", "samples.png", "duplicates.png")  # what --out holds

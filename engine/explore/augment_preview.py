@@ -6,23 +6,25 @@ from pathlib import Path
 
 import matplotlib
 
-matplotlib.use("Agg")
+matplotlib.use("Agg")  # before pyplot: files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from engine.data.background import resolve_background  # noqa: E402
-from engine.data.device_augment import pad_to_canvas  # noqa: E402
-from engine.data.sources import choose_path, device_augment  # noqa: E402
-from engine.data.loader import ImageDataset  # noqa: E402
-from engine.data.demo_digits import ensure_demo_data  # noqa: E402
+from engine.data.batches.factory import choose_path, device_augment  # noqa: E402
+from engine.data.batches.loader import ImageDataset  # noqa: E402
+from engine.data.pixels.background import resolve_background  # noqa: E402
+from engine.data.pixels.device_augment import pad_to_canvas  # noqa: E402
+from engine.data.pixels.transforms import (IMAGENET_MEAN, IMAGENET_STD, Normalize, build_eval_transform,  # noqa: E402
+                                           recipe_train_transform)
+from engine.data.tables.audit import audit_table  # noqa: E402
+from engine.data.tables.demo_digits import ensure_demo_data  # noqa: E402
+from engine.data.tables.read import read_train_table  # noqa: E402
 from engine.errors import UserError  # noqa: E402
+from engine.recipe import Recipe  # noqa: E402
 from engine.train.losses import smooth_targets  # noqa: E402
 from engine.train.mix import Mixer  # noqa: E402
-from engine.recipe import Recipe  # noqa: E402
-from engine.data.tables import audit_table, read_train_table  # noqa: E402
-from engine.data.transforms import (IMAGENET_MEAN, IMAGENET_STD, Normalize, build_eval_transform,  # noqa: E402
-                                    recipe_train_transform)
+
 
 MEAN, STD = IMAGENET_MEAN, IMAGENET_STD  # mixing is linear: any normalisation previews alike
 MAX_COLUMNS = 8

@@ -14,9 +14,11 @@ from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
+from PIL import Image
 from tqdm import tqdm
 
-from engine.data.near_duplicates import perceptual_hash
+from engine.data.pixels.images import load_image
+from engine.data.tables.near_duplicates import perceptual_hash
 from engine.system.atomic import write_csv
 from engine.system.device import cpu_count
 
@@ -29,7 +31,6 @@ def decode_for_facts(path: str) -> tuple[str, str, int, int, np.ndarray]:
 
     Pixels are H x W uint8 for grayscale files, H x W x 3 otherwise.
     """
-    from PIL import Image
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with Image.open(path) as im:
@@ -38,7 +39,6 @@ def decode_for_facts(path: str) -> tuple[str, str, int, int, np.ndarray]:
                 im.draft("L" if mode == "L" else "RGB", (ANALYSIS_SIDE, ANALYSIS_SIDE))  # JPEG: decode at 1/2..1/8
                 image = im.convert("L" if mode == "L" else "RGB")
             else:  # alpha, palette, 16-bit: the training decoder knows how to put these on white paper
-                from engine.data.images import load_image
                 image = Image.fromarray(load_image(path).permute(1, 2, 0).numpy())
     factor = max(1, max(image.size) // ANALYSIS_SIDE)
     return fmt, mode, width, height, np.asarray(image.reduce(factor) if factor > 1 else image)
@@ -73,7 +73,6 @@ def facts_of_file(path: str) -> dict:
     except Exception as e:  # any decoder failure is a finding, not a crash
         row["error"] = f"unreadable ({type(e).__name__})"
         return row
-    from PIL import Image
     gray = pixels if pixels.ndim == 2 else np.asarray(Image.fromarray(pixels).convert("L"))
     row.update(format=fmt, mode=mode, width=width, height=height,
                is_colour=pixels.ndim == 3 and colour_share(pixels) > 0.005,

@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from engine.data.tables.audit import Audit, audit_table, check_image_file
+from engine.data.tables.near_duplicates import NEAR_DUPLICATE_BITS, duplicate_groups, hash_words
 from engine.system.atomic import write_csv
-from engine.data.near_duplicates import NEAR_DUPLICATE_BITS, duplicate_groups, hash_words
-from engine.data.tables import Audit, audit_table, check_image_file
 
 FINDING_COLUMNS = ["kind", "split", "row", "image_path", "class_name", "other_image_path", "other_class_name",
                    "detail", "action"]

@@ -10,8 +10,10 @@ from typing import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import train_test_split
 
-from engine.data.images import load_image
+from engine.data.pixels.images import load_image
 
 SIDE = 16  # pixels per side the quick model sees: enough for a stroke's direction, seconds to fit
 MAX_TRAIN, MAX_VAL = 2000, 500  # images: keeps the check to seconds on any data set
@@ -48,8 +50,6 @@ def _pixels(paths: Sequence[str]) -> np.ndarray:
 def check_flips(paths: Sequence[str], targets: Sequence[int], seed: int = 0) -> FlipCheck | None:
     """Fit a logistic regression on a stratified part of the images and score the rest plain and mirrored; None
     when there are too few images per class to tell."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import train_test_split
     targets = np.asarray(targets)
     counts = np.unique(targets, return_counts=True)[1]
     if len(counts) < 2 or counts.min() < 4:

@@ -10,10 +10,13 @@ from typing import Sequence
 
 import matplotlib
 
-matplotlib.use("Agg")
+matplotlib.use("Agg")  # before pyplot: files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from engine.explore import facts  # noqa: E402
 
 SPLIT_COLOURS = {"train": "#1f77b4", "test": "#ff7f0e"}
 NAMED_BARS = 60  # up to this many classes every bar is labelled; beyond, only the extremes are named
@@ -152,8 +155,6 @@ def samples_plot(images: pd.DataFrame, classes: Sequence[str], path: Path, per_c
                  seed: int = 0, thumb: int = 96, subset_note: str = "") -> Path:
     """A grid: one row per chosen class, `per_class` random training images each (one canvas, one axes);
     `subset_note` says which classes are left out when not all are shown."""
-    from PIL import Image
-    from engine.explore.facts import decode_for_facts  # decodes JPEGs at reduced size: fast thumbnails
     rng = np.random.default_rng(seed)
     cell = thumb + 6
     canvas = Image.new("RGB", (per_class * cell, len(classes) * cell), (235, 235, 235))
@@ -162,7 +163,7 @@ def samples_plot(images: pd.DataFrame, classes: Sequence[str], path: Path, per_c
         paths = train.loc[train["class_name"] == name, "path"].to_numpy()
         chosen = rng.choice(paths, size=min(per_class, len(paths)), replace=False) if len(paths) else []
         for c, image_path in enumerate(chosen):
-            pixels = Image.fromarray(decode_for_facts(image_path)[4]).convert("RGB")
+            pixels = Image.fromarray(facts.decode_for_facts(image_path)[4]).convert("RGB")
             pixels.thumbnail((thumb, thumb))
             canvas.paste(pixels, (c * cell + (cell - pixels.width) // 2, r * cell + (cell - pixels.height) // 2))
     fig, ax = plt.subplots(figsize=(1.3 * per_class + 1.5, 1.3 * len(classes) + 0.6))
@@ -176,15 +177,13 @@ def samples_plot(images: pd.DataFrame, classes: Sequence[str], path: Path, per_c
 
 def duplicates_plot(pairs: Sequence[tuple[str, str, str]], path: Path, thumb: int = 110) -> Path:
     """Each duplicate pair side by side (copy | its original) with what kind of duplicate it is."""
-    from PIL import Image
-    from engine.explore.facts import decode_for_facts
     columns = min(3, len(pairs))
     rows = -(-len(pairs) // columns)
     fig, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, 2.1 * rows), squeeze=False)
     for ax, (copy, original, caption) in zip(axes.ravel(), pairs):
         canvas = Image.new("RGB", (2 * thumb + 8, thumb), (235, 235, 235))
         for k, image_path in enumerate((copy, original)):
-            pixels = Image.fromarray(decode_for_facts(image_path)[4]).convert("RGB")
+            pixels = Image.fromarray(facts.decode_for_facts(image_path)[4]).convert("RGB")
             pixels.thumbnail((thumb, thumb))
             canvas.paste(pixels, (k * (thumb + 8) + (thumb - pixels.width) // 2, (thumb - pixels.height) // 2))
         ax.imshow(np.asarray(canvas))

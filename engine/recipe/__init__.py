@@ -1,7 +1,8 @@
-"""Recipes: every key (keys.py) and how recipes are read, overridden and saved (files.py)."""
-from engine.recipe.files import (differing_keys, from_dict, load_recipe, load_recipe_args, parse_override,
-                                 read_recipe_file, save_json)
+"""Recipes: keys (every key: default, type, doc, checks), schedules (step LR milestones, augment_schedule) and
+files (how recipes are read, overridden and saved; DEFAULT_RECIPE)."""
+from engine.recipe.files import (DEFAULT_RECIPE, differing_keys, from_dict, load_recipe, load_recipe_args,
+                                 parse_override, read_recipe_file, save_json)
 from engine.recipe.keys import FIELDS, Recipe, augment_at, augment_presets, check_value, describe, resolve
 
-__all__ = ["FIELDS", "Recipe", "augment_at", "augment_presets", "check_value", "describe", "differing_keys",
-           "from_dict", "load_recipe", "load_recipe_args", "parse_override", "read_recipe_file", "resolve", "save_json"]
+__all__ = ["DEFAULT_RECIPE", "FIELDS", "Recipe", "augment_at", "augment_presets", "check_value", "describe",
+           "differing_keys", "from_dict", "load_recipe", "load_recipe_args", "parse_override", "read_recipe_file", "resolve", "save_json"]

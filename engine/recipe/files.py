@@ -14,7 +14,9 @@ from typing import Any
 
 from engine.errors import UserError
 from engine.recipe.keys import FIELDS, Recipe, resolve
+from engine.system.atomic import write_text
 
+DEFAULT_RECIPE = "recipes/demo.py"  # train.py and python -m engine.explore without a recipe: the digits demo
 
 def parse_override(text: str) -> tuple[str, Any]:
     """'lr=3e-4' -> ('lr', 0.0003); values are Python literals, bare words are strings."""
@@ -83,7 +85,6 @@ def differing_keys(a: Recipe, b: Recipe) -> list[str]:
 
 def save_json(recipe: Recipe, path: str | Path) -> None:
     """Write recipe.json atomically (another machine may be reading it)."""
-    from engine.system.atomic import write_text
     write_text(path, json.dumps(recipe.to_dict(), indent=2) + "\n")
 
 

@@ -69,7 +69,7 @@ class Recipe:
                     ("h", "hv", "none"))
     init_head: str = key("random", 'start the head random, or from the pretrained ImageNet-1k head rows of classes named '
                          "by WordNet id (n01440764, ...)", ("random", "imagenet"))
-    # feature store (engine/data/feature_store.py)
+    # feature store (engine/data/stores/feature_store.py)
     feature_views: int = key(0, "K > 0 with freeze='backbone': store the backbone's features of the eval view and K "
                                 "augmented views once, then train only the head from them (epoch e: view e mod K)",
                              bounds="[0, inf)")

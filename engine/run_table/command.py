@@ -1,28 +1,19 @@
-"""`python -m engine.runs [RUNS_DIR] [--sort COLUMN] [--html FILE]` and `python -m engine.runs diff RUN_A RUN_B`."""
+"""The body of `python -m engine.runs [RUNS_DIR] [--sort COLUMN] [--html FILE]` (the table) and of
+`python -m engine.runs diff RUN_A RUN_B` (the recipe differences)."""
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
 from engine import runs
-from engine.errors import UserError, run_command
+from engine.errors import UserError
 from engine.recipe import FIELDS, differing_keys
 from engine.recipe.files import HARDWARE_KEYS
-from engine.run_table.table import COLUMNS, collect, format_table, sort_rows
+from engine.run_table.table import collect, format_table, sort_rows
 
 
-def parse_table_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m engine.runs", epilog="python -m engine.runs diff RUN_A RUN_B: "
-                                "the recipe keys two runs differ in",
-                                description="Every run under a folder: status, scores, wall time, changed keys.")
-    p.add_argument("folder", nargs="?", default="runs", metavar="RUNS_DIR", help="folder of runs (default: runs)")
-    p.add_argument("--sort", default="run", metavar="COLUMN",
-                   help=f"sort by one of {', '.join(COLUMNS)} (scores best first; default: run)")
-    p.add_argument("--html", metavar="FILE", help="also write one HTML page: the table and every validation curve")
-    return p.parse_args(argv)
-
-
-def show_table(args: argparse.Namespace) -> None:
+def run_table(args: argparse.Namespace) -> None:
+    """Print the runs table (and with --html write the page)."""
     states, rows = collect(Path(args.folder))
     rows = sort_rows(rows, args.sort)
     print(format_table(rows))
@@ -52,14 +43,6 @@ def recipe_diff(a: Path, b: Path) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str]) -> int:
-    """The runs table, or with `diff` first the recipe differences of two runs."""
-    if argv[:1] == ["diff"]:
-        p = argparse.ArgumentParser(prog="python -m engine.runs diff",
-                                    description="The recipe keys two runs differ in, and their values.")
-        p.add_argument("run_a", metavar="RUN_A")
-        p.add_argument("run_b", metavar="RUN_B")
-        args = p.parse_args(argv[1:])
-        return run_command(lambda: print(recipe_diff(run_folder(args.run_a), run_folder(args.run_b))))
-    args = parse_table_args(argv)
-    return run_command(lambda: show_table(args))
+def run_diff(args: argparse.Namespace) -> None:
+    """Print the recipe keys two runs differ in."""
+    print(recipe_diff(run_folder(args.run_a), run_folder(args.run_b)))

@@ -10,10 +10,10 @@ from pathlib import Path
 import pandas as pd
 
 from engine import runs
+from engine.checkpoint import is_finished
 from engine.errors import UserError
 from engine.recipe import Recipe
 from engine.system import lock
-from engine.checkpoint import is_finished
 
 
 @dataclass

@@ -13,15 +13,16 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import time
 from pathlib import Path
 
 from engine.errors import UserError
 from engine.recipe import Recipe, differing_keys, from_dict, save_json
+from engine.run_files import *  # noqa: E402,F401,F403  (the names: one owner, engine/run_files.py)
 from engine.system import distributed
 from engine.system.distributed import Dist
 
-from engine.run_files import *  # noqa: E402,F401,F403  (the names: one owner, engine/run_files.py)
 FOLD_PREFIX = "fold"
 MAX_NAME = 120
 
@@ -92,7 +93,6 @@ def make_run_dir(recipe: Recipe, name: str | None, d: Dist) -> Path:
 
 def remove_failed_start(run_dir: Path) -> bool:
     """Remove a run folder this process created whose start failed (no checkpoint in it); whether it did."""
-    import shutil
     if any(Path(run_dir).rglob("*.pt")):
         return False
     shutil.rmtree(run_dir, ignore_errors=True)

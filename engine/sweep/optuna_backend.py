@@ -9,20 +9,20 @@ a worker at the cap waits for the others' running trials, so that a dead worker'
 """
 from __future__ import annotations
 
-import time
 import os
 import socket
+import time
 from pathlib import Path
 
 import optuna
 from optuna.trial import TrialState
 
+from engine import runs
 from engine.errors import UserError
 from engine.recipe import Recipe
 from engine.sweep.config import SweepSpec, first_point, sample_point
 from engine.sweep.results import write_trials_csv
 from engine.sweep.storage import fail_stale_trials, open_storage, retried_numbers, without_password
-from engine import runs
 from engine.sweep.trial import TrialPruned, score_trial, trial_recipe
 
 HEARTBEAT_S = 60

@@ -8,9 +8,11 @@ import math
 from pathlib import Path
 
 import pandas as pd
+from matplotlib.figure import Figure  # figures without pyplot: no GUI backend, no global state
+from matplotlib.ticker import MaxNLocator
 
-from engine.system.atomic import write_csv, write_text
 from engine.recipe import Recipe
+from engine.system.atomic import write_csv, write_text
 
 
 def write_trials_csv(rows: list[dict], path: Path) -> pd.DataFrame:
@@ -57,11 +59,8 @@ def _short(value) -> str:
 
 def plot_history(rows: list[dict], metric: str, goal: str, path: Path) -> None:
     """Each trial's metric against its number, and the best so far."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    fig = Figure(figsize=(8, 4.5))
+    ax = fig.subplots()
     colors = {"complete": "tab:blue", "pruned": "tab:orange"}
     for state, color in colors.items():
         pts = [(r["trial"], r[metric]) for r in rows if r["state"] == state and _finite(r.get(metric))]
@@ -81,23 +80,19 @@ def plot_history(rows: list[dict], metric: str, goal: str, path: Path) -> None:
         ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def plot_importances(importances: dict[str, float], metric: str, path: Path) -> None:
     """Horizontal bars: how much of the metric's variance each parameter explains."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     names = sorted(importances, key=importances.get)
-    fig, ax = plt.subplots(figsize=(7, 1.2 + 0.35 * len(names)))
+    fig = Figure(figsize=(7, 1.2 + 0.35 * len(names)))
+    ax = fig.subplots()
     ax.barh(names, [importances[n] for n in names], color="tab:blue")
     ax.set_xlabel(f"importance for {metric} (fANOVA, completed trials)")
     ax.set_title("parameter importances")
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def _finite(value) -> bool:

@@ -19,6 +19,7 @@ import time
 import warnings
 from pathlib import Path
 from typing import Callable
+from urllib.parse import urlsplit
 
 import optuna
 from optuna.storages import BaseStorage
@@ -75,7 +76,6 @@ class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
 
 def password_of(url: str) -> str:
     """The password in scheme://user:password@host/..., or ''."""
-    from urllib.parse import urlsplit
     try:
         return urlsplit(url).password or ""
     except ValueError:

@@ -19,10 +19,10 @@ import pandas as pd
 
 from engine import runs
 from engine.evaluate.metrics import is_better
-from engine.system import preemption as preempt
 from engine.recipe import Recipe
 from engine.sweep.config import SweepSpec
 from engine.sweep.results import write_recipe_file
+from engine.system import preemption as preempt
 
 TRAIN_PY = Path(__file__).resolve().parents[2] / "train.py"  # run as a program, never imported
 POLL_S = 2.0
@@ -52,7 +52,9 @@ def trial_fold(recipe: Recipe) -> int | None:
 
 def run_in_process(recipe: Recipe, run_name: str, on_epoch: Callable[[dict], None], show_progress: bool) -> None:
     """Train the trial recipe here; exceptions (TrialPruned included) propagate."""
-    from engine.train.folds import train
+    # late: a worker joins the sweep's storage and claims a trial before the training stack loads (~5 s), and a
+    # --nproc sweep, whose trials run under torchrun, never loads it in this process
+    from engine.train.orchestrator import train
     train(recipe, fold=trial_fold(recipe), name=run_name, show_progress=show_progress, on_epoch=on_epoch)
 
 

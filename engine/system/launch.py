@@ -9,6 +9,10 @@ from __future__ import annotations
 import signal
 import sys
 
+from torch.distributed.elastic.multiprocessing.api import SignalException
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+from torch.distributed.run import main as torchrun
+
 
 def stopped_code(exit_codes: list[int]) -> int | None:
     """128 + signal when every failed worker stopped on that signal after writing last.pt, else None."""
@@ -21,9 +25,6 @@ def stopped_code(exit_codes: list[int]) -> int | None:
 
 def launch(argv: list[str]) -> int:
     """Run torchrun with `argv`; the exit code of the job."""
-    from torch.distributed.elastic.multiprocessing.api import SignalException
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.run import main as torchrun
     try:
         torchrun(argv)
     except SignalException as e:

@@ -11,6 +11,8 @@ import string
 import sys
 from pathlib import Path
 
+from tqdm import tqdm
+
 from engine import run_files
 from engine.system.atomic import write_atomic
 
@@ -26,7 +28,7 @@ class RunLog:
         self.log_file = open(run_dir / run_files.TRAIN_LOG, "a") if enabled and run_dir else None
         self.wandb = None
         if enabled and wandb_mode != "disabled":
-            import wandb
+            import wandb  # late: optional (GPU machines may lack it), ~0.8 s to import
             os.environ.setdefault("WANDB_SILENT", "true")
             run_id = None
             if run_dir:  # a resumed run continues the same W&B run
@@ -95,6 +97,5 @@ def progress(iterable, total: int, desc: str, enabled: bool):
     """A tqdm bar on rank 0 (refreshing at most twice a second so it costs nothing); the bare iterable elsewhere."""
     if not enabled or not sys.stderr.isatty():  # a bar in a log file is noise: the epoch line says it all
         return iterable
-    from tqdm import tqdm
     return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True, mininterval=0.5,
                 file=sys.stderr)

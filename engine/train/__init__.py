@@ -1,5 +1,16 @@
-"""Training: losses, mixing, optimizer and schedule, the train state, the loop, one fold (fit) and every fold of a run."""
+"""Training, from one step to a whole run.
 
-from engine.train.folds import train
+- losses, mix (mixup / cutmix), optim (parameter groups, layer decay), schedule (LR per update), ema,
+  freezing, sync_bn: the pieces a step is made of
+- state: the train state built from a recipe, and last.pt written and read back
+- loop: one epoch (train_one_epoch) and evaluate
+- early_stopping, fit: one fold from its first epoch (or its last.pt) to best.pt
+- training_data: the run's table, audited, with folds and pseudo-labels
+- orchestrator: train(), every fold of a run into its run folder, the out-of-fold results and the summary
+- dry_run: what --dry-run prints; lr_find: the LR range test (--find-lr)
+- command: train.py's body
+"""
+
+from engine.train.orchestrator import train
 
 __all__ = ["train"]

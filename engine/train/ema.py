@@ -1,6 +1,8 @@
 """An exponential moving average of the weights, updated after each applied optimizer step."""
 from __future__ import annotations
 
+import copy
+
 import torch
 
 
@@ -12,7 +14,6 @@ class ModelEma:
     """
 
     def __init__(self, model: torch.nn.Module, decay: float):
-        import copy
         self.module = copy.deepcopy(model).eval().requires_grad_(False)
         self.decay = decay
         self.updates = 0

@@ -11,19 +11,19 @@ import pandas as pd
 import torch
 
 from engine import checkpoint, runs
-from engine.evaluate.predictions import write_probs, write_val_predictions
-from engine.data.device_augment import DEVICE_PRESETS
-from engine.data.sources import PATH_NAMES, FoldBatches, build_fold_batches
-from engine.data.background import WHITE, checkpoint_background
+from engine.data.batches.factory import PATH_NAMES, FoldBatches, build_fold_batches
+from engine.data.pixels.background import WHITE, checkpoint_background
+from engine.data.pixels.device_augment import DEVICE_PRESETS
 from engine.errors import UserError
+from engine.evaluate.predictions import write_probs, write_val_predictions
 from engine.models import check_input_size, count_parameters, data_config, model_from_recipe, small_map_warning
 from engine.recipe import Recipe
 from engine.system import distributed, preemption
 from engine.system.device import PRECISION_NAMES
 from engine.system.distributed import Dist
 from engine.system.runlog import RunLog
-from engine.train.freezing import count as count_trainable
 from engine.train.early_stopping import EarlyStopping
+from engine.train.freezing import count as count_trainable
 from engine.train.loop import evaluate, train_one_epoch
 from engine.train.state import TrainState, build_train_state
 
@@ -43,13 +43,13 @@ def fit(recipe: Recipe, fold: int, train: pd.DataFrame, val: pd.DataFrame, class
     check_input_size(model, recipe.model, recipe.image_size)
     small_map = small_map_warning(model, recipe.image_size, recipe.model) if d.is_main and resume is None else None
     if resume is not None:  # the colour it started with (white for checkpoints from before it was saved)
-        background = checkpoint_background(resume.get("data"))
+        background = checkpoint_background(checkpoint.saved_base(resume)[2])
     data_cfg = {**data_config(model), "background": tuple(int(c) for c in background)}
     batches = build_fold_batches(recipe, model, data_cfg, train, val, fold, d, show_progress and d.is_main, log.print)
     s = build_train_state(recipe, model, len(classes), len(batches.train), d.device, fold, d.rank, d.enabled,
                           batches.train.takes)
     torch.manual_seed(recipe.seed + fold + 1000 * (d.rank + 1))  # same init everywhere, own dropout per rank
-    base = {"recipe": recipe.to_dict(), "classes": list(classes), "data": data_cfg, "fold": fold}
+    base = checkpoint.base_fields(recipe.to_dict(), classes, data_cfg, fold)
     early = EarlyStopping(recipe.monitor, recipe.early_stopping)
     start_epoch, start_step, metrics, reshard = 0, 0, {}, None
     if resume is not None:

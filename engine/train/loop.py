@@ -11,9 +11,9 @@ import time
 
 import torch
 
+from engine.evaluate.metrics import classification_metrics
 from engine.system import distributed
 from engine.system import preemption as preempt
-from engine.evaluate.metrics import classification_metrics
 from engine.system.device import autocast
 from engine.system.runlog import progress
 from engine.train.state import TrainState
@@ -40,7 +40,7 @@ def optimizer_update(s: TrainState, skip: bool = False) -> bool:
 
 def train_one_epoch(s: TrainState, batches, epoch: int, start_step: int = 0, mixing: bool = True,
                     show_progress: bool = True) -> dict:
-    """One pass over a batch source (engine/data/batches.py, set to this epoch) from `start_step`; stops early
+    """One pass over a batch source (engine/data/batches/sources.py, set to this epoch) from `start_step`; stops early
     (returning `stopped_at`) on a signal."""
     s.train_mode()
     n_steps = start_step + len(batches)

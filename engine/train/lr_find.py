@@ -12,17 +12,18 @@ from typing import Callable
 
 import numpy as np
 import torch
+from matplotlib.figure import Figure
 
 from engine import runs
-from engine.data.sources import build_fold_batches
+from engine.data.batches.factory import build_fold_batches
 from engine.errors import UserError
 from engine.models import data_config, model_from_recipe
 from engine.recipe import Recipe
 from engine.system import distributed
 from engine.system.atomic import write_atomic
-from engine.train.folds import load_data
 from engine.train.loop import optimizer_update
 from engine.train.state import build_train_state
+from engine.train.training_data import load_data
 
 SMOOTHING = 0.98  # of the loss's exponential moving average (debiased), as fastai's
 DIVERGED = 4.0  # stop once the smoothed loss exceeds this multiple of its lowest value
@@ -134,7 +135,6 @@ def passes(batches, steps: int):
 
 def draw(path: Path, lrs: list[float], losses: list[float], smoothed: list[float], lr: float, title: str) -> None:
     """Smoothed (and raw) loss against lr on a log axis, the suggestion marked; written atomically."""
-    from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global state
     fig = Figure(figsize=(7, 4.5))
     ax = fig.subplots()
     ax.plot(lrs, losses, color="0.75", lw=0.8, label="loss")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
+from timm.layers import convert_sync_batchnorm as timm_convert
 from torch.nn.modules.batchnorm import _BatchNorm
 
 
@@ -70,7 +71,6 @@ def _all_reduce_class(cls: type) -> type:
 def convert_sync_batchnorm(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     """The model with every batch-norm layer synchronised across DDP processes (call before wrapping in DDP)."""
     if device.type != "cpu":
-        from timm.layers import convert_sync_batchnorm as timm_convert
         return timm_convert(model)
     for module in model.modules():
         if isinstance(module, _BatchNorm) and not isinstance(module, (torch.nn.SyncBatchNorm, AllReduceBatchNormMixin)):

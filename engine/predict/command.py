@@ -9,11 +9,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from engine import inference, run_files, runs
-from engine.data.tables import read_test_table
+from engine import run_files, runs
+from engine.data.tables.read import read_test_table
 from engine.errors import UserError
+from engine.evaluate.ensemble import checkpoint_weights, plan_ensemble, run_label, write_ensemble_report
 from engine.evaluate.metrics import macro_f1, topk_accuracy
 from engine.evaluate.predictions import predictions_frame
+from engine.predict import inference
 from engine.system.atomic import write_csv
 from engine.system.outputs import OutputGuard, csv_header
 
@@ -60,7 +62,6 @@ def run_predict(args: argparse.Namespace) -> None:
     scales = inference.parse_scales(args.tta_scales)
     paths, ensemble, weights = inference.resolve_targets(args.targets, args.kfold, args.runs_dir), None, None
     if args.weights == "oof":
-        from engine.evaluate.ensemble import checkpoint_weights, plan_ensemble, run_label
         ensemble = plan_ensemble(args.targets, args.kfold)
         counts = [len(inference.fold_checkpoints(r, args.kfold)) for r in ensemble.runs]
         weights = checkpoint_weights(ensemble.weights, counts)
@@ -118,7 +119,6 @@ def run_predict(args: argparse.Namespace) -> None:
         guard.wrote(probs_path)
         print(f"wrote {probs_path}")
     if ensemble is not None:
-        from engine.evaluate.ensemble import write_ensemble_report
         written = write_ensemble_report(ensemble, out_path.parent)
         print(f"ensemble OOF acc {ensemble.report['oof_acc']:.4f} (best member "
               f"{max(m['oof_acc'] for m in ensemble.report['members']):.4f}); wrote {', '.join(map(str, written))}")

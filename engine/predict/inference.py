@@ -14,18 +14,19 @@ from typing import Sequence
 import torch
 
 from engine import checkpoint, runs
-from engine.data.background import WHITE, checkpoint_background
-from engine.data.cache import DecodeEachTime, cache_short_side
-from engine.data.loader import ImageDataset, default_num_workers
-from engine.data.tables import class_list_difference
+from engine.data.batches.loader import ImageDataset, default_num_workers
+from engine.data.pixels.background import WHITE, checkpoint_background
+from engine.data.pixels.transforms import (DEFAULT_CROP_PCT, FLIP_VIEWS, IMAGENET_MEAN, IMAGENET_STD, Normalize,
+                                           build_eval_transform)
+from engine.data.stores import feature_store as fs
+from engine.data.stores.cache import DecodeEachTime, cache_short_side
+from engine.data.tables.read import class_list_difference
 from engine.errors import UserError
 from engine.models import model_from_recipe
 from engine.recipe import Recipe, from_dict
 from engine.system.device import PRECISION_NAMES, autocast, autocast_dtype, memory_format, use_channels_last
 from engine.system.distributed import Dist
 from engine.system.runlog import progress
-from engine.data.transforms import (DEFAULT_CROP_PCT, FLIP_VIEWS, IMAGENET_MEAN, IMAGENET_STD, Normalize,
-                                    build_eval_transform)
 
 
 @dataclass
@@ -37,7 +38,7 @@ class Member:
     recipe: Recipe
     classes: list[str]
     crop_pct: float
-    background: tuple[int, int, int] = WHITE  # the paper colour it trained on (engine.data.background)
+    background: tuple[int, int, int] = WHITE  # the paper colour it trained on (engine.data.pixels.background)
 
 
 def pick_device(name: str | None = None) -> torch.device:
@@ -56,8 +57,8 @@ def pick_device(name: str | None = None) -> torch.device:
 def load_member(path: str | Path, device: torch.device) -> Member:
     """Rebuild a checkpoint's model (eval mode, channels_last on CUDA) from the checkpoint alone."""
     ckpt = checkpoint.load_checkpoint(path)
-    recipe = from_dict(ckpt["recipe"])
-    classes = list(ckpt["classes"])
+    saved_recipe, classes, data = checkpoint.saved_base(ckpt)
+    recipe = from_dict(saved_recipe)
     model = model_from_recipe(recipe, classes, weights=False)  # the recipe's head (linear or mlp), no download
     try:
         model.load_state_dict(ckpt["model"])
@@ -65,7 +66,7 @@ def load_member(path: str | Path, device: torch.device) -> Member:
         raise UserError(f"'{path}': weights do not fit {recipe.model} with {len(classes)} classes ({e})") from e
     channels_last = use_channels_last(recipe.channels_last, device)
     model = model.to(device, memory_format=memory_format(channels_last)).eval()
-    data = ckpt.get("data") or {"mean": IMAGENET_MEAN, "std": IMAGENET_STD, "crop_pct": DEFAULT_CROP_PCT}
+    data = data or {"mean": IMAGENET_MEAN, "std": IMAGENET_STD, "crop_pct": DEFAULT_CROP_PCT}
     normalize = Normalize(data["mean"], data["std"], channels_last).to(device)
     return Member(Path(path), model, normalize, recipe, classes, float(data["crop_pct"]), checkpoint_background(data))
 
@@ -112,7 +113,7 @@ class MarkedDataset(ImageDataset):
 
 def eval_dataset(paths: Sequence[str], image_size: int, crop_pct: float, as_validated: bool = True) -> ImageDataset:
     """Image files through the eval transform; `as_validated`: first pre-resized exactly as training's validation
-    images are (engine.data.cache.pre_resize), so a checkpoint sees what its validation score was measured on."""
+    images are (engine.data.stores.cache.pre_resize), so a checkpoint sees what its validation score was measured on."""
     loader = DecodeEachTime(paths, cache_short_side(image_size, crop_pct)) if as_validated else None
     return MarkedDataset(paths, None, build_eval_transform(image_size, crop_pct), loader=loader)
 
@@ -205,7 +206,6 @@ def stored_probs(members: Sequence[Member], dataset: ImageDataset, size: int, cr
                  flip: bool, amp: torch.dtype | None, batch_size: int, workers: int, show_progress: bool) -> torch.Tensor:
     """Summed softmax of each member's head over stored features of each view (members sharing a backbone share
     one store: K folds of a frozen backbone cost one backbone pass, reused by later predictions)."""
-    from engine.data import feature_store as fs
     device = next(members[0].model.parameters()).device
     total = torch.zeros(len(dataset), len(members[0].classes), device=device)
     for m in members:

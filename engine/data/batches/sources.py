@@ -4,7 +4,7 @@ A source yields (x, y) ready for the model: x on the device, augmented and norma
 features), y on the device. It has a length, `set_epoch(epoch, skip_batches)` (skip-ahead for a
 mid-epoch resume), `rows` (what the source covers on every rank), `order()` (this rank's row indices
 in the order batches come: evaluation gathers rows by them) and `takes(model)`: the part of the model
-its batches go into (the head, for stored features). engine/data/sources.py picks them.
+its batches go into (the head, for stored features). engine/data/batches/factory.py picks them.
 
     LoaderBatches      CPU workers decode and augment ("workers"), or decode and lay a canvas the device
                        warps ("device")
@@ -20,8 +20,8 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-from engine.data.device_augment import Canvas, DeviceAugment, pad_to_canvas
-from engine.data.loader import EpochSampler, stop_loader
+from engine.data.batches.loader import EpochSampler, stop_loader
+from engine.data.pixels.device_augment import Canvas, DeviceAugment, pad_to_canvas
 from engine.system.device import device_feed
 
 

@@ -2,7 +2,7 @@
 
 The workers only decode (or read the cache) and pad each image onto one uint8 canvas per batch,
 keeping its true extent (`Canvas`). Here every sample gets its own draw of the worker path's
-random-resized crop, flip and small affine (engine/data/transforms.py: same distributions, drawn
+random-resized crop, flip and small affine (engine/data/pixels/transforms.py: same distributions, drawn
 the same way), composed into ONE affine matrix per sample and applied in one bilinear warp over the
 batch (affine_grid + grid_sample); then random erasing. What lies outside the image is the
 background fill. Draws are a pure function of (seed, epoch, step, rank), made on the CPU, so runs
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from engine.data.transforms import PAPER
+from engine.data.pixels.background import WHITE
 from engine.system.device import device_feed
 
 RATIO = (3 / 4, 4 / 3)  # RandomResizedCrop's default aspect-ratio range
@@ -48,7 +48,7 @@ class Canvas:
         return Canvas(self.images.to(device, non_blocking=non_blocking), self.extents, self.transposed)
 
 
-def pad_to_canvas(images: list[torch.Tensor], fill: tuple[int, int, int] = PAPER,
+def pad_to_canvas(images: list[torch.Tensor], fill: tuple[int, int, int] = WHITE,
                   shared: bool = False) -> Canvas:
     """Pad 3 x h x w uint8 images (portrait ones transposed) onto one canvas filled with `fill`, sides
     rounded up to CANVAS_MULTIPLE, on the images' device (images resident on the GPU: a canvas there).
@@ -215,7 +215,7 @@ class DeviceAugment:
     """canvas batch on the device -> augmented float pixels (0..255), each sample with its own draw."""
 
     def __init__(self, size: int, crop_scale: float = 0.35, augment: str = "light", random_erase: float = 0.0,
-                 seed: int = 0, fill: tuple[int, int, int] = PAPER, flip: str = "h"):
+                 seed: int = 0, fill: tuple[int, int, int] = WHITE, flip: str = "h"):
         if augment not in DEVICE_PRESETS:
             raise ValueError(f"augment={augment!r} has no device implementation; use augment_on='workers'")
         if flip not in ("none", "h", "hv"):

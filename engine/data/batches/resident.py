@@ -1,8 +1,8 @@
 """Images resident on the device (recipe value cache="device"): decoded once, kept on the GPU as uint8.
 
-Training images are kept pre-resized exactly as the host cache keeps them (engine.data.cache.pre_resize),
+Training images are kept pre-resized exactly as the host cache keeps them (engine.data.stores.cache.pre_resize),
 each at its true size, so every batch is laid on a canvas, warped and erased on the device with the
-same draws as augment_on="device" (engine/data/device_augment.py): no per-step CPU work, no pinning and
+same draws as augment_on="device" (engine/data/pixels/device_augment.py): no per-step CPU work, no pinning and
 no host-to-device copy. Validation images are kept as their eval crops. Each process holds every image
 its folds use (a DistributedSampler reshuffles the shards every epoch), and what one fold loaded the
 next reuses. On the CPU the "device" is the CPU, so the suite runs this path as a GPU would.
@@ -14,10 +14,10 @@ from typing import Callable, Sequence
 
 import torch
 
-from engine.data.cache import DecodeEachTime, cache_short_side
-from engine.data.cache_store import estimate_bytes
-from engine.data.loader import ImageDataset
-from engine.data.transforms import build_eval_transform
+from engine.data.batches.loader import ImageDataset
+from engine.data.pixels.transforms import build_eval_transform
+from engine.data.stores.cache import DecodeEachTime, cache_short_side
+from engine.data.stores.cache_store import estimate_bytes
 from engine.errors import UserError
 from engine.system.runlog import progress
 

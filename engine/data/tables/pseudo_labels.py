@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from engine.data.tables import audit_table, class_list_difference, read_csv
+from engine.data.tables.audit import audit_table
+from engine.data.tables.read import class_list_difference, read_csv
 from engine.errors import UserError
 
 PSEUDO_FOLD = -1  # trained on by every fold, validated by none

@@ -1,5 +1,5 @@
 """The one factory of batch sources: from the recipe and the device it picks where a fold's batches come
-from, says why, and builds them (engine/data/batches.py holds the sources themselves).
+from, says why, and builds them (engine/data/batches/sources.py holds the sources themselves).
 
     store      feature_views > 0: stored backbone features, only the head trains
     resident   cache="device" (or "auto" on CUDA when the images fit in half its free memory): images
@@ -17,18 +17,17 @@ from typing import Callable, Sequence
 import pandas as pd
 import torch
 
-from engine.data import resident
-from engine.data.batches import BatchSource, LoaderBatches, ResidentBatches, ResidentEval
-from engine.data.device_augment import DEVICE_PRESETS, DeviceAugment
-from engine.data.loader import (CanvasCollate, EpochSampler, ShardSampler, augment_seed, build_datasets,
-                                recipe_workers, make_loader)
-from engine.data.store_source import build_store_batches
-from engine.data.transforms import DEFAULT_CROP_PCT, Normalize, recipe_train_transform
+from engine.data.batches import resident
+from engine.data.batches.loader import (CanvasCollate, EpochSampler, ShardSampler, augment_seed, build_datasets,
+                                        make_loader, recipe_workers)
+from engine.data.batches.sources import BatchSource, LoaderBatches, ResidentBatches, ResidentEval
+from engine.data.batches.store_source import build_store_batches
+from engine.data.pixels.device_augment import DEVICE_PRESETS, DeviceAugment
+from engine.data.pixels.transforms import DEFAULT_CROP_PCT, Normalize, recipe_train_transform
 from engine.errors import UserError
 from engine.recipe import augment_at, augment_presets
 from engine.system import device as dev
 from engine.system.distributed import Dist
-
 
 PATH_NAMES = {"workers": "augmented in the loader workers", "device": "decoded by the workers, augmented on the device",
               "resident": "images resident on the device, augmented there", "store": "stored backbone features"}

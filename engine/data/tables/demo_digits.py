@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from PIL import Image
+from sklearn.datasets import load_digits
 
 DEMO_ROOT = Path("data/demo")
 NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
@@ -20,8 +22,6 @@ NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight",
 def build_demo_data(root: str | Path = DEMO_ROOT, test_fraction: float = 0.15, size: int = 32,
                     seed: int = 0) -> Path:
     """Write the demo data set under root (idempotent: an existing complete set is kept)."""
-    from PIL import Image
-    from sklearn.datasets import load_digits
     root = Path(root)
     if (root / "train.csv").is_file() and (root / "test.csv").is_file():
         return root

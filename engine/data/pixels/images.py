@@ -13,6 +13,7 @@ import tempfile
 
 import numpy as np
 import torch
+from PIL import Image, ImageOps
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg, read_file
 
 from engine.errors import UserError
@@ -37,7 +38,6 @@ def _to_rgb_uint8(img: torch.Tensor) -> torch.Tensor:
 
 
 def _decode_with_pil(path: str) -> torch.Tensor:
-    from PIL import Image, ImageOps
     with Image.open(path) as im:
         im = ImageOps.exif_transpose(im)
         if im.mode.startswith("I;16"):  # PIL's convert clips 16-bit at 255: keep the high byte instead

@@ -9,17 +9,17 @@ Every plot stays readable at 500 classes: no plot labels more than a few dozen c
 """
 from __future__ import annotations
 
-import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure  # figures without pyplot: no GUI backend, no global state
 from matplotlib.ticker import MaxNLocator
+from PIL import Image, ImageOps
 
 from engine import runs
-from engine.errors import UserError, exit_process, run_command
+from engine.data.pixels.images import load_image
+from engine.errors import UserError
 from engine.evaluate.predictions import class_names, confident_mistakes, read_predictions
 from engine.system.atomic import write_atomic, write_csv
 from engine.system.outputs import OutputGuard, csv_header
@@ -175,8 +175,6 @@ def mistake_montage(paths: list[Path], cols: int = 6) -> tuple[np.ndarray, list[
 def thumbnail(path: Path, side: int) -> np.ndarray | None:
     """The image scaled to fit side x side (aspect kept, small ones enlarged) as H x W x 3 uint8, or None if it
     cannot be read."""
-    from PIL import Image, ImageOps
-    from engine.data.images import load_image
     try:
         image = load_image(str(path))
     except UserError:  # one unreadable image never fails the report
@@ -210,27 +208,3 @@ def make_report(source: str | Path, data_dir: str | None = None) -> list[Path]:
     written = [p for p in written if p is not None]
     guard.wrote(*written)
     return written
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="Evaluation report of a run folder or a predictions CSV.")
-    p.add_argument("source", metavar="RUN_OR_CSV", help="run folder (its oof.csv or val_predictions.csv) or a CSV")
-    p.add_argument("--data-dir", help="folder the CSV's image paths are relative to (default: the run's data_dir)")
-    args = p.parse_args(sys.argv[1:] if argv is None else argv)
-    return run_command(lambda: report_command(args.source, args.data_dir))
-
-
-def report_command(source: str, data_dir: str | None) -> None:
-    """Draw the report and print the headline numbers and the most confused pairs."""
-    written = make_report(source, data_dir)
-    table, _ = read_predictions(Path(source))
-    n = int(table[["target", "pred"]].to_numpy().max()) + 1
-    pairs = confused_pairs(confusion(table, n), class_names(table, n), 10)
-    print(f"{len(table)} predictions, accuracy {(table['pred'] == table['target']).mean():.4f}")
-    if len(pairs):
-        print("most confused (true -> predicted):\n" + pairs.to_string(index=False))
-    print("wrote " + ", ".join(str(w) for w in written))
-
-
-if __name__ == "__main__":
-    exit_process(main())

@@ -1,6 +1,6 @@
 """Batch sources from a feature store (recipe key `feature_views`, with freeze="backbone").
 
-The frozen backbone's features are computed once (engine/data/feature_store.py): the training views with
+The frozen backbone's features are computed once (engine/data/stores/feature_store.py): the training views with
 the recipe's own training transform (flips and fill included) and the eval view. fit() then runs its usual
 epochs over them, training only `model.get_classifier()`; checkpoints stay whole-model checkpoints.
 """
@@ -12,10 +12,10 @@ from typing import Callable
 import pandas as pd
 import torch
 
-from engine.data import feature_store as fs
-from engine.data.batches import FeatureBatches
-from engine.data.loader import EpochSampler, ShardSampler, build_datasets, recipe_workers
-from engine.data.transforms import Normalize
+from engine.data.batches.loader import EpochSampler, ShardSampler, build_datasets, recipe_workers
+from engine.data.batches.sources import FeatureBatches
+from engine.data.pixels.transforms import Normalize
+from engine.data.stores import feature_store as fs
 from engine.errors import UserError
 from engine.system.device import PRECISION_NAMES, autocast_dtype
 from engine.system.distributed import Dist

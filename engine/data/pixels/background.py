@@ -11,6 +11,9 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
+from PIL import Image
+
+from engine.data.pixels.images import load_image
 
 WHITE, BLACK = (255, 255, 255), (0, 0, 0)
 NAMED = {"white": WHITE, "black": BLACK}
@@ -58,14 +61,12 @@ def border_pixels(image: np.ndarray) -> np.ndarray:
 
 def _read_small(path: str, side: int = 128) -> np.ndarray:
     """H x W x 3 uint8, decoded at about `side` px (JPEG draft mode): borders need no detail."""
-    from PIL import Image
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with Image.open(path) as im:
             if im.mode in ("RGB", "L"):
                 im.draft(im.mode, (side, side))
                 return np.asarray(im.convert("RGB"))
-    from engine.data.images import load_image  # alpha, palette, 16-bit: composited as training sees them
     return load_image(path).permute(1, 2, 0).numpy()
 
 

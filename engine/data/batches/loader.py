@@ -15,10 +15,11 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
-from engine.data.cache import image_loader
-from engine.data.device_augment import Canvas, pad_to_canvas
-from engine.data.images import load_image
-from engine.data.transforms import PAPER, build_eval_transform, recipe_train_transform
+from engine.data.pixels.background import WHITE
+from engine.data.pixels.device_augment import Canvas, pad_to_canvas
+from engine.data.pixels.images import load_image
+from engine.data.pixels.transforms import build_eval_transform, recipe_train_transform
+from engine.data.stores.cache import image_loader
 from engine.system.device import cpu_count
 
 
@@ -60,7 +61,7 @@ class ImageDataset(Dataset):
 class CanvasCollate:
     """augment_on="device": a batch of decoded images -> (Canvas padded with `fill`, targets)."""
 
-    def __init__(self, fill: tuple[int, int, int] = PAPER):
+    def __init__(self, fill: tuple[int, int, int] = WHITE):
         self.fill = fill
 
     def __call__(self, batch: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[Canvas, torch.Tensor]:
@@ -208,12 +209,12 @@ def augment_seed(recipe, fold: int) -> int:
 
 
 def build_datasets(recipe, train: pd.DataFrame, val: pd.DataFrame, crop_pct: float,
-                   fold: int, background: tuple[int, int, int] = PAPER,
+                   fold: int, background: tuple[int, int, int] = WHITE,
                    augment_later: bool = False) -> tuple[ImageDataset, ImageDataset]:
     """Training and validation datasets of one fold (uint8 images, augmentation seeded per fold, filling with
     the paper colour `background`).
 
-    augment_later: the training images come as decoded; engine/data/device_augment.py augments them.
+    augment_later: the training images come as decoded; engine/data/pixels/device_augment.py augments them.
     """
     train_tf = None if augment_later else recipe_train_transform(recipe, background)
     eval_tf = build_eval_transform(recipe.image_size, crop_pct)

@@ -26,9 +26,9 @@ import torch
 import torchvision
 from torchvision.transforms.v2 import functional as F
 
-from engine.data.cache_store import Store, estimate_bytes
-from engine.data.images import DECODER, load_image
-from engine.data.transforms import DEFAULT_CROP_PCT, eval_resize
+from engine.data.pixels.images import DECODER, load_image
+from engine.data.pixels.transforms import DEFAULT_CROP_PCT, eval_resize
+from engine.data.stores.cache_store import Store, estimate_bytes
 from engine.system.atomic import pid_alive
 from engine.system.device import cpu_count
 
@@ -138,7 +138,7 @@ def build_processes() -> int:
 
 def host_cache(recipe) -> str:
     """The host-side cache: "memory" or "disk" as asked; otherwise ("none", "auto", "device") the workers decode
-    each time (images resident on the device are loaded by engine/data/resident.py)."""
+    each time (images resident on the device are loaded by engine/data/batches/resident.py)."""
     return recipe.cache if recipe.cache in ("memory", "disk") else "none"
 
 

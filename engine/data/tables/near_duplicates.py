@@ -14,8 +14,13 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
+from PIL import Image
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 from tqdm import tqdm
 
+from engine.data.pixels.images import load_image
+from engine.data.stores.cache import disk_cache_root
 from engine.system.atomic import write_csv
 from engine.system.device import cpu_count
 
@@ -33,7 +38,6 @@ def perceptual_hash(gray: np.ndarray) -> str:
     256 bits rather than the usual 64: sketches are mostly white paper, and at 64 bits two unrelated
     sketches often come within a few bits of each other.
     """
-    from PIL import Image
     thumb = np.asarray(Image.fromarray(gray).resize((HASH_SIDE, HASH_SIDE), Image.BOX), dtype=np.float64)
     low = (_DCT @ thumb @ _DCT.T)[:HASH_FREQS, :HASH_FREQS].ravel()
     low[0] = np.median(low[1:])  # the DC term only says how dark the image is: its bit is always 0
@@ -79,8 +83,6 @@ def duplicate_groups(hashes: list[str], max_bits: int, flipped: list[str] | None
 
     With `flipped` (each image's mirrored hash) an image also links to a mirrored copy of another.
     """
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
     pairs = near_pairs(hashes, max_bits)
     if flipped is not None:  # mirroring both images changes nothing, so one direction is enough
         pairs += near_pairs(hashes, max_bits, flipped)
@@ -98,7 +100,6 @@ def duplicate_groups(hashes: list[str], max_bits: int, flipped: list[str] | None
 
 def hash_file(path: str) -> tuple[str, str]:
     """(pHash, pHash of the mirrored image) of one file, decoded once at most ~DECODE_SIDE pixels."""
-    from PIL import Image
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with Image.open(path) as im:
@@ -106,7 +107,6 @@ def hash_file(path: str) -> tuple[str, str]:
                 im.draft("L", (DECODE_SIDE, DECODE_SIDE))  # JPEG: decode at 1/2..1/8 of the size
                 gray = np.asarray(im.convert("L"))
             else:  # alpha, palette, 16-bit: the training decoder puts these on white paper
-                from engine.data.images import load_image
                 gray = np.asarray(Image.fromarray(load_image(path).permute(1, 2, 0).numpy()).convert("L"))
     return perceptual_hash(gray), perceptual_hash(np.ascontiguousarray(gray[:, ::-1]))
 
@@ -129,7 +129,6 @@ def _read_cache(cache: Path) -> dict[str, tuple]:
 def image_hashes(paths: Sequence[str], cache: str | Path | None = None, workers: int | None = None,
                  progress: bool = True) -> tuple[list[str], list[str], int]:
     """(pHashes, mirrored pHashes, files decoded) for every path; cached files are not decoded again."""
-    from engine.data.cache import disk_cache_root
     cache = Path(cache) if cache else disk_cache_root() / CACHE_NAME
     known = _read_cache(cache)
     stamps = {p: _stamp(p) for p in dict.fromkeys(map(str, paths))}

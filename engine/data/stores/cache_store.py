@@ -20,6 +20,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
+from PIL import Image
+from tqdm import tqdm
 
 from engine.errors import UserError
 from engine.system import lock
@@ -65,7 +67,7 @@ def _file_stamp(path: str) -> tuple[int, int]:
 
 
 def resized_shape(height: int, width: int, short_side: int) -> tuple[int, int]:
-    """The (H, W) `engine.data.cache.pre_resize` gives: the shorter side down to short_side, never up."""
+    """The (H, W) `engine.data.stores.cache.pre_resize` gives: the shorter side down to short_side, never up."""
     short, long = min(height, width), max(height, width)
     if short <= short_side:
         return height, width
@@ -75,7 +77,6 @@ def resized_shape(height: int, width: int, short_side: int) -> tuple[int, int]:
 
 def estimate_bytes(paths: Sequence[str], short_side: int, sample: int = 2000) -> tuple[int, bool]:
     """Bytes the cached images take, from image headers (no decoding); (bytes, exact). Samples big sets."""
-    from PIL import Image
     chosen = list(paths)
     exact = len(chosen) <= sample
     if not exact:
@@ -150,7 +151,6 @@ class Store:
         return CachedImages(self.folder / index["data_file"], rows[:, 0], rows[:, 1:])
 
     def _append(self, index: dict, todo: list[str], stamps: dict, workers: int, show_progress: bool) -> None:
-        from tqdm import tqdm
         need, _ = estimate_bytes(todo, self.settings["short_side"])
         free = shutil.disk_usage(self.folder).free
         if need > free:

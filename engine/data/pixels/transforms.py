@@ -1,7 +1,7 @@
 """Train and eval transforms on uint8 tensors (torchvision v2); normalisation happens on the device.
 
 Everything that fills (affine, augment ops, erasing) fills with the data set's paper colour (`fill`, an
-RGB triple; engine.data.background measures it): on white paper a black border would be a stroke the
+RGB triple; engine.data.pixels.background measures it): on white paper a black border would be a stroke the
 model learns from, and on black paper a white one would.
 """
 from __future__ import annotations
@@ -11,7 +11,8 @@ import math
 import torch
 from torchvision.transforms import v2
 
-PAPER = (255, 255, 255)  # the default fill: white paper
+from engine.data.pixels.background import WHITE
+
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # timm's defaults
 DEFAULT_CROP_PCT = 0.875
 
@@ -33,7 +34,7 @@ def flip_ops(flip: str = "h") -> list:
 
 def build_train_transform(image_size: int, augment: str = "light", random_erase: float = 0.0,
                           crop_scale: float = 0.35, flip: str = "h",
-                          fill: tuple[int, int, int] = PAPER) -> v2.Compose:
+                          fill: tuple[int, int, int] = WHITE) -> v2.Compose:
     """Random resized crop (area share crop_scale..1) + flips, the `augment` preset, optional random erasing;
     new pixels are painted `fill` (the paper colour, RGB 0-255)."""
     fill = [int(c) for c in fill]
@@ -51,7 +52,7 @@ def build_train_transform(image_size: int, augment: str = "light", random_erase:
     return v2.Compose(ops)
 
 
-def recipe_train_transform(recipe, fill: tuple[int, int, int] = PAPER, augment: str | None = None) -> v2.Compose:
+def recipe_train_transform(recipe, fill: tuple[int, int, int] = WHITE, augment: str | None = None) -> v2.Compose:
     """The recipe's training transform (the one place it is built from a recipe); `augment` overrides its preset."""
     return build_train_transform(recipe.image_size, augment or recipe.augment, recipe.random_erase, recipe.crop_scale,
                                  flip=recipe.flip, fill=fill)

@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Callable
 from urllib.parse import urlparse
 
+from engine import runs
 from engine.errors import UserError
 from engine.recipe import Recipe
 from engine.sweep.config import SweepSpec, as_key_type, parse_sweep
 from engine.sweep.results import best_table, plot_history, plot_importances, ranked, write_recipe_file, write_trials_csv
-from engine import runs
 from engine.sweep.trial import run_in_process, run_torchrun, score_trial, trial_recipe
 
 DEFAULT_COUNT = 10
@@ -75,7 +75,7 @@ def run_sweep(recipe: Recipe, count: int | None = None, backend: str | None = No
     if nproc > 1:
         (sweep_dir / "trials").mkdir(exist_ok=True)
     if backend == "optuna":
-        from engine.sweep.optuna_backend import HEARTBEAT_S, run_optuna
+        from engine.sweep.optuna_backend import HEARTBEAT_S, run_optuna  # late: a W&B sweep runs without optuna
         rows, importances = run_optuna(recipe, spec, name, sweep_dir, count, storage, resume, runner, log,
                                        heartbeat_s or HEARTBEAT_S)
     elif backend == "wandb":
@@ -88,7 +88,7 @@ def run_sweep(recipe: Recipe, count: int | None = None, backend: str | None = No
 
 def run_wandb(recipe: Recipe, spec: SweepSpec, name: str, sweep_dir: Path, count: int, runner, log) -> list[dict]:
     """wandb.sweep + wandb.agent with the same config; each trial reads its values from wandb.config."""
-    import wandb
+    import wandb  # late: optional (GPU machines may lack it), ~0.8 s to import
     config = {**spec.raw, "metric": {"name": spec.metric, "goal": spec.goal}}
     config.setdefault("name", name)
     sweep_id = wandb.sweep(sweep=config, project=config.get("project", recipe.wandb_project),

@@ -25,9 +25,12 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
+import timm
 import torch
 
-from engine.data.images import DECODER
+from engine.data.pixels.background import WHITE
+from engine.data.pixels.images import DECODER
+from engine.data.stores.cache import disk_cache_root
 from engine.system import distributed, lock
 from engine.system.device import autocast
 from engine.system.runlog import progress
@@ -50,7 +53,7 @@ def train_views(k: int) -> tuple[str, ...]:
 
 
 def eval_views(flip_dims: Sequence[tuple[int, ...]]) -> tuple[str, ...]:
-    """The stored eval views of TTA flips (engine.data.transforms.FLIP_VIEWS: "h" 2 views, "hv" 4)."""
+    """The stored eval views of TTA flips (engine.data.pixels.transforms.FLIP_VIEWS: "h" 2 views, "hv" 4)."""
     return tuple(EVAL_VIEWS[tuple(d)] for d in flip_dims)
 
 
@@ -70,7 +73,6 @@ def _file_sha1_cached(path: str, size: int, mtime_ns: int) -> str:
 
 def weights_identity(recipe, model: torch.nn.Module, fold: int) -> str:
     """Which weights the backbone starts from: a hash of pretrained_path, the timm tag, or the random-init seed."""
-    import timm  # its version: what a name without a tag or a random init means
     if recipe.pretrained_path:
         return f"file-sha1:{_file_sha1(recipe.pretrained_path)}"
     if recipe.pretrained:
@@ -108,7 +110,7 @@ def data_identity(paths: Sequence[str]) -> str:
 
 def store_key(model_name: str, weights: str, image_size: int, crop_pct: float, paths: Sequence[str],
               views: Sequence[str], precision: str, dtype: str, recipe=None, pre_resized: bool = True,
-              fill: tuple[int, int, int] = (255, 255, 255), data: str | None = None) -> dict:
+              fill: tuple[int, int, int] = WHITE, data: str | None = None) -> dict:
     """Everything that changes a stored feature; `recipe` (for training views) adds the augmentation and seed.
     `data`: data_identity(paths) when the caller already read the files."""
     key = {"format": FORMAT, "model": model_name, "weights": weights, "image_size": image_size,
@@ -128,7 +130,6 @@ def store_name(key: dict) -> str:
 
 
 def store_root() -> Path:
-    from engine.data.cache import disk_cache_root  # here: a process that only reads stores skips torchvision
     return disk_cache_root() / "features"
 
 

@@ -1,0 +1,118 @@
+"""The run orchestrator, `train()`: the run's data, its folder and locks, one `fit` per fold, the out-of-fold
+results and the closing summary; preemption, a full disk and a failed start end it cleanly."""
+from __future__ import annotations
+
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Callable
+
+from engine import checkpoint, runs
+from engine.checkpoint import finished, is_finished
+from engine.data.batches.loader import stop_workers
+from engine.data.tables.read import class_list_difference
+from engine.data.tables.split_record import keep_split
+from engine.errors import UserError
+from engine.evaluate.oof import finish_folds
+from engine.recipe import Recipe, differing_keys, from_dict
+from engine.system import distributed, lock, preemption
+from engine.system.atomic import DiskFull
+from engine.system.runlog import RunLog
+from engine.train.dry_run import describe_dry_run
+from engine.train.fit import fit
+from engine.train.training_data import load_data
+
+
+def train(recipe: Recipe, fold: int | None = None, name: str | None = None, resume: str | None = None,
+          dry_run: bool = False, show_progress: bool = True,
+          on_epoch: Callable[[dict], None] | None = None) -> Path | None:
+    """Train every fold of the recipe (or only `fold`); returns the run folder.
+
+    `on_epoch(metrics_row)` is called after every epoch of every fold (sweeps prune from it).
+    """
+    d = distributed.setup()
+    say = print if d.is_main else (lambda *a, **k: None)
+    run_dir = None
+    if resume:
+        run_dir, recipe = runs.find_resume(resume)
+    if fold is not None and not 0 <= fold < recipe.folds:
+        raise UserError(f"--fold {fold} is out of range: the recipe has folds = {recipe.folds} (0..{recipe.folds - 1})")
+    folds = list(range(recipe.folds)) if fold is None else [fold]
+    if name is not None:
+        runs.check_run_name(name)  # also for --dry-run: it accepts only what the real run does
+    if dry_run:
+        describe_dry_run(recipe, d, say, show_progress)
+        return None
+    table, classes, audit = load_data(recipe, d, say, show_progress)
+    fresh = run_dir is None and not (name and runs.named_runs(Path(recipe.output_dir) / recipe.name, name))
+    run_dir = run_dir or runs.make_run_dir(recipe, name, d)
+    table = keep_split(run_dir, table, recipe.train_csv, d)  # a resumed or another machine's fold: the same split
+    locks = ExitStack()  # one trainer per fold: a second process on the same run and fold stops here
+    if d.is_main:  # the first fold's lock before train.log is touched
+        locks.enter_context(lock.exclusive(runs.fold_dir(run_dir, folds[0]) / runs.LOCK, f"{run_dir} fold {folds[0]}"))
+    log = RunLog(run_dir, d.is_main, recipe.wandb, recipe.wandb_project, recipe.wandb_entity,
+                 wandb_name=f"{recipe.name}/{run_dir.name}", config=recipe.to_dict())
+    log.print(f"run folder: {run_dir}")
+    preemption.install()
+    failed_start = False
+    try:
+        results = {}
+        for k in folds:
+            fold_dir = runs.fold_dir(run_dir, k)
+            fold_dir.mkdir(parents=True, exist_ok=True)
+            if d.is_main and k != folds[0]:
+                locks.enter_context(lock.exclusive(fold_dir / runs.LOCK, f"{run_dir} fold {k}"))
+            state = fold_state(fold_dir, recipe, classes) if resume or name else None
+            if state and finished(state):
+                log.print(f"fold {k}: already trained (epoch {state['epoch']}), skipping")
+                results[k] = state["metrics"]
+                continue
+            train_rows, val_rows = table[table["fold"] != k], table[table["fold"] == k]
+            results[k] = fit(recipe, k, train_rows, val_rows, classes, fold_dir, d, log, state, show_progress, on_epoch,
+                             audit.background.rgb)
+        if d.is_main:
+            waiting = [k for k in range(recipe.folds) if k not in results
+                       and not is_finished(runs.fold_dir(run_dir, k) / runs.LAST)]
+            finish_folds(run_dir, recipe, waiting, log, classes)
+        checkpoint.wait_for_writes()  # the report above was drawn while the last checkpoints were written
+        best = runs.fold_dir(run_dir, folds[0]) / runs.BEST
+        log.print(f"done. run folder: {run_dir}\nnext: python predict.py "
+                  + (f"{run_dir}{' --kfold' if recipe.folds > 1 else ''}" if len(folds) == recipe.folds
+                     else f"{best}  (--kfold once every fold is trained)")
+                  + f"   |   python cam.py IMAGE --ckpt {best}")
+        distributed.cleanup()
+    except preemption.Preempted as e:
+        log.print(f"{e}\nresume with: python train.py --resume {run_dir}")
+        raise
+    except DiskFull as e:  # one line: what, where, how much, and how to go on
+        raise DiskFull(f"{e}; free some space, then: python train.py --resume {run_dir}") from None
+    except UserError:  # bad input found when the fold started (model, weights, size): no run folder is left
+        failed_start = fresh and d.is_main
+        raise
+    finally:
+        locks.close()
+        stop_workers()  # a pruned sweep trial or an exception must not leave data workers behind
+        checkpoint.wait_for_writes()  # nor a checkpoint half written
+        preemption.uninstall()
+        log.close()
+        if failed_start:
+            runs.remove_failed_start(run_dir)
+    return run_dir
+
+
+def fold_state(fold_dir: Path, recipe: Recipe, classes: list[str]) -> dict | None:
+    """The fold's last.pt, or None if it never started; an error if it belongs to another recipe or classes."""
+    path = fold_dir / runs.LAST
+    if not path.is_file():
+        return None
+    state = checkpoint.load_checkpoint(path)
+    saved_recipe, saved_classes, _ = checkpoint.saved_base(state)
+    saved = from_dict(saved_recipe)
+    changed = differing_keys(saved, recipe)
+    if changed:
+        what = ", ".join(f"{k} {getattr(saved, k)!r} there vs {getattr(recipe, k)!r} here" for k in changed[:3])
+        raise UserError(f"{path} belongs to another run ({what}{', ...' if len(changed) > 3 else ''}); "
+                        f"move it away, or resume the run it came from")
+    if where := class_list_difference(saved_classes, classes):
+        raise UserError(f"{path} was trained on other classes ({where}, there vs here); the data changed since: "
+                        f"restore it or start a new run")
+    return state
