@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from feeds import OnDevice  # noqa: E402
-from engine.data import feature_store as fs  # noqa: E402
+from engine.data.stores import feature_store as fs  # noqa: E402
 from engine.data.batches.loader import ImageDataset  # noqa: E402
 from engine.data.pixels.transforms import Normalize, build_eval_transform  # noqa: E402
 from engine.models import data_config, model_from_recipe  # noqa: E402

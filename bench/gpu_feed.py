@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from data_pipeline import write_sketches  # noqa: E402
 from feeds import OnDevice  # noqa: E402
-from engine.data import device_augment  # noqa: E402
+from engine.data.pixels import device_augment  # noqa: E402
 from engine.data.batches.loader import stop_workers  # noqa: E402
 from engine.data.batches.factory import build_fold_batches  # noqa: E402
 from engine.data.pixels.transforms import Normalize  # noqa: E402
