@@ -21,7 +21,6 @@ import pandas as pd
 
 from engine import runs
 from engine.errors import UserError
-from engine.evaluate.ensemble_plot import plot_per_class
 from engine.evaluate.metrics import macro_f1
 from engine.evaluate.predictions import class_names, read_probs
 from engine.system.atomic import write_csv, write_text
@@ -164,6 +163,7 @@ def write_ensemble_report(ensemble: Ensemble, folder: Path) -> list[Path]:
     paths = [folder / runs.ENSEMBLE, folder / runs.ENSEMBLE_PER_CLASS, folder / runs.ENSEMBLE_PER_CLASS_PLOT]
     write_text(paths[0], json.dumps(ensemble.report, indent=2) + "\n")
     write_csv(ensemble.per_class, paths[1], float_format="%.4f")
+    from engine.evaluate.ensemble_plot import plot_per_class  # late: matplotlib (~0.4 s) only for --weights oof
     plot_per_class(ensemble.per_class, paths[2])
     return paths
 
