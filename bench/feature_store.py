@@ -112,7 +112,7 @@ def run_epochs(recipe, store: bool) -> dict:
         e0 = time.perf_counter()
         batches.train.set_epoch(epoch)
         train_one_epoch(s, batches.train, epoch, show_progress=False)
-        accs.append(evaluate(batches.val.takes(s.model), batches.val)["acc"])
+        accs.append(evaluate(s.model, batches.val)["acc"])
         epochs.append(time.perf_counter() - e0)
     batches.stop()
     return {"wall": time.perf_counter() - t0, "epochs": epochs, "acc": max(accs)}

@@ -30,7 +30,7 @@ def evaluate_checkpoint(ckpt_path: str, out: str) -> None:
     model.load_state_dict(ckpt["model"])
     ds = ImageDataset(val["path"], val["target"], build_eval_transform(recipe.image_size, ckpt["data"]["crop_pct"]))
     loader = make_loader(ds, 7, ShardSampler(len(ds), d.rank, d.world), 0, train=False)  # 7: uneven shards
-    from engine.data.batches.sources import LoaderBatches
+    from engine.data.batches.loader_source import LoaderBatches
     result = evaluate(model, LoaderBatches(loader, d.device, Normalize(ckpt["data"]["mean"], ckpt["data"]["std"])))
     if d.is_main:
         Path(out).write_text(json.dumps({"n": len(result["targets"]), "loss": result["loss"], "acc": result["acc"],

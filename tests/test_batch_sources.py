@@ -17,7 +17,8 @@ from conftest import ROOT, digits_recipe
 from engine import runs
 from engine.checkpoint import load_checkpoint
 from engine.data.batches import resident
-from engine.data.batches.sources import LoaderBatches, ResidentBatches
+from engine.data.batches.loader_source import LoaderBatches
+from engine.data.batches.resident_source import ResidentBatches
 from engine.data.batches.loader import CanvasCollate, EpochSampler, ImageDataset, make_loader
 from engine.data.stores.cache import DecodeEachTime, cache_short_side
 from engine.data.batches.factory import choose_path, device_augment
@@ -169,8 +170,8 @@ def test_resident_batches_equal_the_canvas_paths_bitwise(digits_dir, tiny_digits
                                        EpochSampler(len(paths), 8, True, 5), 0, True, collate_fn=CanvasCollate(fill)),
                            device, normalize, augment)
     images = resident.training_images(recipe.image_size, 0.875, device, 0).get(paths, False)
-    on_device = ResidentBatches(images, targets, EpochSampler(len(paths), 8, True, 5), 8, augment, fill, device,
-                                normalize)
+    on_device = ResidentBatches.from_images(images, targets, EpochSampler(len(paths), 8, True, 5), 8, augment, fill,
+                                            device, normalize)
     for source in (canvas, on_device):
         source.set_epoch(3, 1)
     pairs = list(zip(canvas, on_device))

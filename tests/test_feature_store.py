@@ -19,7 +19,7 @@ from engine.checkpoint import load_checkpoint
 from engine.data.stores import feature_store as fs
 from engine.data.stores.cache import image_loader
 from engine.data.batches.loader import EpochSampler, ImageDataset, make_loader
-from engine.data.batches.sources import LoaderBatches
+from engine.data.batches.loader_source import LoaderBatches
 from engine.data.pixels.transforms import Normalize, recipe_train_transform
 from engine.errors import UserError
 from engine.models import build_model, data_config

@@ -186,7 +186,8 @@ def test_cam_sees_the_validation_view_of_a_large_image(trained_run, sketch):
     from engine.cam.command import model_inputs
     from engine.data.batches.loader import build_datasets
     from engine.data.pixels.images import load_image
-    from engine.predict.inference import eval_dataset, load_member
+    from engine.data.batches.loader import eval_dataset
+    from engine.predict.inference import load_member
     from engine.data.pixels.transforms import build_eval_transform
     member = load_member(trained_run / "fold0" / "best.pt", torch.device("cpu"))
     table = pd.DataFrame({"path": [str(sketch)], "target": [0]})

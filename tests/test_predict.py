@@ -170,3 +170,22 @@ def test_val_labels_from_another_class_list_are_refused(trained_run, digits_dir,
     err = error_of([str(trained_run), "--val", str(tmp_path / "relabelled.csv"),
                     "--test-dir", str(digits_dir / "test")], capsys)
     assert "'seven' but the model's class 6 is 'six'" in err
+
+
+@pytest.mark.parametrize("flip", ["none", "h", "hv"])
+def test_predict_through_resident_crops_equals_the_workers_with_one_forward_per_batch(trained_run, digits_dir, flip):
+    import dataclasses
+    path = trained_run / "fold0" / "best.pt"
+    images = [str(digits_dir / "test" / f) for f in pd.read_csv(digits_dir / "test.csv")["image_path"][:11]]
+    member = load_ensemble([path], torch.device("cpu"))[0]
+    member.recipe = dataclasses.replace(member.recipe, flip=flip)
+    calls = []
+    member.model.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    got = {resident: predict_probs([member], images, batch_size=4, flip=True, scales=(0.75,), num_workers=0,
+                                   show_progress=False, resident=resident) for resident in (True, False)}
+    torch.testing.assert_close(got[True], got[False], atol=1e-5, rtol=0)
+    views = {"none": 1, "h": 2, "hv": 4}[flip]
+    assert calls == [4 * views, 4 * views, 3 * views] * 4  # 3 batches, 2 scales, twice: every view in one forward
+    x = by_hand(path, images)  # the plain view, and the mean over the views by hand
+    if flip == "none":
+        torch.testing.assert_close((x + by_hand(path, images, size=24)) / 2, got[False], atol=1e-5, rtol=1e-4)

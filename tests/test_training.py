@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from engine import checkpoint
-from engine.data.batches.sources import LoaderBatches
+from engine.data.batches.loader_source import LoaderBatches
 from engine.data.batches.loader import EpochSampler, make_loader
 from engine.train.loop import evaluate, train_one_epoch
 from engine.train.state import TrainState

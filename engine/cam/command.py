@@ -18,10 +18,11 @@ from tqdm import tqdm
 from engine import runs
 from engine.cam.figures import save_mistakes_grid, save_page
 from engine.cam.gradcam import compute_cams, find_target_layer, ink_mass, list_layers, resolve_target
+from engine.data.batches.loader import eval_dataset
 from engine.data.pixels.images import load_image
 from engine.errors import UserError
 from engine.evaluate.predictions import confident_mistakes, read_predictions
-from engine.predict.inference import Member, eval_dataset, load_member, pick_device
+from engine.predict.inference import Member, load_member, pick_device
 from engine.system.atomic import write_csv
 from engine.system.outputs import OutputGuard
 

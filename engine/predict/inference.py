@@ -14,19 +14,20 @@ from typing import Sequence
 import torch
 
 from engine import checkpoint, runs
-from engine.data.batches.loader import ImageDataset, default_num_workers
+from engine.data.batches.factory import prediction_batches
+from engine.data.batches.loader import UNREADABLE, ImageDataset, default_num_workers, eval_dataset
 from engine.data.pixels.background import WHITE, checkpoint_background
-from engine.data.pixels.transforms import (DEFAULT_CROP_PCT, FLIP_VIEWS, IMAGENET_MEAN, IMAGENET_STD, Normalize,
-                                           build_eval_transform)
+from engine.data.pixels.transforms import DEFAULT_CROP_PCT, FLIP_VIEWS, IMAGENET_MEAN, IMAGENET_STD, Normalize
 from engine.data.stores import feature_store as fs
-from engine.data.stores.cache import DecodeEachTime, cache_short_side
 from engine.data.tables.read import class_list_difference
 from engine.errors import UserError
 from engine.models import model_from_recipe
 from engine.recipe import Recipe, from_dict
-from engine.system.device import PRECISION_NAMES, autocast, autocast_dtype, memory_format, use_channels_last
+from engine.system.device import (PRECISION_NAMES, autocast, autocast_dtype, device_feed, memory_format,
+                                  use_channels_last)
 from engine.system.distributed import Dist
 from engine.system.runlog import progress
+from engine.train.late_read import LateRead
 
 
 @dataclass
@@ -97,27 +98,6 @@ def parse_scales(text: str | None) -> tuple[float, ...]:
     return scales
 
 
-UNREADABLE = -2  # the target an unreadable image gets from a MarkedDataset
-
-
-class MarkedDataset(ImageDataset):
-    """Eval images where an unreadable file becomes a blank page with target UNREADABLE instead of
-    stopping the loader (the caller decides: name it and stop, or predict the rest)."""
-
-    def __getitem__(self, item):
-        try:
-            return super().__getitem__(item)
-        except UserError:
-            return self.transform(torch.full((3, 8, 8), 255, dtype=torch.uint8)), torch.tensor(UNREADABLE)
-
-
-def eval_dataset(paths: Sequence[str], image_size: int, crop_pct: float, as_validated: bool = True) -> ImageDataset:
-    """Image files through the eval transform; `as_validated`: first pre-resized exactly as training's validation
-    images are (engine.data.stores.cache.pre_resize), so a checkpoint sees what its validation score was measured on."""
-    loader = DecodeEachTime(paths, cache_short_side(image_size, crop_pct)) if as_validated else None
-    return MarkedDataset(paths, None, build_eval_transform(image_size, crop_pct), loader=loader)
-
-
 def view_groups(members: Sequence[Member], scales: Sequence[float]) -> dict[tuple[int, float, bool], list[Member]]:
     """(image size, crop_pct, is the trained size) -> the members that see the images through that eval view."""
     groups: dict[tuple[int, float, bool], list[Member]] = {}
@@ -132,13 +112,16 @@ def view_groups(members: Sequence[Member], scales: Sequence[float]) -> dict[tupl
 def predict_probs(members: Sequence[Member], image_paths: Sequence[str], batch_size: int = 128, flip: bool = False,
                   scales: Sequence[float] = (), num_workers: int | None = None,
                   show_progress: bool = True, use_store: bool = True,
-                  weights: Sequence[float] | None = None, unreadable: list[int] | None = None) -> torch.Tensor:
+                  weights: Sequence[float] | None = None, unreadable: list[int] | None = None,
+                  resident: bool | None = None) -> torch.Tensor:
     """Mean softmax (N x C, float32, CPU) of every member over every view of every image, in input order.
 
     Members trained from a feature store (`use_store`) read stored backbone features of each view instead.
     `weights` (one per member, summing to 1): a weighted mean of the members' own view means instead.
     An image that cannot be decoded stops with its name, unless `unreadable` is a list: then its row index
-    goes there and its row is the uniform distribution (the model saw nothing)."""
+    goes there and its row is the uniform distribution (the model saw nothing). The images come from a batch
+    source (engine/data/batches/factory.prediction_batches): eval crops resident on the device (`resident`;
+    None: on CUDA when they fit), else the loader workers; every TTA view of a batch is one forward per member."""
     if not members:
         raise UserError("no checkpoints to predict with")
     device = next(members[0].model.parameters()).device
@@ -164,25 +147,26 @@ def predict_probs(members: Sequence[Member], image_paths: Sequence[str], batch_s
         group = [m for m in group if m not in stored]
         if not group:
             continue
-        loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
-                                             pin_memory=device.type == "cuda",
-                                             prefetch_factor=4 if workers > 0 else None)
-        start = 0
-        for x, marks in progress(loader, len(loader), f"predict {size}px", show_progress):
-            if (marks == UNREADABLE).any():
-                first = start + int((marks == UNREADABLE).nonzero()[0, 0])
-                if unreadable is None:
-                    raise UserError(f"image '{image_paths[first]}' (row {first}) could not be decoded; remove it, or "
-                                    f"predict the rest with --bad-images skip (its row gets uniform probabilities)")
-                bad.update(start + i for i in (marks == UNREADABLE).nonzero()[:, 0].tolist())
-            x = x.to(device, non_blocking=True)
-            rows = slice(start, start + x.shape[0])
-            for m in group:
-                xn = m.normalize(x)
-                for dims in tta_flips(m, flip):
-                    p = run_model(m, xn.flip(dims) if dims else xn, amp, size)
+        source = prediction_batches(image_paths, size, crop_pct, at_trained_size, device, batch_size, workers,
+                                    resident and at_trained_size, show_progress)
+        marks, start, late = [], 0, LateRead(device)
+        try:
+            for x, y in progress(source, len(source), f"predict {size}px", show_progress):
+                marks.append(y)
+                seen = late.push((y == UNREADABLE).any().view(1))  # read a batch late: no wait per batch
+                if seen is not None and seen[0][0] and unreadable is None:
+                    stop_at_unreadable(marks, image_paths)
+                rows = slice(start, start + y.shape[0])
+                for m in group:
+                    p = member_probs(m, x, amp, size, flip)
                     total[rows] += p if weight[id(m)] is None else weight[id(m)] * p
-            start += x.shape[0]
+                start += y.shape[0]
+        finally:
+            source.stop()
+        bad_rows = torch.cat(marks).cpu() == UNREADABLE if marks else torch.zeros(0, dtype=torch.bool)
+        if bad_rows.any() and unreadable is None:
+            stop_at_unreadable(marks, image_paths)
+        bad.update(bad_rows.nonzero()[:, 0].tolist())
         views += sum(len(tta_flips(m, flip)) for m in group)
     probs = (total / views if weights is None else total).cpu()
     if bad:
@@ -194,6 +178,29 @@ def predict_probs(members: Sequence[Member], image_paths: Sequence[str], batch_s
 def tta_flips(m: Member, flip: bool) -> tuple[tuple[int, ...], ...]:
     """The flipped dims of each view: with TTA the flips the member trained with, else the plain view only."""
     return FLIP_VIEWS[m.recipe.flip] if flip else ((),)
+
+
+def stop_at_unreadable(marks: list[torch.Tensor], image_paths: Sequence[str]) -> None:
+    """Name the first image that could not be decoded and stop (--bad-images error)."""
+    first = int((torch.cat(marks).cpu() == UNREADABLE).nonzero()[0, 0])
+    raise UserError(f"image '{image_paths[first]}' (row {first}) could not be decoded; remove it, or "
+                    f"predict the rest with --bad-images skip (its row gets uniform probabilities)")
+
+
+def member_probs(m: Member, x: torch.Tensor, amp: torch.dtype | None, size: int, flip: bool) -> torch.Tensor:
+    """Summed softmax of one member over every TTA view of a batch of pixels: the views concatenated into one
+    forward (one per view only when that batch does not fit in memory)."""
+    xn = m.normalize(x)
+    views = tta_flips(m, flip)
+    if len(views) > 1:
+        try:
+            batch = torch.cat([xn.flip(dims) if dims else xn for dims in views])
+            return run_model(m, batch, amp, size).view(len(views), xn.shape[0], -1).sum(0)
+        except UserError as e:
+            if not isinstance(e.__cause__, torch.OutOfMemoryError):
+                raise
+            batch = None
+    return sum(run_model(m, xn.flip(dims) if dims else xn, amp, size) for dims in views)
 
 
 def trained_from_store(recipe: Recipe) -> bool:
@@ -219,7 +226,7 @@ def stored_probs(members: Sequence[Member], dataset: ImageDataset, size: int, cr
             features = store.view(view)
             for rows in torch.arange(len(dataset)).split(4096):
                 with autocast(device, amp):
-                    logits = m.model.get_classifier()(features[rows].to(device).float())
+                    logits = m.model.get_classifier()(device_feed(features[rows], device).float())
                 total[rows.to(device)] += logits.float().softmax(1)
     return total
 

@@ -68,13 +68,14 @@ def barrier() -> None:
         dist.barrier()
 
 
-def any_true(flags: list[bool], device: torch.device) -> list[bool]:
-    """Each flag, true on every rank if it is true on any rank (one all-reduce for all of them)."""
+def agree(flags: torch.Tensor) -> torch.Tensor:
+    """Each flag (a device tensor) set on every rank where any rank set it: one all-reduce on the device,
+    nothing read by the host."""
     if not dist.is_initialized():
-        return list(flags)
-    t = torch.tensor([float(f) for f in flags], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return [bool(v) for v in t.tolist()]
+        return flags
+    flags = flags.clone()
+    dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+    return flags
 
 
 def all_sum(values: torch.Tensor) -> torch.Tensor:

@@ -3,7 +3,8 @@
 - losses, mix (mixup / cutmix), optim (parameter groups, layer decay), schedule (LR per update), ema,
   freezing, sync_bn: the pieces a step is made of
 - state: the train state built from a recipe, and last.pt written and read back
-- loop: one epoch (train_one_epoch) and evaluate
+- loop: one epoch (train_one_epoch) and evaluate; late_read (device values the host reads an update late),
+  step_clock (how long the steps waited for data)
 - early_stopping, fit: one fold from its first epoch (or its last.pt) to best.pt
 - training_data: the run's table, audited, with folds and pseudo-labels
 - orchestrator: train(), every fold of a run into its run folder, the out-of-fold results and the summary

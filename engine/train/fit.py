@@ -13,7 +13,6 @@ import torch
 from engine import checkpoint, runs
 from engine.data.batches.factory import PATH_NAMES, FoldBatches, build_fold_batches
 from engine.data.pixels.background import WHITE, checkpoint_background
-from engine.data.pixels.device_augment import DEVICE_PRESETS
 from engine.errors import UserError
 from engine.evaluate.predictions import write_probs, write_val_predictions
 from engine.models import check_input_size, count_parameters, data_config, model_from_recipe, small_map_warning
@@ -45,9 +44,11 @@ def fit(recipe: Recipe, fold: int, train: pd.DataFrame, val: pd.DataFrame, class
     if resume is not None:  # the colour it started with (white for checkpoints from before it was saved)
         background = checkpoint_background(checkpoint.saved_base(resume)[2])
     data_cfg = {**data_config(model), "background": tuple(int(c) for c in background)}
-    batches = build_fold_batches(recipe, model, data_cfg, train, val, fold, d, show_progress and d.is_main, log.print)
+    batches = build_fold_batches(recipe, model, data_cfg, train, val, fold, d, show_progress and d.is_main, log.print,
+                                 saved_path=resume["progress"].get("feed") if resume is not None else None)
     s = build_train_state(recipe, model, len(classes), len(batches.train), d.device, fold, d.rank, d.enabled,
                           batches.train.takes)
+    s.feed = batches.path  # last.pt keeps it: a resume draws its batches the same way
     torch.manual_seed(recipe.seed + fold + 1000 * (d.rank + 1))  # same init everywhere, own dropout per rank
     base = checkpoint.base_fields(recipe.to_dict(), classes, data_cfg, fold)
     early = EarlyStopping(recipe.monitor, recipe.early_stopping)
@@ -70,7 +71,7 @@ def fit(recipe: Recipe, fold: int, train: pd.DataFrame, val: pd.DataFrame, class
         if small_map:
             log.print(small_map)
         if recipe.init_head == "imagenet" and (recipe.pretrained or recipe.pretrained_path) and len(val):  # copied rows
-            res = evaluate(batches.val.takes(s.eval_model), batches.val, s.amp_dtype)
+            res = evaluate(s.eval_model, batches.val, s.amp_dtype)
             log.print(f"fold {fold}: the ImageNet-initialised head scores val acc {res['acc']:.3f} before training")
     has_val = len(val) > 0  # no validation rows: a full-data refit, whose best.pt is its last epoch
     if d.is_main:  # rows of epochs a crash made us redo would be written twice
@@ -96,7 +97,7 @@ def fit(recipe: Recipe, fold: int, train: pd.DataFrame, val: pd.DataFrame, class
             raise preemption.Preempted(f"stopped at epoch {epoch + 1}, step {stats['stopped_at']}; last.pt written",
                                        preemption.signal_number())
         start_step, train_time = 0, time.perf_counter() - t0
-        res = evaluate(batches.val.takes(s.eval_model), batches.val, s.amp_dtype) if has_val else NO_VAL
+        res = evaluate(s.eval_model, batches.val, s.amp_dtype) if has_val else NO_VAL
         metrics = epoch_metrics(epoch, stats, res, s, train_time, time.perf_counter() - t0)
         improved = early.update(metrics) if has_val else True
         stop = early.stop_reason(metrics) if has_val else None
@@ -104,12 +105,9 @@ def fit(recipe: Recipe, fold: int, train: pd.DataFrame, val: pd.DataFrame, class
         if d.is_main:
             log.metrics(fold_dir / runs.METRICS, metrics, prefix=f"{fold_dir.name}/")
             log.print(epoch_line(metrics, recipe.epochs, improved))
-            if metrics["data_wait"] > 0.1 and batches.path in ("workers", "device"):  # the others need no workers
-                fix = "a lighter augment" if recipe.cache in ("memory", "disk") else "cache='memory'"
-                if s.device.type == "cuda" and recipe.augment in DEVICE_PRESETS:
-                    fix = "cache='device' (images resident on the GPU)"
-                log.print(f"warning: the step waited for data {metrics['data_wait']:.0%} of the epoch; raise "
-                          f"num_workers (now {batches.train.workers}) or use {fix}")
+            advice = batches.train.wait_advice(recipe, s.device) if metrics["data_wait"] > 0.1 else None
+            if advice:
+                log.print(f"warning: the step waited for data {metrics['data_wait']:.0%} of the epoch; {advice}")
             if improved:
                 best = [(checkpoint.model_checkpoint(base, s.eval_model.state_dict(), epoch + 1, metrics),
                          fold_dir / runs.BEST)]

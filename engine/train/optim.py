@@ -1,5 +1,9 @@
 """Optimizers over the trainable parameters: no weight decay on norms and biases; with `layer_decay` timm's
-layer-wise groups, with `head_lr_scale` the classifier in groups of its own; groups joining at unfreeze."""
+layer-wise groups, with `head_lr_scale` the classifier in groups of its own; groups joining at unfreeze.
+
+AdamW and SGD run their fused kernels wherever PyTorch has them (CPU and CUDA): one kernel per step, and
+they take a device flag that skips the step (`step_unless`), so a non-finite update is skipped without the
+host reading anything."""
 from __future__ import annotations
 
 import torch
@@ -61,10 +65,50 @@ def build_optimizer(model: torch.nn.Module, name: str, lr: float, weight_decay: 
     for g in groups:
         g["lr"] = lr * g.setdefault("lr_scale", 1.0)
     if name == "AdamW":
-        return torch.optim.AdamW(groups, lr=lr, betas=(momentum, 0.999))
-    if name == "SGD":
-        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=momentum > 0)
-    raise ValueError(f"unknown optimizer {name!r}")
+        make = lambda fused: torch.optim.AdamW(groups, lr=lr, betas=(momentum, 0.999), fused=fused)  # noqa: E731
+    elif name == "SGD":
+        make = lambda fused: torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=momentum > 0,  # noqa: E731
+                                             fused=fused)
+    else:
+        raise ValueError(f"unknown optimizer {name!r}")
+    try:
+        return make(True if any(g["params"] for g in groups) else None)
+    except RuntimeError:  # parameters on a device (or of a dtype) without a fused kernel
+        return make(None)
+
+
+def is_fused(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether every group steps with a fused kernel (which takes a found_inf flag on the device)."""
+    return getattr(optimizer, "_step_supports_amp_scaling", False) and \
+        all(g.get("fused") for g in optimizer.param_groups)
+
+
+def step_unless(optimizer: torch.optim.Optimizer, found_inf: torch.Tensor) -> None:
+    """Step, skipped where the device flag `found_inf` is set. Fused kernels read the flag on the device
+    (PyTorch's GradScaler hands them its flag the same way); other optimizers make the host read it."""
+    if is_fused(optimizer):
+        optimizer.grad_scale, optimizer.found_inf = None, found_inf.to(torch.float32)
+        try:
+            optimizer.step()
+        finally:
+            del optimizer.grad_scale, optimizer.found_inf
+    elif not bool(found_inf):
+        optimizer.step()
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """Load a saved state, keeping this optimizer's kernel: a last.pt from before fused kernels (or from
+    another machine) restores its moments into the fused optimizer, step counts moved to the parameters' device."""
+    fused = [g.get("fused") for g in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    for g, f in zip(optimizer.param_groups, fused):
+        g["fused"] = f
+        if f:
+            g["foreach"] = None
+            for p in g["params"]:
+                step = optimizer.state.get(p, {}).get("step")
+                if torch.is_tensor(step):
+                    optimizer.state[p]["step"] = step.to(device=p.device, dtype=torch.float32)
 
 
 def joining_groups(model: torch.nn.Module, already: set[str], weight_decay: float, layer_decay: float | None,

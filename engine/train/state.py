@@ -16,7 +16,7 @@ from engine.train.ema import ModelEma
 from engine.train.freezing import apply_freeze, set_train_mode, trainable_names, unfreeze_index
 from engine.train.losses import build_loss
 from engine.train.mix import Mixer
-from engine.train.optim import add_groups, build_optimizer, joining_groups
+from engine.train.optim import add_groups, build_optimizer, joining_groups, load_optimizer_state
 from engine.train.schedule import build_scheduler, join_warmup_updates, step_milestone_updates
 from engine.train.sync_bn import convert_sync_batchnorm
 
@@ -46,6 +46,7 @@ class TrainState:
     distributed: bool = False
     unfrozen: bool = False  # whether unfreeze_epoch has been reached (saved in last.pt's progress)
     net: torch.nn.Module | None = None  # the part of the model batches go into (the head, for stored features)
+    feed: str = ""  # the batch source's path (engine/data/batches/factory.py), kept for an exact resume
 
     @property
     def ddp(self) -> bool:
@@ -99,14 +100,14 @@ class TrainState:
                 "progress": {"epoch": epoch, "step": step, "finished": finished, "sums": dict(self.sums),
                              "bad_steps": self.bad_steps, "skipped_steps": self.skipped_steps,
                              "ema_updates": self.ema.updates if self.ema else 0, "unfrozen": self.unfrozen,
-                             "updates_per_epoch": self.updates_per_epoch, **(position or {})}}
+                             "updates_per_epoch": self.updates_per_epoch, "feed": self.feed, **(position or {})}}
 
     def restore(self, ckpt: dict) -> tuple[int, int, dict]:
         """Load a last.pt into the live objects; returns (epoch, step inside it, early-stopping state)."""
         self.model.load_state_dict(ckpt["model"])
         if ckpt["progress"].get("unfrozen") and not self.unfrozen:  # the optimizer's joined groups must exist first
             self.unfreeze(ckpt["progress"]["epoch"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
+        load_optimizer_state(self.optimizer, ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         if ckpt["scaler"]:  # empty unless it trained in fp16
             self.scaler.load_state_dict(ckpt["scaler"])

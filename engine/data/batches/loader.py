@@ -19,7 +19,8 @@ from engine.data.pixels.background import WHITE
 from engine.data.pixels.device_augment import Canvas, pad_to_canvas
 from engine.data.pixels.images import load_image
 from engine.data.pixels.transforms import build_eval_transform, recipe_train_transform
-from engine.data.stores.cache import image_loader
+from engine.data.stores.cache import DecodeEachTime, cache_short_side, image_loader
+from engine.errors import UserError
 from engine.system.device import cpu_count
 
 
@@ -126,6 +127,27 @@ class EpochSampler(Sampler):
         if self.rest is not None:
             return len(self.rest)
         return max(0, len(self.inner) - self.skip * self.batch_size)
+
+
+UNREADABLE = -2  # the target an unreadable image gets from a MarkedDataset
+
+
+class MarkedDataset(ImageDataset):
+    """Eval images where an unreadable file becomes a blank page with target UNREADABLE instead of
+    stopping the loader (the caller decides: name it and stop, or predict the rest)."""
+
+    def __getitem__(self, item):
+        try:
+            return super().__getitem__(item)
+        except UserError:
+            return self.transform(torch.full((3, 8, 8), 255, dtype=torch.uint8)), torch.tensor(UNREADABLE)
+
+
+def eval_dataset(paths: Sequence[str], image_size: int, crop_pct: float, as_validated: bool = True) -> ImageDataset:
+    """Image files through the eval transform; `as_validated`: first pre-resized exactly as training's validation
+    images are (engine.data.stores.cache.pre_resize), so a checkpoint sees what its validation score was measured on."""
+    loader = DecodeEachTime(paths, cache_short_side(image_size, crop_pct)) if as_validated else None
+    return MarkedDataset(paths, None, build_eval_transform(image_size, crop_pct), loader=loader)
 
 
 class ShardSampler(Sampler):

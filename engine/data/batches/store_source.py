@@ -7,18 +7,50 @@ epochs over them, training only `model.get_classifier()`; checkpoints stay whole
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from typing import Callable, Iterator
 
+import numpy as np
 import pandas as pd
 import torch
 
 from engine.data.batches.loader import EpochSampler, ShardSampler, build_datasets, recipe_workers
-from engine.data.batches.sources import FeatureBatches
+from engine.data.batches.sources import BatchSource, count_batches
 from engine.data.pixels.transforms import Normalize
 from engine.data.stores import feature_store as fs
 from engine.errors import UserError
-from engine.system.device import PRECISION_NAMES, autocast_dtype
+from engine.system.device import PRECISION_NAMES, autocast_dtype, device_feed
 from engine.system.distributed import Dist
+
+
+class FeatureBatches(BatchSource):
+    """(features, targets) of stored rows in a sampler's order; epoch e reads the store view `view_of(e)`."""
+    kind = "store"
+
+    def __init__(self, store, view_of: Callable[[int], str], rows: np.ndarray, targets: torch.Tensor, sampler,
+                 batch_size: int, drop_last: bool, device: torch.device):
+        super().__init__(device, None)
+        self.store, self.view_of, self.store_rows, self.targets = store, view_of, torch.as_tensor(rows), targets
+        self.sampler, self.batch_size, self.drop_last, self.rows = sampler, batch_size, drop_last, len(targets)
+        self._loaded: tuple[str, torch.Tensor] | None = None
+
+    def __len__(self) -> int:
+        return count_batches(len(self.sampler), self.batch_size, self.drop_last)
+
+    def takes(self, model: torch.nn.Module) -> torch.nn.Module:
+        return model.get_classifier()  # stored features are what the head sees
+
+    def features(self, view: str) -> torch.Tensor:
+        if self._loaded is None or self._loaded[0] != view:  # one view in memory at a time
+            self._loaded = (view, self.store.view(view))
+        return self._loaded[1]
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = torch.as_tensor(self.order(), dtype=torch.int64)
+        features = self.features(self.view_of(self.epoch))
+        for k in range(len(self)):
+            index = order[k * self.batch_size:(k + 1) * self.batch_size]
+            x = device_feed(features[self.store_rows[index]], self.device).float()
+            yield self.ready(x, self.targets[index])
 
 
 def store_rows(recipe, train: pd.DataFrame, val: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
