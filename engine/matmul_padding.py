@@ -81,7 +81,8 @@ def _hidden_norm(module: torch.nn.Module, h: torch.Tensor) -> torch.Tensor:
     if isinstance(module.norm, torch.nn.Identity):
         return h
     width, padded = module._padded_width
-    return F.pad(module.norm(h[..., :width]), (0, padded - width))
+    # in h's dtype before padding: under autocast fc2 rounds it to bf16 anyway, and the pad then moves half the bytes
+    return F.pad(module.norm(h[..., :width]).to(h.dtype), (0, padded - width))
 
 
 def _fc2(module: torch.nn.Module, h: torch.Tensor) -> torch.Tensor:
