@@ -29,7 +29,11 @@ def attention_line(model: torch.nn.Module, device: torch.device, amp_dtype: torc
         return (f"attention unfused (timm's q @ k.T, softmax; {heads} heads x {head_dim}: "
                 f"set TIMM_FUSED_ATTN=1 for PyTorch's fused kernels)")
     dtype = amp_dtype or next(model.parameters()).dtype
-    return f"attention {sdpa_backend(device, heads, head_dim, dtype)} (SDPA, {heads} heads x {head_dim}, {_dtype_name(dtype)})"
+    try:
+        backend = sdpa_backend(device, heads, head_dim, dtype)
+    except Exception as e:  # PyTorch's probes are young APIs: a run never fails for want of this line
+        backend = f"backend unknown ({type(e).__name__})"
+    return f"attention {backend} (SDPA, {heads} heads x {head_dim}, {_dtype_name(dtype)})"
 
 
 def sdpa_backend(device: torch.device, heads: int, head_dim: int, dtype: torch.dtype) -> str:

@@ -106,3 +106,15 @@ def test_the_speed_line_names_attention_compile_and_padding():
     line = speed_line(eva, True, torch.device("cpu"), torch.bfloat16)
     assert "bfloat16" in line and "compile on" in line and "MLP hidden 149 run at 192" in line
     assert speed_line(timm.create_model("test_resnet"), False, torch.device("cpu"), None) == "speed: compile off"
+
+
+def test_on_cuda_the_line_names_the_first_backend_pytorch_would_take(monkeypatch):
+    cuda = torch.backends.cuda
+    monkeypatch.setattr(torch, "empty", lambda *a, **k: torch.zeros(1, 2, 4, 32))  # no GPU here: CPU tensors
+    monkeypatch.setattr(cuda, "can_use_flash_attention", lambda params: False)  # e.g. an fp32 run, or an old GPU
+    monkeypatch.setattr(cuda, "can_use_efficient_attention", lambda params: True)
+    vit = timm.create_model("test_vit")
+    assert speed_line(vit, False, torch.device("cuda"), torch.bfloat16).startswith(
+        "speed: attention memory-efficient (SDPA, 2 heads x 32, bfloat16)")
+    monkeypatch.setattr(cuda, "can_use_efficient_attention", lambda params: 1 / 0)
+    assert "attention backend unknown (ZeroDivisionError)" in speed_line(vit, False, torch.device("cuda"), None)
