@@ -3,8 +3,9 @@
 # Each step has its own timeout and writes its table to $OUT (default bench/gpu_out/):
 #   feed.md     every batch source (workers / device canvas / resident) at 1, 4, 14 workers vs the ceiling
 #   recipes.md  every recipe in recipes/ (+ the 1st place's store): one short epoch + predict --tta + cam
-#   eva.md      EVA02-L@448 bf16 img/s, share of the chip, peak memory per set-up; feature-store build vs bare
-#               forward loop; compile=True rows last (as far as the step's time goes)
+#   eva.md      EVA02-L@448 bf16 img/s, share of the chip (the FLOPs each set-up runs), peak memory per set-up,
+#               padded vs timm's unpadded MLPs; feature-store build vs a bare forward loop
+#   eva_compile.md  the compile=True rows alone: first epoch (compilation) and img/s after it
 #
 #   bash bench/gpu_check.sh                               # on the GPU machine
 #   SKETCHBOOK_GPU_CHECK_TINY=1 bash bench/gpu_check.sh   # anywhere, in minutes: proves every step runs
@@ -25,6 +26,7 @@ step() {  # step NAME SECONDS COMMAND...: its table to $OUT/NAME.md, its log to 
   local code=$?
   echo "== $name: exit $code in $((SECONDS - t0))s"; cat "$OUT/$name.md"; tail -n 3 "$OUT/$name.log"
 }
-step feed 140 $PY bench/gpu_feed.py $tiny --steps 40 --workers 1 4 14
-step recipes 190 $PY bench/gpu_recipes.py $tiny
-step eva 120 $PY bench/gpu_eva.py $tiny --compile
+step feed 120 $PY bench/gpu_feed.py $tiny --steps 40 --workers 1 4 14
+step recipes 160 $PY bench/gpu_recipes.py $tiny
+step eva 90 $PY bench/gpu_eva.py $tiny
+step eva_compile 100 $PY bench/gpu_eva.py $tiny --compile-only

@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from engine.errors import UserError
+from engine.matmul_padding import pad_mlp_matmuls
 
 
 def build_model(name: str, num_classes: int, pretrained: bool = False, pretrained_path: str | None = None,
@@ -96,7 +97,14 @@ def count_parameters(model: torch.nn.Module) -> int:
 
 def model_from_recipe(recipe, classes: Sequence[str], weights: bool = True) -> torch.nn.Module:
     """The recipe's model for these classes: timm backbone, pretrained weights (when `weights`), the recipe's head
-    (`head`, `head_hidden`, `head_dropout`) and, with init_head="imagenet", the matching ImageNet-1k head rows."""
+    (`head`, `head_hidden`, `head_dropout`) and, with init_head="imagenet", the matching ImageNet-1k head rows. MLPs
+    with a hidden width off a multiple of 64 run their matmuls zero-padded (exact; the weights keep their shapes)."""
+    model = _model_from_recipe(recipe, classes, weights)
+    pad_mlp_matmuls(model)
+    return model
+
+
+def _model_from_recipe(recipe, classes: Sequence[str], weights: bool) -> torch.nn.Module:
     pretrained, path = recipe.pretrained and weights, recipe.pretrained_path if weights else None
     if recipe.init_head == "imagenet" and weights and not (pretrained or path):
         _say("warning: init_head='imagenet' has no ImageNet head to copy (pretrained=False and no pretrained_path): "

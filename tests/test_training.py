@@ -126,6 +126,12 @@ def test_a_short_run_learns_the_digits(trained_run):
     assert (trained_run / "recipe.json").is_file() and (trained_run / "train.log").read_text().count("epoch") >= 2
 
 
+def test_the_fold_start_says_what_sets_its_speed(trained_run):
+    lines = (trained_run / "train.log").read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("fold 0: test_resnet"))
+    assert lines[start + 1] == "speed: compile off"  # a ResNet: no attention, no padded MLP, compile=False
+
+
 def test_checkpoint_round_trip_with_weights_only(trained_run):
     raw = torch.load(trained_run / "fold0" / "best.pt", map_location="cpu", weights_only=True)
     assert {"model", "recipe", "classes", "epoch", "metrics"} <= set(raw)

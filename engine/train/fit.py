@@ -15,6 +15,7 @@ from engine.data.batches.factory import PATH_NAMES, FoldBatches, build_fold_batc
 from engine.data.pixels.background import WHITE, checkpoint_background
 from engine.errors import UserError
 from engine.evaluate.predictions import write_probs, write_val_predictions
+from engine.model_speed import speed_line
 from engine.models import check_input_size, count_parameters, data_config, model_from_recipe, small_map_warning
 from engine.recipe import Recipe
 from engine.system import distributed, preemption
@@ -172,6 +173,7 @@ def start_line(recipe: Recipe, fold: int, s: TrainState, batches: FoldBatches, d
             f"{batches.train.rows} train / {batches.val.rows} val images, {len(batches.train)} steps "
             f"per epoch, {d.device.type}{' x' + str(d.world) if d.enabled else ''}, precision "
             f"{PRECISION_NAMES[s.amp_dtype]}, {batches.train.workers} workers"
+            f"\n{speed_line(s.model, recipe.compile, d.device, s.amp_dtype)}"
             f"\nbatches: {PATH_NAMES[batches.path]} ({batches.why})")
     if not batches.val.rows:
         line += "\nno validation rows (val_fraction = 0): every row trains; best.pt is the last epoch"
