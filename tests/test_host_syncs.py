@@ -131,3 +131,30 @@ def test_packed_canvases_equal_the_image_by_image_canvas():
         a, b = packed.canvas(rows), pad_to_canvas([pics[i] for i in rows], (250, 240, 230))
         assert torch.equal(a.images, b.images) and torch.equal(a.extents, b.extents)
         assert torch.equal(a.transposed, b.transposed)
+
+
+def test_non_finite_updates_never_land_though_their_flag_is_read_late():
+    source = stored(24)
+    s = state(source, max_bad_steps=100, ema_decay=0.9, clip_grad_norm=None)
+    real = s.criterion
+    s.criterion = lambda logits, soft: real(logits, soft) * float("nan")
+    before = {k: v.clone() for k, v in s.model.state_dict().items()}
+    ema_before = {k: v.clone() for k, v in s.ema.module.state_dict().items()}
+    source.set_epoch(0)
+    train_one_epoch(s, source, 0, show_progress=False)
+    assert all(torch.equal(before[k], v) for k, v in s.model.state_dict().items())  # bitwise: nothing landed
+    assert all(torch.equal(ema_before[k], v) for k, v in s.ema.module.state_dict().items())
+    assert s.skipped_steps == s.bad_steps == len(source) == 6 and s.ema.updates == 0
+
+
+def test_a_stop_lands_one_update_after_the_signal(monkeypatch):
+    source = stored(40)
+    s = state(source)
+    calls = {"n": 0}
+
+    def requested():
+        calls["n"] += 1
+        return calls["n"] >= 2  # the signal arrives during the second update
+    monkeypatch.setattr(preemption, "requested", requested)
+    source.set_epoch(0)
+    assert train_one_epoch(s, source, 0, show_progress=False) == {"stopped_at": 3}

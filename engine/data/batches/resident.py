@@ -15,6 +15,7 @@ from typing import Callable, Sequence
 import torch
 
 from engine.data.batches.loader import ImageDataset
+from engine.data.pixels.device_augment import CANVAS_MULTIPLE
 from engine.data.pixels.transforms import build_eval_transform
 from engine.data.stores.cache import DecodeEachTime, cache_short_side
 from engine.data.stores.cache_store import estimate_bytes
@@ -32,9 +33,12 @@ def free_bytes(device: torch.device) -> int:
 
 
 def resident_bytes(paths: Sequence[str], image_size: int, crop_pct: float) -> int:
-    """What the images take on the device (from image headers, no decoding): pre-resized images + eval crops."""
-    size, _ = estimate_bytes(paths, cache_short_side(image_size, crop_pct))
-    return size + len(paths) * 3 * image_size * image_size
+    """What the images take on the device (from image headers, no decoding): pre-resized images, a fold's packed
+    copy of them (sides rounded up to the canvas multiple: resident_source.PackedImages) and eval crops."""
+    short = cache_short_side(image_size, crop_pct)
+    size, _ = estimate_bytes(paths, short)
+    packed, _ = estimate_bytes(paths, short, round_to=CANVAS_MULTIPLE)
+    return size + packed + len(paths) * 3 * image_size * image_size
 
 
 def fit_line(paths: Sequence[str], image_size: int, crop_pct: float, device: torch.device) -> tuple[bool, str]:

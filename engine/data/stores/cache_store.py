@@ -75,8 +75,9 @@ def resized_shape(height: int, width: int, short_side: int) -> tuple[int, int]:
     return (short_side, new_long) if height <= width else (new_long, short_side)
 
 
-def estimate_bytes(paths: Sequence[str], short_side: int, sample: int = 2000) -> tuple[int, bool]:
-    """Bytes the cached images take, from image headers (no decoding); (bytes, exact). Samples big sets."""
+def estimate_bytes(paths: Sequence[str], short_side: int, sample: int = 2000, round_to: int = 1) -> tuple[int, bool]:
+    """Bytes the cached images take, from image headers (no decoding); (bytes, exact). Samples big sets.
+    `round_to`: each side rounded up to a multiple of it (the resident path's packed canvases)."""
     chosen = list(paths)
     exact = len(chosen) <= sample
     if not exact:
@@ -88,7 +89,7 @@ def estimate_bytes(paths: Sequence[str], short_side: int, sample: int = 2000) ->
                 width, height = im.size
         except Exception:
             continue  # the decoder will name it; an estimate need not
-        h, w = resized_shape(height, width, short_side)
+        h, w = (-(-side // round_to) * round_to for side in resized_shape(height, width, short_side))
         total += 3 * h * w
     return (total if exact else int(total * len(paths) / max(1, len(chosen)))), exact
 
