@@ -40,6 +40,17 @@ def parse_background(value: Any) -> Any:
                      f'got {value!r}')
 
 
+def parse_teacher(value: Any) -> tuple[str, ...] | None:
+    """`teacher`: None, one run folder, or a tuple (a list, as JSON gives it) of run folders."""
+    if value is None:
+        return None
+    runs = (value,) if isinstance(value, str) else tuple(value) if isinstance(value, (tuple, list)) else ()
+    if not runs or not all(isinstance(r, str) and r for r in runs):
+        raise ValueError(f'must be a run folder or a tuple of run folders, e.g. "runs/resnext/20261204-101500"; '
+                         f'got {value!r}')
+    return runs
+
+
 @dataclass
 class Recipe:
     """Everything a run needs. Field order is the order `train.py --help` prints."""
@@ -88,6 +99,13 @@ class Recipe:
                                        "fold's training rows with their predicted class")
     pseudo_threshold: float = key(0.9, "a pseudo-labelled image joins when its top probability reaches this",
                                   bounds="(0, 1]")
+    teacher: Any = key(None, "distillation: a k-fold run folder, or a tuple of them, whose out-of-fold probabilities "
+                       "(oof_probs.npy) join every training row's target; it must have this data's rows, classes and "
+                       "folds", parse=parse_teacher)
+    teacher_weight: float = key(0.5, "share of a training row's target that is the teachers' probabilities (the rest: "
+                                "its own label, smoothed by label_smoothing)", bounds="[0, 1]")
+    teacher_temperature: float = key(1.0, "the teachers' probabilities become p^(1/T), renormalised: T > 1 softens "
+                                     "them, T < 1 sharpens", bounds="(0, inf)")
     seed: int = key(42, "seed for splits, sampling, augmentation, mixing and initialisation", bounds="[0, inf)")
     image_size: int = key(224, "square input size the model sees (each model also has its own minimum)",
                           bounds="[2, inf)")  # 1 px crashes inside PyTorch's antialiased resize
