@@ -10,6 +10,7 @@ from typing import Any, Optional, Union
 
 from engine.errors import UserError
 from engine.recipe.schedules import AUGMENT_PRESETS, parse_augment_schedule, parse_milestones
+from engine.recipe.several_types import parse_background, parse_teacher
 
 
 def key(default: Any, doc: str, choices: tuple = (), bounds: str = "", parse: Any = None) -> Any:
@@ -27,28 +28,6 @@ def in_bounds(value: float, bounds: str) -> bool:
     """Whether value lies in an interval written like "[0, 1)" or "(0, inf)"."""
     low, high = (float(b) for b in bounds[1:-1].split(","))
     return (low <= value if bounds[0] == "[" else low < value) and (value <= high if bounds[-1] == "]" else value < high)
-
-
-def parse_background(value: Any) -> Any:
-    """`background`: "auto", "white", "black" or an RGB triple of ints 0-255 (a list, as JSON gives it, too)."""
-    if isinstance(value, str) and value in ("auto", "white", "black"):
-        return value
-    if isinstance(value, (tuple, list)) and len(value) == 3 and all(
-            isinstance(c, int) and not isinstance(c, bool) and 0 <= c <= 255 for c in value):
-        return tuple(value)
-    raise ValueError(f'must be "auto", "white", "black" or an RGB triple of ints 0-255 such as (0, 0, 0); '
-                     f'got {value!r}')
-
-
-def parse_teacher(value: Any) -> tuple[str, ...] | None:
-    """`teacher`: None, one run folder, or a tuple (a list, as JSON gives it) of run folders."""
-    if value is None:
-        return None
-    runs = (value,) if isinstance(value, str) else tuple(value) if isinstance(value, (tuple, list)) else ()
-    if not runs or not all(isinstance(r, str) and r for r in runs):
-        raise ValueError(f'must be a run folder or a tuple of run folders, e.g. "runs/resnext/20261204-101500"; '
-                         f'got {value!r}')
-    return runs
 
 
 @dataclass

@@ -5,4 +5,5 @@
 - loader: datasets, the epoch and shard samplers, the worker processes
 - resident: a fold's images kept on the device, with the fit check
 - store_source: batches of stored features for a frozen backbone (and what --dry-run says of the stores)
+- targets: a training row's target (its class, or distillation's row of probabilities)
 """
