@@ -96,6 +96,17 @@ def test_drop_writes_the_table_without_the_flagged_rows_and_relabel_swaps_their_
     assert explore(digits_dir, "--write-clean", tmp_path / "clean.csv", "--drop", issues) == 0  # its own output
 
 
+def test_a_retrain_on_the_cleaned_table_is_shown_beside_its_original(digits_dir, tmp_path):
+    from engine.run_table.table import cleaned_from
+    (tmp_path / runs.OOF_METRICS).write_text('{"accuracy": 0.9123, "n": 1527}')  # the original run's folder
+    issues = issues_file(tmp_path / "label_issues.csv", pd.read_csv(digits_dir / "train.csv").iloc[[3, 50]])
+    assert explore(digits_dir, "--write-clean", tmp_path / "clean.csv", "--drop", issues) == 0
+    line = label_issues.before_cleaning_line(str(tmp_path / "clean.csv"), 0.95)
+    assert "0.9500" in line and "before cleaning" in line and "0.9123" in line
+    assert "cleaned from" in cleaned_from(digits_recipe(digits_dir, tmp_path, train_csv=str(tmp_path / "clean.csv")))
+    assert label_issues.before_cleaning_line(str(digits_dir / "train.csv"), 0.95) is None  # the user's own table
+
+
 def test_bad_drop_inputs_are_one_line_and_write_nothing(digits_dir, tmp_path, capsys):
     train = pd.read_csv(digits_dir / "train.csv")
     other_run = train.head(3).assign(image_path=["elsewhere/1.png", "elsewhere/2.png", "elsewhere/3.png"])

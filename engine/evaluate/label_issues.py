@@ -9,6 +9,7 @@ comes from a model that never trained on that row.
 """
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from engine import runs
 from engine.errors import UserError
 from engine.evaluate.predictions import class_names, read_probs
 from engine.system.atomic import write_csv
+from engine.system.outputs import ledger_entry
 
 FILE = "label_issues.csv"
 METHOD = "cleanlab find_label_issues(prune_by_noise_rate), score self_confidence"
@@ -89,3 +91,22 @@ def typical_rows(table: pd.DataFrame, probs: np.ndarray, suspects: set[str]) -> 
         if len(where):
             typical[int(c)] = str(table["image_path"].iloc[where[own[where].argmax()]])
     return typical
+
+
+def original_run(train_csv: str | None) -> tuple[Path, dict] | None:
+    """(run folder, its oof_metrics.json) of the run whose label issues `explore --drop` removed from
+    `train_csv`, or None when the table was not made so (or the run is gone)."""
+    source = ledger_entry(train_csv).get("label_issues") if train_csv else None
+    metrics = Path(source).parent / runs.OOF_METRICS if source else None
+    if metrics is None or not metrics.is_file():
+        return None
+    return metrics.parent, json.loads(metrics.read_text())
+
+
+def before_cleaning_line(train_csv: str | None, oof_accuracy: float) -> str | None:
+    """For a run on a table that `explore --drop` cleaned: its out-of-fold accuracy beside the original run's."""
+    if (found := original_run(train_csv)) is None:
+        return None
+    run_dir, before = found
+    return (f"out-of-fold accuracy {oof_accuracy:.4f} on the cleaned table; before cleaning ({run_dir}): "
+            f"{before['accuracy']:.4f} on {before['n']} rows")

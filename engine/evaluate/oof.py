@@ -97,6 +97,8 @@ def finish_folds(run_dir: Path, recipe, waiting: list[int], log, classes: list[s
     if recipe.folds > 1:
         table = write_oof(run_dir, recipe.folds, num_classes)
         log.print(f"out-of-fold results ({len(table)} images) -> {run_dir / runs.OOF}, {runs.OOF_METRICS}")
+        if line := label_issues.before_cleaning_line(recipe.train_csv, score(table, num_classes)["accuracy"]):
+            log.print(line)
     else:
         table = read_fold_predictions(run_dir, 1)
     log.print(fold_table(run_dir, table, num_classes, recipe.monitor))
