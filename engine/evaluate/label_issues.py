@@ -47,8 +47,9 @@ def find_issues(table: pd.DataFrame, probs: np.ndarray) -> pd.DataFrame:
     names = class_names(table, probs.shape[1])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # cleanlab warns about classes with few rows; it still ranks them
+        # n_jobs=1: cleanlab's pool of forked processes hung once a run's loader workers had been alive
         flagged = find_label_issues(labels, probs, filter_by="prune_by_noise_rate",
-                                    return_indices_ranked_by="self_confidence")
+                                    return_indices_ranked_by="self_confidence", n_jobs=1)
         quality = get_label_quality_scores(labels, probs, method="self_confidence")
     rows = table.iloc[flagged]
     suggested = probs[flagged].argmax(1)
