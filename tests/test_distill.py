@@ -3,13 +3,15 @@ they reach the loss through every batch source, resume bitwise, and a teacher th
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from conftest import digits_recipe
+from conftest import ROOT, digits_recipe
 from engine import runs
 from engine.data.batches.targets import SOFT, training_targets
 from engine.errors import UserError
@@ -135,3 +137,23 @@ def test_the_teacher_key_takes_one_run_or_several(digits_dir, data, tmp_path):
     np.testing.assert_allclose(np.stack(table[SOFT]), np.stack(one[SOFT]), atol=1e-6)  # the mean of two equal ones
     with pytest.raises(UserError, match="teacher"):
         student(digits_dir, out, tmp_path, teacher=3)
+
+
+def test_two_ranks_train_the_student_as_one_process_of_twice_the_batch(digits_dir, data, tmp_path):
+    from tests.test_ddp import last_weights, torchrun
+    out, teacher = data
+
+    def args(where, batch_size):  # test_vit and SGD as tests/test_ddp.py: no batch-norm, no Adam noise
+        return ["train.py", "--no-progress", "--fold", "0", "model=test_vit", f"data_dir='{digits_dir}/train'",
+                f"train_csv='{out}/train.csv'", "image_size=32", f"batch_size={batch_size}", "epochs=1", "folds=3",
+                "num_workers=0", "optimizer=SGD", "lr=0.05", f"teacher='{teacher}'", "teacher_temperature=2.0",
+                f"output_dir='{where}'"]
+
+    two = torchrun(args(tmp_path / "two", 4))
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert two.stdout.count("distillation:") == 1
+    one = subprocess.run([sys.executable, *args(tmp_path / "one", 8)], cwd=ROOT, capture_output=True, text=True,
+                         timeout=240)
+    assert one.returncode == 0, one.stderr[-3000:]
+    a, b = last_weights(tmp_path / "two"), last_weights(tmp_path / "one")
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
