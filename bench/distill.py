@@ -86,28 +86,34 @@ def noise(shares: list[float], epochs: int) -> None:
         for label, r, secs in (("noisy", noisy_run, s1), ("cleaned", clean_run, s2)):
             rows.append((f"{share:.0%}", label, len(pd.read_csv(r / runs.OOF)), oof_true_accuracy(r, truth),
                          test_accuracy([str(r), "--kfold"], OUT / f"test-{r.name}.csv"), secs))
+        print(rows[-2:], flush=True)
         print(f"noise {share:.0%}: {len(flipped)} flipped, {len(found)} flagged, precision {hit / max(len(found), 1):.3f}"
               f", recall {hit / max(len(flipped), 1):.3f}", flush=True)
-    print("\n| noise | run | rows | OOF acc (true labels) | test acc (5 folds) | wall s |\n|---|---|---|---|---|---|")
+    print("\n| noise | run | rows | OOF acc (true labels) | test acc (the folds' ensemble) | wall s |\n|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]:.4f} | {r[4]:.4f} | {r[5]:.0f} |")
 
 
-def distill(per_class: int, epochs: int, weight: float, temperature: float) -> None:
+def distill(per_class: int, epochs: int, weight: float, temperature: float, teacher: str | None = None,
+            teacher_test: bool = False) -> None:
     ensure_demo_data("data/demo/train")
     OUT.mkdir(parents=True, exist_ok=True)
     csv = OUT / f"train_{per_class}.csv"
     pd.read_csv("data/demo/train.csv").groupby("target").head(per_class).to_csv(csv, index=False)
-    teacher, s1 = run(csv, f"teacher{per_class}", epochs)
-    student, s2 = run(csv, f"student{per_class}", epochs, teacher=str(teacher), teacher_weight=weight,
-                      teacher_temperature=temperature)
+    teacher, s1 = (Path(teacher), 0.0) if teacher else run(csv, f"teacher{per_class}", epochs)
+    if teacher_test:  # the ensemble's test predictions, as a user writes them
+        assert predict.main([str(teacher), "--kfold", "--save-probs", "--workers", "1", "--no-progress"]) == 0
+    student, s2 = run(csv, f"student{per_class}-w{weight:g}-t{temperature:g}{'-test' if teacher_test else ''}",
+                      epochs, teacher=str(teacher), teacher_weight=weight, teacher_temperature=temperature,
+                      teacher_test=teacher_test)
     single = test_accuracy([str(runs.fold_dir(teacher, 0) / runs.BEST)], OUT / "test-single.csv")
     ensemble = test_accuracy([str(teacher), "--kfold"], OUT / "test-ensemble.csv")
-    singles = [test_accuracy([str(runs.fold_dir(r, k) / runs.BEST)], OUT / f"test-{r.name}-{k}.csv")
+    singles = [test_accuracy([str(runs.fold_dir(r, k) / runs.BEST)], OUT / f"test-{r.parent.name}-{k}.csv")
                for r in (teacher, student) for k in range(5)]
     alone, taught = np.mean(singles[:5]), np.mean(singles[5:])
     oof = {r: json.loads((r / runs.OOF_METRICS).read_text())["accuracy"] for r in (teacher, student)}
-    print(f"\n{per_class * 10} rows, {epochs} epochs, teacher_weight {weight}, temperature {temperature}; "
+    print(f"\n{per_class * 10} rows, {epochs} epochs, teacher_weight {weight}, temperature {temperature}, "
+          f"teacher_test {teacher_test}; "
           f"teacher {s1:.0f} s, student {s2:.0f} s (5 folds each)")
     print("| model | forwards per image | test acc | OOF acc |\n|---|---|---|---|")
     print(f"| one model alone (fold 0) | 1 | {single:.4f} | - |")
@@ -124,19 +130,22 @@ def main() -> None:
     sub = p.add_subparsers(dest="what", required=True)
     n = sub.add_parser("noise")
     n.add_argument("--noise", type=float, nargs="+", default=[0.05, 0.15])
-    n.add_argument("--epochs", type=int, default=8)
-    n.add_argument("--image-size", type=int, default=16)  # the digits are 8 x 8: 16 px loses nothing, 4x fewer pixels
+    n.add_argument("--epochs", type=int, default=6)
+    n.add_argument("--image-size", type=int, default=16)
+    n.add_argument("--folds", type=int, default=3)  # the digits are 8 x 8: 16 px loses nothing, 4x fewer pixels
     d = sub.add_parser("distill")
     d.add_argument("--per-class", type=int, default=30)
     d.add_argument("--epochs", type=int, default=8)
     d.add_argument("--weight", type=float, default=0.7)
     d.add_argument("--temperature", type=float, default=2.0)
+    d.add_argument("--teacher-test", action="store_true", help="also the test images, with the ensemble's predictions")
+    d.add_argument("--teacher", help="an earlier teacher run of this bench (same --per-class and --epochs) to reuse")
     args = p.parse_args()
     if args.what == "noise":
-        FAST["image_size"] = args.image_size
+        FAST.update(image_size=args.image_size, folds=args.folds)
         noise(args.noise, args.epochs)
     else:
-        distill(args.per_class, args.epochs, args.weight, args.temperature)
+        distill(args.per_class, args.epochs, args.weight, args.temperature, args.teacher, args.teacher_test)
 
 
 if __name__ == "__main__":

@@ -157,3 +157,22 @@ def test_two_ranks_train_the_student_as_one_process_of_twice_the_batch(digits_di
     assert one.returncode == 0, one.stderr[-3000:]
     a, b = last_weights(tmp_path / "two"), last_weights(tmp_path / "one")
     assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+
+
+def test_teacher_test_trains_on_the_test_images_with_the_teachers_predictions(digits_dir, data, tmp_path):
+    import predict
+    out, teacher = data
+    copy = shutil.copytree(teacher, tmp_path / "teacher")
+    recipe = student(digits_dir, out, tmp_path, teacher=str(copy), teacher_test=True)
+    with pytest.raises(UserError, match="--save-probs"):  # not predicted yet: one line says how
+        load_data(recipe, Dist(), print, False)
+    assert predict.main([str(copy), "--kfold", "--save-probs", "--workers", "0", "--no-progress"]) == 0
+    table, classes, _ = load_data(recipe, Dist(), print, False)
+    test = table[table["pseudo"]]
+    assert len(test) == len(pd.read_csv(digits_dir / "test.csv")) and (test["fold"] == -1).all()
+    probs = pd.read_csv(copy / "output_probs.csv").set_index("image_path").loc[test["image_path"], classes].to_numpy()
+    sharp = probs ** 0.5 / (probs ** 0.5).sum(1, keepdims=True)
+    np.testing.assert_allclose(training_targets(test).numpy(), sharp, atol=1e-4)
+    assert (test["target"].to_numpy() == probs.argmax(1)).all()
+    with pytest.raises(UserError, match="teacher_test"):
+        student(digits_dir, out, tmp_path, teacher=None, teacher_test=True)

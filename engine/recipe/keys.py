@@ -83,6 +83,8 @@ class Recipe:
                        "folds", parse=parse_teacher)
     teacher_weight: float = key(0.5, "share of a training row's target that is the teachers' probabilities (the rest: "
                                 "its own label, smoothed by label_smoothing)", bounds="[0, 1]")
+    teacher_test: bool = key(False, "also train on the test images with the teachers' predictions as targets (each "
+                             "teacher's output_probs.csv: python predict.py RUN --kfold --save-probs)")
     teacher_temperature: float = key(1.0, "the teachers' probabilities become p^(1/T), renormalised: T > 1 softens "
                                      "them, T < 1 sharpens", bounds="(0, inf)")
     seed: int = key(42, "seed for splits, sampling, augmentation, mixing and initialisation", bounds="[0, inf)")
@@ -236,6 +238,9 @@ def _check_recipe(r: Recipe) -> Recipe:
     if r.scheduler == "step" and not r.step_milestones:
         raise UserError('scheduler="step" needs step_milestones, the epochs after which the LR drops, '
                         'e.g. step_milestones=(6, 9)')
+    if r.teacher_test and (not r.teacher or r.pseudo_labels):
+        raise UserError("teacher_test=True needs a teacher and no pseudo_labels (both add the test images); set "
+                        "teacher, or use one of teacher_test and pseudo_labels")
     if r.folds == 1 and not 0 <= r.val_fraction < 1:
         raise UserError(f"val_fraction must be in [0, 1) when folds = 1; got {r.val_fraction}")
     if r.folds > 1 and r.val_fraction == 0:  # folds decide the validation rows: "no validation" would be ignored

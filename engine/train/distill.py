@@ -19,6 +19,7 @@ import pandas as pd
 from engine import runs
 from engine.checkpoint import is_finished
 from engine.data.batches.targets import SOFT
+from engine.data.tables.pseudo_labels import add_pseudo_labels, read_pseudo_labels
 from engine.data.tables.read import class_list_difference
 from engine.data.tables.split_record import describe_change, row_keys
 from engine.errors import UserError
@@ -76,8 +77,32 @@ def sharpen(probs: np.ndarray, temperature: float) -> np.ndarray:
     return p / p.sum(1, keepdims=True)
 
 
+def test_probs(recipe: Recipe, classes: list[str], log=print) -> tuple[pd.DataFrame, np.ndarray]:
+    """teacher_test: the test images (audited as pseudo-label rows) and the teachers' mean sharpened probabilities."""
+    found = []
+    for run in recipe.teacher:
+        path = Path(run) / (Path(runs.OUTPUT).stem + runs.PROBS_SUFFIX)  # output_probs.csv
+        if not path.is_file():
+            raise UserError(f"teacher_test=True: teacher {run} has no {path.name}; write it with python predict.py "
+                            f"{run} --kfold --save-probs (or set teacher_test=False)")
+        probs = pd.read_csv(path, dtype={"image_path": str}).set_index("image_path")
+        found.append((path, probs))
+    rows = read_pseudo_labels(str(found[0][0]), recipe.test_dir or ".", classes, 1e-9, recipe.bad_images, log)
+    names = [str(c) for c in classes]
+    mean = np.mean([sharpen(probs.reindex(rows["image_path"])[names].to_numpy(np.float64), recipe.teacher_temperature)
+                    for path, probs in found], axis=0)
+    if np.isnan(mean).any():
+        raise UserError(f"teacher_test=True: the teachers' {found[0][0].name} files hold other test images; predict "
+                        f"the same test.csv with every teacher")
+    return rows.assign(target=mean.argmax(1), class_name=[classes[t] for t in mean.argmax(1)]), mean
+
+
 def add_teacher_targets(table: pd.DataFrame, classes: list[str], recipe: Recipe, log=print) -> pd.DataFrame:
-    """The table with its SOFT column: every row's own label mixed with its teachers' out-of-fold probabilities."""
+    """The table with its SOFT column: every row's own label mixed with its teachers' out-of-fold probabilities
+    (teacher_test: plus the test images, whose targets are the teachers' predictions)."""
+    test_rows, test_soft = test_probs(recipe, classes, log) if recipe.teacher_test else (None, None)
+    if test_rows is not None:
+        table = add_pseudo_labels(table, test_rows, "the teachers' test predictions", 0.0, log)
     own = table[~table["pseudo"]] if "pseudo" in table else table
     teacher = np.mean([sharpen(align(run, *read_teacher(run), own, classes), recipe.teacher_temperature)
                        for run in recipe.teacher], axis=0)
@@ -87,7 +112,11 @@ def add_teacher_targets(table: pd.DataFrame, classes: list[str], recipe: Recipe,
     soft = hard.copy()
     rows = np.flatnonzero(~table["pseudo"].to_numpy(bool)) if "pseudo" in table else np.arange(len(table))
     soft[rows] = (1 - w) * hard[rows] + w * teacher
+    if test_rows is not None:  # add_pseudo_labels appends its rows last, in their order (less those it dropped)
+        kept = test_rows.set_index("image_path").index.get_indexer(table["image_path"].iloc[len(own):])
+        soft[len(own):] = test_soft[kept]
     log(f"distillation: {len(rows)} rows' targets are {1 - w:g} x their label + {w:g} x the out-of-fold "
         f"probabilities of {len(recipe.teacher)} teacher run(s) at temperature {recipe.teacher_temperature:g}"
-        + (f"; {len(table) - len(rows)} pseudo-labelled rows keep their label" if len(rows) < len(table) else ""))
+        + (f"; {len(table) - len(rows)} test images learn the teachers' predictions" if test_rows is not None
+           else f"; {len(table) - len(rows)} pseudo-labelled rows keep their label" if len(rows) < len(table) else ""))
     return table.assign(**{SOFT: list(soft.astype(np.float32))})
