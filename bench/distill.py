@@ -2,8 +2,8 @@
 
     OMP_NUM_THREADS=1 python bench/distill.py noise --noise 0.05 0.15    # random relabels: label_issues.csv's precision
                                                    # and recall, and the cleaned retrain's accuracy (OOF and test)
-    OMP_NUM_THREADS=1 python bench/distill.py distill --per-class 30     # one model alone, its 5-fold ensemble and
-                                                   # the one model distilled from the ensemble: test accuracy
+    OMP_NUM_THREADS=1 python bench/distill.py distill --per-class 30 [--teacher-test]  # one model alone, its 5-fold
+                                                   # ensemble and the one model distilled from it: test accuracy
 
 Everything goes under runs/bench/ (runs, noisy and cleaned CSVs). Accuracy is always against the TRUE labels:
 out of fold on the rows the run trained with, and on the 269 held-out digits of data/demo/test_labels.csv.
@@ -136,8 +136,8 @@ def main() -> None:
     d = sub.add_parser("distill")
     d.add_argument("--per-class", type=int, default=30)
     d.add_argument("--epochs", type=int, default=8)
-    d.add_argument("--weight", type=float, default=0.7)
-    d.add_argument("--temperature", type=float, default=2.0)
+    d.add_argument("--weight", type=float, default=0.5)
+    d.add_argument("--temperature", type=float, default=1.0)
     d.add_argument("--teacher-test", action="store_true", help="also the test images, with the ensemble's predictions")
     d.add_argument("--teacher", help="an earlier teacher run of this bench (same --per-class and --epochs) to reuse")
     args = p.parse_args()
