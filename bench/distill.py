@@ -87,9 +87,10 @@ def noise(shares: list[float], epochs: int) -> None:
             rows.append((f"{share:.0%}", label, len(pd.read_csv(r / runs.OOF)), oof_true_accuracy(r, truth),
                          test_accuracy([str(r), "--kfold"], OUT / f"test-{r.name}.csv"), secs))
         print(rows[-2:], flush=True)
-        print(f"noise {share:.0%}: {len(flipped)} flipped, {len(found)} flagged, precision {hit / max(len(found), 1):.3f}"
-              f", recall {hit / max(len(flipped), 1):.3f}", flush=True)
-    print("\n| noise | run | rows | OOF acc (true labels) | test acc (the folds' ensemble) | wall s |\n|---|---|---|---|---|---|")
+        print(f"noise {share:.0%}: {len(flipped)} flipped, {len(found)} flagged, "
+              f"precision {hit / max(len(found), 1):.3f}, recall {hit / max(len(flipped), 1):.3f}", flush=True)
+    print("\n| noise | run | rows | OOF acc (true labels) | test acc (the folds' ensemble) | wall s |\n"
+          "|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]:.4f} | {r[4]:.4f} | {r[5]:.0f} |")
 

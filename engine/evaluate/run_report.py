@@ -155,7 +155,8 @@ def plot_label_issues(issues: pd.DataFrame, typical: dict[int, str], image_root:
         captions += [f"given: {r.class_name}\nsuggested: {r.suggested_name} (q={r.label_quality:.2f})",
                      f"typical {r.suggested_name}\n"]
     return plot_gallery(image_paths(paths, image_root), captions,
-                        "label issues: the most suspect training rows (left), the suggested class's typical image (right)",
+                        "label issues: the most suspect training rows (left), the suggested class's typical "
+                        "image (right)",
                         path)
 
 

@@ -18,7 +18,8 @@ def run_explore(args: argparse.Namespace) -> None:
     if args.drop or args.relabel:
         if not (args.drop and args.write_clean):
             raise UserError("--drop needs --write-clean PATH (where the cleaned train.csv goes), and --relabel needs "
-                            "--drop: python -m engine.explore RECIPE --write-clean clean.csv --drop RUN/label_issues.csv")
+                            "--drop: python -m engine.explore RECIPE --write-clean clean.csv "
+                            "--drop RUN/label_issues.csv")
         write_without_issues(recipe, args.drop, args.write_clean, args.relabel)
         return
     out = args.out or default_out_dir(recipe)

@@ -76,7 +76,8 @@ def write_without_issues(recipe: Recipe, issues_path: str | Path, out_path: str 
     check_same_data(issues, train, Path(issues_path), recipe.train_csv)
     clean = clean_table(train, issues, relabel)
     written = write_clean_csv(clean, guard.check(out_path))
-    guard.wrote(written, note={"label_issues": str(Path(issues_path).resolve())})  # the retrain's summary names its original
+    # the ledger keeps where the table came from: the retrain's summary and the runs table name the original
+    guard.wrote(written, note={"label_issues": str(Path(issues_path).resolve())})
     what = f"relabelled {len(issues)} rows" if relabel else f"dropped {len(train) - len(clean)} rows"
     log(f"{what} flagged in {issues_path}: {len(clean)} of {len(train)} rows -> {written}\n"
         f"retrain: python train.py RECIPE train_csv={written}  (python -m engine.runs shows both runs' oof_acc)")

@@ -221,5 +221,6 @@ def build_datasets(recipe, train: pd.DataFrame, val: pd.DataFrame, crop_pct: flo
     train_tf = None if augment_later else recipe_train_transform(recipe, background)
     eval_tf = build_eval_transform(recipe.image_size, crop_pct)
     seed = augment_seed(recipe, fold)
-    return (ImageDataset(train["path"], training_targets(train), train_tf, seed, image_loader(recipe, train["path"], crop_pct)),
+    return (ImageDataset(train["path"], training_targets(train), train_tf, seed,
+                         image_loader(recipe, train["path"], crop_pct)),
             ImageDataset(val["path"], val["target"], eval_tf, seed, image_loader(recipe, val["path"], crop_pct)))
