@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from engine import runs
+from engine.evaluate import label_issues
 from engine.evaluate.predictions import class_names, read_predictions
 from engine.evaluate.run_report import confused_pairs, confusion, make_report
 
@@ -19,3 +21,6 @@ def run_report(args: argparse.Namespace) -> None:
     if len(pairs):
         print("most confused (true -> predicted):\n" + pairs.to_string(index=False))
     print("wrote " + ", ".join(str(w) for w in written))
+    run_dir = runs.find_run_dir(Path(args.source))
+    if run_dir is not None and (line := label_issues.run_summary_line(run_dir)):
+        print(line)

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from engine import runs
-from engine.evaluate import run_report
+from engine.evaluate import label_issues, run_report
 from engine.evaluate.metrics import goal_of, macro_f1, per_class_accuracy
 from engine.evaluate.predictions import class_names, read_fold_predictions, read_probs, write_probs
 from engine.system.atomic import write_csv, write_text
@@ -97,12 +97,16 @@ def finish_folds(run_dir: Path, recipe, waiting: list[int], log, classes: list[s
     if recipe.folds > 1:
         table = write_oof(run_dir, recipe.folds, num_classes)
         log.print(f"out-of-fold results ({len(table)} images) -> {run_dir / runs.OOF}, {runs.OOF_METRICS}")
+        if line := label_issues.before_cleaning_line(recipe.train_csv, score(table, num_classes)["accuracy"]):
+            log.print(line)
     else:
         table = read_fold_predictions(run_dir, 1)
     log.print(fold_table(run_dir, table, num_classes, recipe.monitor))
     try:
         written = run_report.make_report(run_dir)
         log.print(f"evaluation report: {', '.join(p.name for p in written)} in {run_dir}")
+        if line := label_issues.run_summary_line(run_dir):
+            log.print(line)
     except Exception as e:  # the weights and predictions are safe; a plotting failure must not fail the run
         log.print(f"warning: the evaluation report failed ({type(e).__name__}: {e}); "
                   f"retry with python -m engine.report {run_dir}")

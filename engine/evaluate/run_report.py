@@ -20,12 +20,13 @@ from PIL import Image, ImageOps
 from engine import runs
 from engine.data.pixels.images import load_image
 from engine.errors import UserError
+from engine.evaluate import label_issues
 from engine.evaluate.predictions import class_names, confident_mistakes, read_predictions
 from engine.system.atomic import write_atomic, write_csv
 from engine.system.outputs import OutputGuard, csv_header
 
 REPORT_FILES = ("confused_pairs.csv", "report_confusion.png", "report_per_class.png", "report_curves.png",
-                "report_mistakes.png")  # next to the predictions it reads
+                "report_mistakes.png", label_issues.FILE, "report_label_issues.png")  # next to the predictions it reads
 
 WORST = 20  # classes in the heat map rows
 MISTAKES = 24  # images in the gallery
@@ -137,10 +138,36 @@ def plot_mistakes(table: pd.DataFrame, names: list[str], image_root: Path | None
     wrong = confident_mistakes(table, k)
     if wrong.empty:
         return None
-    paths = [Path(p) if image_root is None else image_root / str(p) for p in wrong["image_path"]]
-    image, cells = mistake_montage(paths)
     captions = [f"true: {names[int(r.target)]}\npred: {names[int(r.pred)]} ({r.confidence:.2f})"
                 for r in wrong.itertuples()]
+    return plot_gallery(image_paths(wrong["image_path"], image_root), captions, "most confident mistakes", path)
+
+
+def plot_label_issues(issues: pd.DataFrame, typical: dict[int, str], image_root: Path | None, path: Path,
+                      k: int = MISTAKES // 2) -> Path | None:
+    """The k most suspect training rows, each beside the typical image of the class suggested for it."""
+    top = issues.head(k)
+    if top.empty:
+        return None
+    paths, captions = [], []
+    for r in top.itertuples():
+        paths += [r.image_path, typical.get(int(r.suggested), "")]
+        captions += [f"given: {r.class_name}\nsuggested: {r.suggested_name} (q={r.label_quality:.2f})",
+                     f"typical {r.suggested_name}\n"]
+    return plot_gallery(image_paths(paths, image_root), captions,
+                        "label issues: the most suspect training rows (left), the suggested class's typical "
+                        "image (right)",
+                        path)
+
+
+def image_paths(paths, image_root: Path | None) -> list[Path]:
+    """The table's image paths as files (relative to image_root when there is one)."""
+    return [Path(p) if image_root is None else image_root / str(p) for p in paths]
+
+
+def plot_gallery(paths: list[Path], captions: list[str], title: str, path: Path) -> Path:
+    """The images on one montage, each under its two-line caption."""
+    image, cells = mistake_montage(paths)
     # one image in one axes: 24 separate axes cost matplotlib about a second to lay out
     fig = Figure(figsize=(image.shape[1] / 100, image.shape[0] / 100 + 0.4))
     ax = fig.add_axes((0, 0, 1, 1 - 0.4 / fig.get_figheight()))
@@ -150,7 +177,7 @@ def plot_mistakes(table: pd.DataFrame, names: list[str], image_root: Path | None
         ax.text(x + CELL / 2, y - 4, caption, ha="center", va="bottom", fontsize=8)
         if not found:
             ax.text(x + CELL / 2, y + CELL / 2, "image not found", ha="center", va="center", fontsize=8)
-    fig.suptitle("most confident mistakes")
+    fig.suptitle(title)
     return save(fig, path)
 
 
@@ -194,9 +221,9 @@ def make_report(source: str | Path, data_dir: str | None = None) -> list[Path]:
     conf = confusion(table, n)
     pairs = confused_pairs(conf, names)
     pairs_path = out_dir / "confused_pairs.csv"
+    headers = (",".join(pairs.columns), ",".join(label_issues.COLUMNS))
     guard = OutputGuard("engine.report", [source], example="report",
-                        recognise=lambda p: p.name in REPORT_FILES and (p.suffix == ".png" or
-                                                                        csv_header(p) == ",".join(pairs.columns)))
+                        recognise=lambda p: p.name in REPORT_FILES and (p.suffix == ".png" or csv_header(p) in headers))
     for name in REPORT_FILES:  # all checked before the first is drawn
         guard.check(out_dir / name)
     write_csv(pairs, pairs_path)
@@ -205,6 +232,19 @@ def make_report(source: str | Path, data_dir: str | None = None) -> list[Path]:
                plot_per_class(conf, names, out_dir / "report_per_class.png"),
                plot_curves(run_dir, out_dir / "report_curves.png") if run_dir else None,
                plot_mistakes(table, names, image_root, out_dir / "report_mistakes.png")]
+    if run_dir is not None and out_dir == run_dir:  # a k-fold run's out-of-fold rows: the suspect labels too
+        written += write_issue_gallery(run_dir, image_root, out_dir / "report_label_issues.png")
     written = [p for p in written if p is not None]
     guard.wrote(*written)
     return written
+
+
+def write_issue_gallery(run_dir: Path, image_root: Path | None, path: Path) -> list[Path | None]:
+    """label_issues.csv and its gallery, for a run with out-of-fold probabilities (else nothing)."""
+    inputs = label_issues.oof_inputs(run_dir)
+    if inputs is None:
+        return []
+    table, probs = inputs
+    issues = label_issues.write_label_issues(run_dir, table, probs)
+    typical = label_issues.typical_rows(table, probs, set(issues["image_path"]))
+    return [run_dir / label_issues.FILE, plot_label_issues(issues, typical, image_root, path)]

@@ -2,6 +2,7 @@
 
     python -m engine.explore [RECIPE] [KEY=VALUE ...] [--write-clean PATH] [--out DIR] [--classes A B ...]
     python -m engine.explore [RECIPE] --augment      # a grid of what the model sees after augmentation and mixing
+    python -m engine.explore [RECIPE] --write-clean PATH --drop RUN/label_issues.csv [--relabel]
 """
 from __future__ import annotations
 
@@ -19,6 +20,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help=f"a recipe file (default {DEFAULT_RECIPE}) and overrides such as data_dir=data/train")
     p.add_argument("--out", metavar="DIR", help="output folder (default <output_dir>/explore/<recipe>/)")
     p.add_argument("--write-clean", metavar="PATH", help="also write a cleaned train.csv training can use")
+    p.add_argument("--drop", metavar="LABEL_ISSUES_CSV",
+                   help="with --write-clean: only write the training table without the rows a k-fold run's "
+                        "label_issues.csv flags (no report, no image decoded)")
+    p.add_argument("--relabel", action="store_true", help="with --drop: give the flagged rows their suggested class")
     p.add_argument("--classes", nargs="+", metavar="CLASS", help="classes for the sample grid (default: 8 at random)")
     p.add_argument("--augment", action="store_true",
                    help="only write augment.png: one batch through the training transforms and mixing")

@@ -10,6 +10,7 @@ from typing import Any, Optional, Union
 
 from engine.errors import UserError
 from engine.recipe.schedules import AUGMENT_PRESETS, parse_augment_schedule, parse_milestones
+from engine.recipe.several_types import parse_background, parse_teacher
 
 
 def key(default: Any, doc: str, choices: tuple = (), bounds: str = "", parse: Any = None) -> Any:
@@ -27,17 +28,6 @@ def in_bounds(value: float, bounds: str) -> bool:
     """Whether value lies in an interval written like "[0, 1)" or "(0, inf)"."""
     low, high = (float(b) for b in bounds[1:-1].split(","))
     return (low <= value if bounds[0] == "[" else low < value) and (value <= high if bounds[-1] == "]" else value < high)
-
-
-def parse_background(value: Any) -> Any:
-    """`background`: "auto", "white", "black" or an RGB triple of ints 0-255 (a list, as JSON gives it, too)."""
-    if isinstance(value, str) and value in ("auto", "white", "black"):
-        return value
-    if isinstance(value, (tuple, list)) and len(value) == 3 and all(
-            isinstance(c, int) and not isinstance(c, bool) and 0 <= c <= 255 for c in value):
-        return tuple(value)
-    raise ValueError(f'must be "auto", "white", "black" or an RGB triple of ints 0-255 such as (0, 0, 0); '
-                     f'got {value!r}')
 
 
 @dataclass
@@ -88,6 +78,15 @@ class Recipe:
                                        "fold's training rows with their predicted class")
     pseudo_threshold: float = key(0.9, "a pseudo-labelled image joins when its top probability reaches this",
                                   bounds="(0, 1]")
+    teacher: Any = key(None, "distillation: a k-fold run folder, or a tuple of them, whose out-of-fold probabilities "
+                       "(oof_probs.npy) join every training row's target; it must have this data's rows, classes and "
+                       "folds", parse=parse_teacher)
+    teacher_weight: float = key(0.5, "share of a training row's target that is the teachers' probabilities (the rest: "
+                                "its own label, smoothed by label_smoothing)", bounds="[0, 1]")
+    teacher_test: bool = key(False, "also train on the test images with the teachers' predictions as targets (each "
+                             "teacher's output_probs.csv: python predict.py RUN --kfold --save-probs)")
+    teacher_temperature: float = key(1.0, "the teachers' probabilities become p^(1/T), renormalised: T > 1 softens "
+                                     "them, T < 1 sharpens", bounds="(0, inf)")
     seed: int = key(42, "seed for splits, sampling, augmentation, mixing and initialisation", bounds="[0, inf)")
     image_size: int = key(224, "square input size the model sees (each model also has its own minimum)",
                           bounds="[2, inf)")  # 1 px crashes inside PyTorch's antialiased resize
@@ -239,6 +238,9 @@ def _check_recipe(r: Recipe) -> Recipe:
     if r.scheduler == "step" and not r.step_milestones:
         raise UserError('scheduler="step" needs step_milestones, the epochs after which the LR drops, '
                         'e.g. step_milestones=(6, 9)')
+    if r.teacher_test and (not r.teacher or r.pseudo_labels):
+        raise UserError("teacher_test=True needs a teacher and no pseudo_labels (both add the test images); set "
+                        "teacher, or use one of teacher_test and pseudo_labels")
     if r.folds == 1 and not 0 <= r.val_fraction < 1:
         raise UserError(f"val_fraction must be in [0, 1) when folds = 1; got {r.val_fraction}")
     if r.folds > 1 and r.val_fraction == 0:  # folds decide the validation rows: "no validation" would be ignored

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from engine import runs
 from engine.errors import UserError
+from engine.evaluate import label_issues
 from engine.recipe import Recipe, differing_keys
 from engine.run_table.status import RunState, read_run
 
@@ -61,7 +62,14 @@ def row(state: RunState, states: list[RunState]) -> dict:
     return {"run": state.name, "model": r.model if r else None, "image_size": r.image_size if r else None,
             "folds": f"{state.folds_done}/{state.folds_planned}" if r else None, "status": state.status,
             "val_acc": state.best("val_acc"), "val_f1": state.best("val_f1"), "oof_acc": state.oof_acc,
-            "wall": state.wall_s if state.curves else None, "differs": changes(state, states), "detail": state.detail}
+            "wall": state.wall_s if state.curves else None, "differs": changes(state, states) + cleaned_from(r),
+            "detail": state.detail}
+
+
+def cleaned_from(recipe: Recipe | None) -> str:
+    """`; cleaned from RUN (oof_acc X)` for a run on a table `explore --drop` made from RUN's label issues."""
+    found = label_issues.original_run(recipe.train_csv) if recipe else None
+    return f"; cleaned from {found[0].name} (oof_acc {found[1]['accuracy']:.4f})" if found else ""
 
 
 def collect(folder: Path) -> tuple[list[RunState], list[dict]]:

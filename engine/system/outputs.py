@@ -93,19 +93,27 @@ class OutputGuard:
         return bool(entry) and entry.get("by") == self.command.split()[0] and {
             k: entry.get(k) for k in ("size", "mtime_ns")} == _stamp(path)
 
-    def wrote(self, *paths: str | Path) -> None:
-        """Note in each file's folder that this command wrote it, so that its next run may replace it."""
+    def wrote(self, *paths: str | Path, note: dict | None = None) -> None:
+        """Note in each file's folder that this command wrote it, so that its next run may replace it (`note`:
+        more to keep with each entry, e.g. what it was made from)."""
         by_folder: dict[Path, list[Path]] = {}
         for p in map(Path, paths):
             by_folder.setdefault(p.parent, []).append(p)
         for folder, written in by_folder.items():
             ledger = {name: entry for name, entry in _ledger(folder).items() if (folder / name).exists()}
             for p in written:
-                ledger[p.name] = {"by": self.command.split()[0], **_stamp(p)}
+                ledger[p.name] = {"by": self.command.split()[0], **(note or {}), **_stamp(p)}
             try:
                 write_text(folder / LEDGER, json.dumps(ledger, indent=0, sort_keys=True))
             except OSError:  # a read-only ledger only means the next run asks before replacing these files
                 pass
+
+
+def ledger_entry(path: str | Path) -> dict:
+    """What the ledger says of a file a command wrote ({} when it did not, or the file changed since)."""
+    path = Path(path)
+    entry = _ledger(path.parent).get(path.name) or {}
+    return entry if path.is_file() and {k: entry.get(k) for k in ("size", "mtime_ns")} == _stamp(path) else {}
 
 
 def csv_header(path: Path) -> str:

@@ -7,6 +7,7 @@
   step_clock (how long the steps waited for data)
 - early_stopping, fit: one fold from its first epoch (or its last.pt) to best.pt
 - training_data: the run's table, audited, with folds and pseudo-labels
+- distill: the teachers' out-of-fold probabilities mixed into the training targets
 - orchestrator: train(), every fold of a run into its run folder, the out-of-fold results and the summary
 - dry_run: what --dry-run prints; lr_find: the LR range test (--find-lr)
 - command: train.py's body

@@ -46,8 +46,9 @@ class Mixer:
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, epoch: int = 0, step: int = 0, rank: int = 0,
                  enabled: bool = True) -> tuple[torch.Tensor, torch.Tensor, MixInfo]:
-        """Images and integer targets -> (possibly mixed) images, soft targets and what was done."""
-        soft = smooth_targets(y, self.num_classes, self.smoothing)
+        """Images and targets (integer classes, or N x C probability rows that distillation made, already smoothed)
+        -> (possibly mixed) images, soft targets and what was done."""
+        soft = y.float() if y.is_floating_point() else smooth_targets(y, self.num_classes, self.smoothing)
         if not (enabled and self.active):
             return x, soft, MixInfo("none", 1.0, None)
         g = torch.Generator().manual_seed(hash((self.seed, epoch, step, rank)) % (2**63))

@@ -1,5 +1,6 @@
 """The data of a training run: the table read and audited, its paper colour measured, near-duplicate groups,
-folds assigned and pseudo-labels added; rank 0 does the work and the other processes receive it."""
+folds assigned, pseudo-labels added and (distillation) the teachers' targets mixed in; rank 0 does the work and
+the other processes receive it."""
 from __future__ import annotations
 
 import numpy as np
@@ -16,6 +17,7 @@ from engine.recipe import Recipe
 from engine.system import distributed
 from engine.system.distributed import Dist
 from engine.system.runlog import progress
+from engine.train.distill import add_teacher_targets
 
 
 def load_data(recipe: Recipe, d: Dist, log=print, show_progress: bool = True) -> tuple[pd.DataFrame, list[str], Audit]:
@@ -37,6 +39,8 @@ def load_data(recipe: Recipe, d: Dist, log=print, show_progress: bool = True) ->
             rows = read_pseudo_labels(recipe.pseudo_labels, recipe.test_dir or ".", audit.classes, recipe.pseudo_threshold,
                                       recipe.bad_images, log)
             table = add_pseudo_labels(table, rows, recipe.pseudo_labels, recipe.pseudo_threshold, log)
+        if recipe.teacher:
+            table = add_teacher_targets(table, audit.classes, recipe, log)
         result = (table, audit.classes, audit)
     return distributed.broadcast_object(result)
 

@@ -8,4 +8,5 @@
 - factory: choose_path (which source the recipe and device get, and why) and build_fold_batches
 - loader: datasets, the epoch and shard samplers, the worker processes
 - resident: the images kept on the device across folds, with the fit check
+- targets: a training row's target (its class, or distillation's row of probabilities)
 """

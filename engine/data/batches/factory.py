@@ -26,6 +26,7 @@ from engine.data.batches.loader_source import LoaderBatches
 from engine.data.batches.resident_source import ResidentBatches, ResidentEval
 from engine.data.batches.sources import BatchSource
 from engine.data.batches.store_source import build_store_batches
+from engine.data.batches.targets import training_targets
 from engine.data.pixels.device_augment import DEVICE_PRESETS, DeviceAugment
 from engine.data.pixels.transforms import DEFAULT_CROP_PCT, Normalize, recipe_train_transform
 from engine.errors import UserError
@@ -109,8 +110,8 @@ def build_fold_batches(recipe, model: torch.nn.Module, data_cfg: dict, train: pd
         images = resident.training_images(recipe.image_size, crop_pct, device, workers).get(list(train["path"]),
                                                                                               show_progress)
         crops = resident.eval_crops(recipe.image_size, crop_pct, device, workers).get(list(val["path"]), show_progress)
-        train_b = ResidentBatches.from_images(images, torch.tensor(train["target"].to_numpy()), sampler,
-                                              recipe.batch_size, augment, fill, device, normalize, d.rank)
+        train_b = ResidentBatches.from_images(images, training_targets(train), sampler, recipe.batch_size, augment,
+                                              fill, device, normalize, d.rank)
         val_b = ResidentEval(crops, torch.tensor(val["target"].to_numpy()), val_sampler, recipe.batch_size * 2,
                              device, normalize)
     else:

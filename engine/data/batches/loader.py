@@ -11,10 +11,12 @@ import signal
 import weakref
 from typing import Callable, Iterator, Sequence
 
+import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
+from engine.data.batches.targets import training_targets
 from engine.data.pixels.background import WHITE
 from engine.data.pixels.device_augment import Canvas, pad_to_canvas
 from engine.data.pixels.images import load_image
@@ -35,7 +37,7 @@ class ImageDataset(Dataset):
     def __init__(self, paths: Sequence[str], targets: Sequence[int] | None, transform: Callable | None,
                  seed: int = 0, loader: Callable[[int], torch.Tensor] | None = None):
         self.paths = list(paths)
-        self.targets = torch.as_tensor(list(targets) if targets is not None else [-1] * len(self.paths))
+        self.targets = torch.as_tensor(np.array(targets) if targets is not None else [-1] * len(self.paths))
         self.transform = transform
         self.seed = seed
         self.loader = loader or (lambda i: load_image(self.paths[i]))  # a cache can stand in here
@@ -241,5 +243,6 @@ def build_datasets(recipe, train: pd.DataFrame, val: pd.DataFrame, crop_pct: flo
     train_tf = None if augment_later else recipe_train_transform(recipe, background)
     eval_tf = build_eval_transform(recipe.image_size, crop_pct)
     seed = augment_seed(recipe, fold)
-    return (ImageDataset(train["path"], train["target"], train_tf, seed, image_loader(recipe, train["path"], crop_pct)),
+    return (ImageDataset(train["path"], training_targets(train), train_tf, seed,
+                         image_loader(recipe, train["path"], crop_pct)),
             ImageDataset(val["path"], val["target"], eval_tf, seed, image_loader(recipe, val["path"], crop_pct)))

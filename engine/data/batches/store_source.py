@@ -15,6 +15,7 @@ import torch
 
 from engine.data.batches.loader import EpochSampler, ShardSampler, build_datasets, recipe_workers
 from engine.data.batches.sources import BatchSource, count_batches
+from engine.data.batches.targets import training_targets
 from engine.data.pixels.transforms import Normalize
 from engine.data.stores import feature_store as fs
 from engine.errors import UserError
@@ -112,7 +113,7 @@ def build_store_batches(recipe, model: torch.nn.Module, data_cfg: dict, train: p
     views = fs.train_views(recipe.feature_views)
     sampler = EpochSampler(len(train), recipe.batch_size, True, recipe.seed + fold, d.rank, d.world)
     train_batches = FeatureBatches(train_store, lambda e: views[e % len(views)],
-                                   train_rows.index.get_indexer(train.index), torch.tensor(train["target"].to_numpy()),
+                                   train_rows.index.get_indexer(train.index), training_targets(train),
                                    sampler, recipe.batch_size, len(sampler) > recipe.batch_size, d.device)
     val_batches = FeatureBatches(eval_store, lambda e: "eval", eval_rows.index.get_indexer(val.index),
                                  torch.tensor(val["target"].to_numpy()), ShardSampler(len(val), d.rank, d.world),

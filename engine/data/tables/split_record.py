@@ -19,7 +19,7 @@ from engine.system.distributed import Dist
 COLUMNS = ["image_path", "target", "fold"]
 
 
-def _keyed(frame: pd.DataFrame) -> pd.DataFrame:
+def row_keys(frame: pd.DataFrame) -> pd.DataFrame:
     """image_path and target as strings, plus the occurrence of that pair (a row listed twice is two rows)."""
     keys = pd.DataFrame({"image_path": frame["image_path"].astype(str), "target": frame["target"].astype(int)})
     return keys.assign(n=keys.groupby(["image_path", "target"]).cumcount())
@@ -27,7 +27,7 @@ def _keyed(frame: pd.DataFrame) -> pd.DataFrame:
 
 def describe_change(recorded: pd.DataFrame, table: pd.DataFrame) -> str | None:
     """'3 rows dropped, 1 label changed (first: cat/7.png)' when the rows differ, else None."""
-    old, new = _keyed(recorded), _keyed(table)
+    old, new = row_keys(recorded), row_keys(table)
     both = old.merge(new, how="outer", on=["image_path", "target", "n"], indicator=True)
     dropped, added = both[both["_merge"] == "left_only"], both[both["_merge"] == "right_only"]
     if dropped.empty and added.empty:
@@ -55,7 +55,7 @@ def keep_split(run_dir: Path, table: pd.DataFrame, train_csv: str, d: Dist) -> p
                 folds = UserError(f"the training data changed since run {run_dir} started ({change}): resuming would "
                                   f"mix two splits; restore {train_csv} as it was, or start a new run (a new --name)")
             else:  # the same rows: the recorded folds, also where another machine would split them otherwise
-                order = _keyed(table).merge(_keyed(recorded).assign(fold=recorded["fold"].to_numpy()),
+                order = row_keys(table).merge(row_keys(recorded).assign(fold=recorded["fold"].to_numpy()),
                                             how="left", on=["image_path", "target", "n"])
                 folds = order["fold"].to_numpy()
     folds = distributed.broadcast_object(folds)
