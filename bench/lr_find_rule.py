@@ -43,8 +43,8 @@ def valley(lrs: list[float], smoothed: list[float]) -> float:
 def rules(r: lr_find.LrFind) -> dict[str, float | None]:
     """Every candidate rule on one range test's curve."""
     low = int(np.argmin(r.smoothed))
-    steepest, _ = lr_find.steepest(r.lrs, r.smoothed) if hasattr(lr_find, "steepest") else (r.suggestion, "")
-    return {"shipped": r.suggestion, "steepest": steepest, "min/10": r.lrs[low] / 10,
+    steepest = r.suggestion  # the shipped rule (None on a flat curve)
+    return {"steepest": steepest, "min/10": r.lrs[low] / 10,
             "valley": valley(r.lrs, r.smoothed),
             "min(steepest, min/10)": None if steepest is None else min(steepest, r.lrs[low] / 10)}
 
