@@ -256,3 +256,35 @@ def test_dry_run_says_store_size_existence_and_mixup(store_run, capsys):
     out = capsys.readouterr().out
     assert "feature store, training views: 2 view(s) x 45 images" in out and "(exists, reused)" in out
     assert "mixes the stored features" in out
+
+
+def test_sigterm_mid_build_stops_within_a_batch_and_keeps_nothing(tmp_path):
+    import os
+    import signal
+    from engine.system import preemption
+    names = {}
+    exec(SETUP, names)
+    fetched = []
+    images = names["builder"].images("eval")
+
+    class Signalling(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(images)
+
+        def __getitem__(self, i):
+            fetched.append(i)
+            if len(fetched) == 3:
+                os.kill(os.getpid(), signal.SIGTERM)  # as a cloud pre-emption does, mid-build
+            return images[i]
+    names["builder"].images = lambda view: Signalling()
+    names["key"]["views"] = ["eval", "eval_hflip"]  # the old build went on through every view first
+    root = tmp_path / "features"
+    preemption.install()
+    try:
+        with pytest.raises(preemption.Preempted, match="SIGTERM while building the feature store") as e:
+            fs.ensure(names["key"], names["builder"], Dist(), show_progress=False, root=root, log=lambda s: None)
+    finally:
+        preemption.uninstall()
+    assert e.value.exit_code == 128 + signal.SIGTERM
+    assert len(fetched) == 8  # one batch of 8, not 2 views x 20 images
+    assert not [p for p in root.iterdir() if p.is_dir()]  # no store, no half-built folder

@@ -48,7 +48,8 @@ def test_suggests_an_lr_where_the_loss_fell_plots_it_and_leaves_no_run(digits_di
     assert r.lrs[0] < r.suggestion <= r.lrs[low] and r.smoothed[at] < r.smoothed[0]  # where the loss fell
     assert len(r.lrs) <= 100 and ("diverged" in r.stopped or len(r.lrs) == 100)
     assert r.plot == tmp_path / "demo" / runs.LR_FIND and r.plot.stat().st_size > 10_000
-    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == ["demo", f"demo/{runs.LR_FIND}"]
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == ["demo", "demo/.sketchbook_outputs.json",
+                                                                                        f"demo/{runs.LR_FIND}"]
     model, before = seen["model"], seen["before"]
     frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
     trained = [n for n, p in model.named_parameters() if p.requires_grad]
@@ -83,3 +84,24 @@ def test_from_a_feature_store_the_backbone_never_runs_per_step(digits_dir, tmp_p
     assert r.plot.is_file() and len(r.lrs) > 8
     assert calls["steps"] and calls["backbone"] == 0
     assert not list((tmp_path / "runs").rglob("*.pt"))
+
+
+def test_a_flat_loss_gets_no_suggestion_and_one_that_fell_never_leaves_the_tested_range():
+    lrs = [lr_find.lr_at(i, 100, 1e-7, 10.0) for i in range(100)]
+    flat = lr_find.smooth([2.3026 + 0.01 * ((i * 7919) % 13 - 6) / 6 for i in range(100)])  # ln(10), noise only
+    assert lr_find.suggest(lrs, flat) == (None, lr_find.FLAT)
+    early = lr_find.smooth([2.3 - 0.5 * (i < 12) * i / 12 + 0.05 * max(0, i - 12) for i in range(100)])
+    lr, _ = lr_find.suggest(lrs, early)  # the minimum right after the settling updates
+    assert lr is None or lrs[0] <= lr <= lrs[-1]
+
+
+def test_the_suggestion_is_printed_before_the_plot_is_written(digits_dir, tmp_path, monkeypatch, capsys):
+    from engine.system.atomic import DiskFull
+
+    def full_disk(*args, **kwargs):
+        raise DiskFull("disk full writing lr_find.png")
+    monkeypatch.setattr(lr_find, "draw", full_disk)
+    assert train_cli.main([*overrides(digits_dir, tmp_path, "image_size=16"), "--find-lr", "--lr-steps", "30",
+                           "--no-progress"]) == 75
+    out = capsys.readouterr().out
+    assert "suggested lr=" in out or lr_find.FLAT in out

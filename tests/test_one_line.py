@@ -114,3 +114,24 @@ def test_a_closed_pipe_ends_a_command_without_a_traceback():
     proc.stdout.close()  # what `head -1` does after its line
     assert proc.wait(timeout=60) == 141
     assert "Traceback" not in proc.stderr.read().decode()
+
+
+def test_a_header_only_test_csv_is_refused_instead_of_an_empty_output(tmp_path):
+    from engine.data.tables.read import read_test_table
+    csv = tmp_path / "test.csv"
+    csv.write_text("image_path\n")
+    with pytest.raises(UserError, match="has no rows"):
+        read_test_table(str(tmp_path), str(csv))
+
+
+def test_a_journal_where_no_file_can_be_made_is_one_line(monkeypatch):
+    from engine.sweep import storage
+    monkeypatch.setattr(storage, "check_journal_path", lambda url, path: None)  # /proc passes access() as root
+    with pytest.raises(UserError, match="cannot create the journal there"):
+        storage.open_storage("journal:/proc/sweep.log", 60)
+
+
+def test_predict_batch_size_zero_names_only_what_is_wrong(capsys):
+    import predict
+    assert predict.main(["--batch-size", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --batch-size must be at least 1, got 0"

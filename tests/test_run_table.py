@@ -113,3 +113,68 @@ def test_command_prints_the_table_and_writes_a_page_holding_every_row(runs_dir, 
         assert f"<td class=\"run\">{name}</td>" in text
     assert text.count("<tr>") == 1 + 6 and "<svg" in text and "validation accuracy" in text
     assert 'class="stopped">stopped<' in text and "python train.py --resume" in text
+
+
+@pytest.fixture(scope="module")
+def odd_runs(trained_run, tmp_path_factory) -> Path:
+    """A good run beside three a user damaged: metrics.csv edited by hand, recipe.json deleted, last.pt truncated."""
+    out = tmp_path_factory.mktemp("odd") / "runs"
+    for name in ("good", "edited", "norecipe", "truncated"):
+        shutil.copytree(trained_run, out / "digits" / f"20260101-00000{len(name) % 10}-{name}")
+    edited = next(out.glob("digits/*-edited")) / "fold0" / runs.METRICS
+    edited.write_text(edited.read_text().replace("\n1,", "\nn/a,", 1).replace(",0.", ",oops,", 3))
+    (next(out.glob("digits/*-norecipe")) / runs.RECIPE).unlink()
+    last = next(out.glob("digits/*-truncated")) / "fold0" / runs.LAST
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
+    return out
+
+
+def test_one_bad_folder_is_one_damaged_row_and_never_stops_the_table(odd_runs):
+    rows = by_name(collect(odd_runs)[1])
+    assert set(rows) == {"good", "edited", "norecipe", "truncated"}
+    assert rows["good"]["status"] == "finished" and rows["edited"]["status"] == "finished"
+    assert rows["norecipe"]["status"] == "damaged" and "recipe.json is missing" in rows["norecipe"]["detail"]
+    truncated = next(odd_runs.glob("digits/*-truncated"))
+    assert rows["truncated"]["status"] == "damaged"
+    assert "last.pt is damaged" in rows["truncated"]["detail"] and f"--resume {truncated}" in rows["truncated"]["detail"]
+
+
+def test_resuming_a_truncated_last_pt_names_the_way_on(odd_runs, capsys):
+    from engine.errors import run_command
+    truncated = next(odd_runs.glob("digits/*-truncated"))
+    assert run_command(lambda: train(None, resume=str(truncated), show_progress=False)) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "move" in err and "from its start" in err
+
+
+PROTECTED = {"recipe": "recipes/mine.py", "image": "data/00000.png", "csv": "data/train.csv",
+             "own page": "notes.html", "checkpoint": "fold0/last.pt", "run file": "recipe.json"}
+
+
+@pytest.mark.parametrize("kind", [*PROTECTED, "folder"])
+def test_html_never_replaces_a_file_it_did_not_write(odd_runs, tmp_path, kind, capsys):
+    from engine.runs.__main__ import main
+    good = next(odd_runs.glob("digits/*-good"))
+    if kind == "folder":
+        target = tmp_path
+    elif kind in ("checkpoint", "run file"):
+        target = good / PROTECTED[kind]
+    else:
+        target = tmp_path / PROTECTED[kind]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(b"\x89PNG mine" if kind == "image" else b"mine\n")
+    before = target.read_bytes() if target.is_file() else None
+    assert main([str(odd_runs), "--html", str(target)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--html" in err and "e.g." in err
+    assert (target.read_bytes() if target.is_file() else None) == before
+
+
+def test_html_replaces_its_own_page_and_writes_it_before_the_table(odd_runs, tmp_path):
+    page = tmp_path / "runs.html"
+    command = [sys.executable, "-m", "engine.runs", str(odd_runs), "--html", str(page)]
+    assert subprocess.run(command, cwd=ROOT, capture_output=True, timeout=120).returncode == 0
+    page.write_text(page.read_text().replace("<h1>", "<h1>EARLIER-PAGE "))  # a page of an earlier version: still its own
+    piped = subprocess.run(" ".join(command) + " | head -1", shell=True, cwd=ROOT, capture_output=True, text=True,
+                           timeout=120)
+    assert piped.stdout.startswith("run ") and "EARLIER-PAGE" not in page.read_text() and "truncated" in page.read_text()

@@ -35,11 +35,28 @@ def test_resume_and_another_fold_refuse_changed_data(digits_dir, tmp_path, edit)
         table = table.assign(target=table["target"].where(table.index != table.index[3], (table["target"] + 1) % 10))
         table["class_name"] = table["target"].map(dict(zip(table["target"], table["class_name"])))
     table.to_csv(csv, index=False)
-    with pytest.raises(UserError, match="training data changed since run .* started"):
+    with pytest.raises(UserError, match="no longer hold the same rows"):
         train(recipe, fold=1, name="cv", show_progress=False)  # --fold 1, as on another machine
-    with pytest.raises(UserError, match="training data changed since run .* started"):
+    with pytest.raises(UserError, match="no longer hold the same rows"):
         train(None, resume=str(run), show_progress=False)
     assert not runs.fold_dir(run, 1).exists() or not (runs.fold_dir(run, 1) / runs.LAST).exists()
+
+
+@pytest.mark.parametrize("edit", ["swap folds", "delete rows"])
+def test_a_split_csv_edited_since_last_pt_is_named_on_resume(digits_dir, tmp_path, edit):
+    from engine.train.orchestrator import train
+    csv = tmp_path / "train.csv"
+    pd.read_csv(digits_dir / "train.csv").groupby("target").head(8).to_csv(csv, index=False)
+    run = train(quick(digits_dir, csv, tmp_path / "runs"), fold=0, name="cv", show_progress=False)
+    split = pd.read_csv(run / runs.SPLIT)
+    if edit == "swap folds":
+        split["fold"] = split["fold"].map({0: 1, 1: 0, 2: 2})
+    else:
+        split = split.iloc[4:]
+    split.to_csv(run / runs.SPLIT, index=False)
+    with pytest.raises(UserError, match=r"split\.csv changed since .*fold0/last\.pt was trained on it") as e:
+        train(None, resume=str(run), show_progress=False)
+    assert "train.csv" not in str(e.value)  # the file that changed is named, not the one that did not
 
 
 def test_the_recorded_split_wins_over_a_new_assignment(tmp_path):

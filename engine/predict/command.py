@@ -57,8 +57,10 @@ def output_guard(inputs: list) -> OutputGuard:
 
 def run_predict(args: argparse.Namespace) -> None:
     """Everything predict.py does, from its parsed arguments."""
-    if args.batch_size < 1 or (args.workers is not None and args.workers < 0):
-        raise UserError(f"--batch-size must be >= 1 and --workers >= 0; got {args.batch_size} and {args.workers}")
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.workers is not None and args.workers < 0:
+        raise UserError(f"--workers must be 0 (load in this process) or more, got {args.workers}")
     scales = inference.parse_scales(args.tta_scales)
     paths, ensemble, weights = inference.resolve_targets(args.targets, args.kfold, args.runs_dir), None, None
     if args.weights == "oof":

@@ -10,16 +10,38 @@ from engine.errors import UserError
 from engine.recipe import FIELDS, differing_keys
 from engine.recipe.files import HARDWARE_KEYS
 from engine.run_table.table import collect, format_table, sort_rows
+from engine.system.outputs import OutputGuard
+
+PAGE_START = "<!doctype html><html><head><meta charset='utf-8'><title>runs under "
+
+
+def _page_wrote(path: Path) -> bool:
+    """A page an earlier `--html` wrote (before the output ledger): by how it begins."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read(len(PAGE_START)) == PAGE_START
+    except OSError:
+        return False
+
+
+def html_guard() -> OutputGuard:
+    """--html's output rule: a new file or a page this command wrote; never a recipe, image, run file or folder."""
+    return OutputGuard("engine.runs --html", example="runs.html", recognise=_page_wrote)
 
 
 def run_table(args: argparse.Namespace) -> None:
-    """Print the runs table (and with --html write the page)."""
+    """Print the runs table; with --html write the page first (a closed pipe then loses only the printout)."""
+    guard = html_guard()
+    page = guard.check(args.html) if args.html else None  # before reading every run: a refusal costs nothing
     states, rows = collect(Path(args.folder))
     rows = sort_rows(rows, args.sort)
-    print(format_table(rows))
-    if args.html:
+    if page is not None:
         from engine.run_table.page import write_page  # matplotlib only when a page is asked for
-        print(f"wrote {write_page(Path(args.html), Path(args.folder), states, rows)}")
+        write_page(page, Path(args.folder), states, rows)
+        guard.wrote(page)
+    print(format_table(rows))
+    if page is not None:
+        print(f"wrote {page}")
 
 
 def run_folder(path: str) -> Path:

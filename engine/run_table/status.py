@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
+import torch
 
 from engine import runs
 from engine.checkpoint import is_finished
@@ -49,11 +50,22 @@ class RunState:
 
 
 def read_curve(path: Path) -> pd.DataFrame | None:
-    """A fold's metrics.csv, or None when it has none yet (or it cannot be read while being written)."""
+    """A fold's metrics.csv with every cell a number (an edited, non-numeric cell reads as empty), or None when
+    it has none yet (or it cannot be read while being written)."""
     try:
-        return pd.read_csv(path) if path.is_file() else None
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
+        frame = pd.read_csv(path) if path.is_file() else None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError):
         return None
+    return None if frame is None else frame.apply(pd.to_numeric, errors="coerce")
+
+
+def readable(last_pt: Path) -> bool:
+    """Whether a last.pt opens as a checkpoint (memory-mapped: the weights are not read)."""
+    try:
+        torch.load(last_pt, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:
+        return False
+    return True
 
 
 def read_oof_accuracy(run_dir: Path) -> float | None:
@@ -67,12 +79,22 @@ def read_oof_accuracy(run_dir: Path) -> float | None:
 
 
 def read_run(run_dir: Path, listed: Path) -> RunState:
-    """The state of one run folder (`listed`: the folder the table lists, for the run's short name)."""
+    """The state of one run folder (`listed`: the folder the table lists, for the run's short name); a folder
+    that cannot be read is one "damaged" row saying why, never an error for the whole table."""
     name = str(run_dir.relative_to(listed)) if run_dir != listed else run_dir.name
     try:
-        recipe = runs.read_recipe(run_dir)
+        return _read_run(run_dir, name)
     except UserError as e:
         return RunState(run_dir, name, None, "damaged", str(e))
+    except Exception as e:  # noqa: BLE001  one odd folder must not hide every other run
+        return RunState(run_dir, name, None, "damaged", f"cannot be read ({type(e).__name__}: {e})")
+
+
+def _read_run(run_dir: Path, name: str) -> RunState:
+    if not runs.is_run_dir(run_dir):
+        raise UserError(f"{runs.RECIPE} is missing; every checkpoint also carries its recipe: restore it from "
+                        f"{next(run_dir.glob('fold*/*.pt'), run_dir / 'fold0' / runs.LAST)}")
+    recipe = runs.read_recipe(run_dir)
     state = RunState(run_dir, name, recipe, "", "")
     for k in range(recipe.folds):
         curve = read_curve(runs.fold_dir(run_dir, k) / runs.METRICS)
@@ -94,6 +116,11 @@ def status_of(run_dir: Path, recipe: Recipe, finished: list[int], curves: dict) 
     if len(finished) == recipe.folds:
         return "finished", ""
     started = [k for k in range(recipe.folds) if (runs.fold_dir(run_dir, k) / runs.LAST).is_file()]
+    broken = [k for k in started if k not in finished and not readable(runs.fold_dir(run_dir, k) / runs.LAST)]
+    if broken:
+        last = runs.fold_dir(run_dir, broken[0]) / runs.LAST
+        return "damaged", (f"{last} is damaged (truncated?) and cannot be resumed: move it away, then "
+                           f"python train.py --resume {run_dir} trains fold {broken[0]} again from its start")
     if started:
         epochs = {k: int(curves[k]["epoch"].max()) for k in started if k in curves and "epoch" in curves[k]}
         where = ", ".join(f"fold {k} at epoch {epochs[k]}/{recipe.epochs}" for k in started

@@ -21,11 +21,16 @@ KEYS_SHOWN = 4  # a run unlike every other lists its first keys and a count; `di
 
 
 def find_runs(folder: Path) -> list[Path]:
-    """Every run folder (one holding recipe.json) at or below `folder`, by path."""
+    """Every run folder (one holding recipe.json, or a fold<k>/ with a checkpoint or metrics) at or below
+    `folder`, by path."""
     folder = Path(folder)
     if not folder.is_dir():
         raise UserError(f"'{folder}' is not a folder; pass the runs folder (default: runs)")
-    found = sorted(p.parent for p in folder.rglob(runs.RECIPE) if runs.is_run_dir(p.parent))
+    found = {p.parent for p in folder.rglob(runs.RECIPE) if runs.is_run_dir(p.parent)}
+    found |= {p.parent.parent for p in [*folder.rglob(f"{runs.FOLD_PREFIX}*/{runs.LAST}"),
+                                        *folder.rglob(f"{runs.FOLD_PREFIX}*/{runs.METRICS}")]
+              if runs.fold_of(p.parent) is not None}  # a run whose recipe.json went: a damaged row, not missing
+    found = sorted(found)
     if not found:
         raise UserError(f"no run folders under '{folder}' (folders holding {runs.RECIPE}); train one: python train.py")
     return found

@@ -17,6 +17,7 @@ from urllib.parse import urlparse
 from engine import runs
 from engine.errors import UserError
 from engine.recipe import Recipe
+from engine.system.outputs import OutputGuard, csv_header, drawn_by_matplotlib
 from engine.sweep.config import SweepSpec, as_key_type, parse_sweep
 from engine.sweep.results import best_table, plot_history, plot_importances, ranked, write_recipe_file, write_trials_csv
 from engine.sweep.trial import run_in_process, run_torchrun, score_trial, trial_recipe
@@ -24,8 +25,25 @@ from engine.sweep.trial import run_in_process, run_torchrun, score_trial, trial_
 DEFAULT_COUNT = 10
 
 
+RESULT_FILES = ("trials.csv", "history.png", "importances.png", "best_recipe.py")
+
+
 def sweep_dir_for(recipe: Recipe, name: str) -> Path:
     return Path(recipe.output_dir) / "sweeps" / name
+
+
+def _sweep_wrote(path: Path) -> bool:
+    """A result an earlier sweep wrote (before the output ledger, or rewritten per trial): by its name and start."""
+    if path.suffix == ".png":
+        return path.name in RESULT_FILES and drawn_by_matplotlib(path)
+    first = csv_header(path)
+    return (path.name == "trials.csv" and first.startswith("trial,")) or (
+        path.name == "best_recipe.py" and first.startswith("# best trial"))
+
+
+def result_guard() -> OutputGuard:
+    """The sweep folder's rule: its results replace only the results of an earlier run of the same sweep."""
+    return OutputGuard("sweep.py", example="trials.csv", recognise=_sweep_wrote)
 
 
 def wandb_logged_in() -> bool:
@@ -60,8 +78,7 @@ def run_sweep(recipe: Recipe, count: int | None = None, backend: str | None = No
     if name is not None:
         runs.check_run_name(name)  # one folder under runs/sweeps/: never a path out of it
     name = name or recipe.name
-    sweep_dir = sweep_dir_for(recipe, name)
-    sweep_dir.mkdir(parents=True, exist_ok=True)
+    sweep_dir = result_guard().folder(sweep_dir_for(recipe, name), RESULT_FILES)  # a refusal before any trial
     count = count if count is not None else spec.grid_size() if spec.method == "grid" else spec.run_cap or DEFAULT_COUNT
     log(f"sweep '{name}': {spec.method} search, {backend} backend, {spec.goal} {spec.metric}, "
         f"{len(spec.searched)} parameters, {count} trials{f' x {nproc} processes' if nproc > 1 else ''}")
@@ -141,5 +158,6 @@ def finish(recipe: Recipe, spec: SweepSpec, name: str, sweep_dir: Path, rows: li
     path = sweep_dir / "best_recipe.py"
     write_recipe_file(r, path, f"best trial {top['trial']} of sweep '{name}': {spec.metric} = {top[spec.metric]:.4f}\n"
                                f"train it: python train.py {path}")
+    result_guard().wrote(*(p for p in (sweep_dir / n for n in RESULT_FILES) if p.is_file()))
     log(f"results: {sweep_dir}/ (trials.csv, history.png{', importances.png' if importances else ''})\n"
         f"best recipe: python train.py {path}")

@@ -138,7 +138,11 @@ def open_storage(url: str, heartbeat_s: int) -> BaseStorage:
     if url.startswith(JOURNAL):
         path = journal_path(url)
         check_journal_path(url, path)
-        return HeartbeatJournalStorage(path, heartbeat_s, retry)
+        try:
+            return HeartbeatJournalStorage(path, heartbeat_s, retry)
+        except OSError as e:  # /proc, a read-only mount that access() called writable: one line, no traceback
+            raise UserError(f"--storage {url}: cannot create the journal there ({e.strerror}); name a log file on a "
+                            f"writable (shared) file system, e.g. journal:runs/sweeps/sweep.log") from None
     url = with_postgres_driver(url)
     with warnings.catch_warnings():  # the heartbeat is "experimental" in Optuna but long stable
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)

@@ -28,7 +28,8 @@ def launch(argv: list[str]) -> int:
     try:
         torchrun(argv)
     except SignalException as e:
-        print(f"launch: stopped by {e.sigval.name}; the workers wrote last.pt (their log says how to resume)",
+        print(f"launch: stopped by {e.sigval.name}; workers that had begun training wrote last.pt and their "
+              f"train.log says how to resume (a run stopped before that has nothing to resume: start it again)",
               file=sys.stderr)
         return 128 + int(e.sigval)
     except ChildFailedError as e:

@@ -124,3 +124,13 @@ def csv_header(path: Path) -> str:
     except OSError:
         return ""
 
+
+
+def drawn_by_matplotlib(path: Path) -> bool:
+    """Whether a file is a PNG that matplotlib drew (its text chunk says so): how a plot is recognised."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(256)
+    except OSError:
+        return False
+    return head.startswith(b"\x89PNG") and b"Matplotlib" in head

@@ -36,6 +36,14 @@ def requested() -> bool:
     return bool(_requested)
 
 
+def check(what: str) -> None:
+    """Raise Preempted at once if a signal was caught: for the long steps before the first update (a feature-store
+    build, the image cache), which would otherwise finish first (minutes; a cloud pre-emption allows 30-120 s)."""
+    if _requested:
+        raise Preempted(f"stopped by {signal.Signals(_requested[0]).name} while {what}; nothing of it is kept",
+                        _requested[0])
+
+
 def signal_number() -> int:
     return _requested[0] if _requested else signal.SIGTERM
 

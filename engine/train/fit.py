@@ -13,6 +13,7 @@ import torch
 from engine import checkpoint, runs
 from engine.data.batches.factory import PATH_NAMES, FoldBatches, build_fold_batches
 from engine.data.pixels.background import WHITE, checkpoint_background
+from engine.data.tables.split_record import fingerprint
 from engine.errors import UserError
 from engine.evaluate.predictions import write_probs, write_val_predictions
 from engine.model_speed import speed_line
@@ -52,6 +53,7 @@ def fit(recipe: Recipe, fold: int, train: pd.DataFrame, val: pd.DataFrame, class
     s.feed = batches.path  # last.pt keeps it: a resume draws its batches the same way
     torch.manual_seed(recipe.seed + fold + 1000 * (d.rank + 1))  # same init everywhere, own dropout per rank
     base = checkpoint.base_fields(recipe.to_dict(), classes, data_cfg, fold)
+    base["split"] = fingerprint(pd.concat([train, val]))  # --resume checks split.csv against it (issue 32)
     early = EarlyStopping(recipe.monitor, recipe.early_stopping)
     start_epoch, start_step, metrics, reshard = 0, 0, {}, None
     if resume is not None:

@@ -21,13 +21,16 @@ from engine.models import data_config, model_from_recipe
 from engine.recipe import Recipe
 from engine.system import distributed
 from engine.system.atomic import write_atomic
+from engine.system.outputs import OutputGuard, drawn_by_matplotlib
 from engine.train.loop import optimizer_update
 from engine.train.state import build_train_state
 from engine.train.training_data import load_data
 
 SMOOTHING = 0.98  # of the loss's exponential moving average (debiased), as fastai's
 DIVERGED = 4.0  # stop once the smoothed loss exceeds this multiple of its lowest value
+FELL = 0.05  # the smoothed loss must fall by this share of its settled start for any suggestion
 RULE = "steepest descent of the smoothed loss before its minimum"
+FLAT = "the loss never fell: no suggestion"
 
 
 @dataclass
@@ -36,7 +39,7 @@ class LrFind:
     lrs: list[float]
     losses: list[float]
     smoothed: list[float]
-    suggestion: float
+    suggestion: float | None  # None: the loss never fell (FLAT)
     rule: str
     plot: Path
     stopped: str
@@ -56,14 +59,24 @@ def smooth(losses: list[float], beta: float = SMOOTHING) -> list[float]:
     return out
 
 
-def suggest(lrs: list[float], smoothed: list[float]) -> tuple[float, str]:
+def suggest(lrs: list[float], smoothed: list[float]) -> tuple[float | None, str]:
     """(lr, rule): where the smoothed loss falls fastest per decade of lr, between the first tenth of the updates
-    (the average is still settling there) and its minimum; else a tenth of the lr at the minimum."""
+    (the average is still settling there) and its minimum; (None, FLAT) when it never fell by FELL of its
+    settled start. A suggestion is always one of the lrs the test ran."""
     low, skip = int(np.argmin(smoothed)), max(3, len(lrs) // 10)
+    start = smoothed[min(skip, len(smoothed) - 1)]
+    if low <= skip or start - smoothed[low] < FELL * abs(start):
+        return None, FLAT
     if low < skip + 3:
-        return lrs[low] / 10, "a tenth of the lr where the smoothed loss was lowest"
+        return lrs[skip], "the first settled lr: the loss was lowest soon after"
     slope = np.gradient(np.asarray(smoothed[skip:low + 1]), np.log10(lrs[skip:low + 1]))
     return float(lrs[skip + int(np.argmin(slope))]), RULE
+
+
+def plot_guard() -> OutputGuard:
+    """lr_find.png's rule: a new file or one an earlier range test drew; never a folder or the user's own image."""
+    return OutputGuard("train.py --find-lr", example=runs.LR_FIND,
+                       recognise=lambda p: p.name == runs.LR_FIND and drawn_by_matplotlib(p))
 
 
 def find_lr(recipe: Recipe, steps: int = 100, start_lr: float = 1e-7, end_lr: float = 10.0,
@@ -75,6 +88,8 @@ def find_lr(recipe: Recipe, steps: int = 100, start_lr: float = 1e-7, end_lr: fl
     d = distributed.alone()
     if d is None:
         return None
+    guard = plot_guard()
+    plot = guard.check(Path(recipe.output_dir) / recipe.name / runs.LR_FIND)  # before the test: a refusal costs nothing
     table, classes, audit = load_data(recipe, d, say, show_progress)
     train, val = table[table["fold"] != 0], table[table["fold"] == 0]
     torch.manual_seed(recipe.seed)
@@ -113,10 +128,13 @@ def find_lr(recipe: Recipe, steps: int = 100, start_lr: float = 1e-7, end_lr: fl
     lrs, losses = [lrs[i] for i in finite], [losses[i] for i in finite]
     smoothed = smooth(losses)
     lr, rule = suggest(lrs, smoothed)
-    plot = Path(recipe.output_dir) / recipe.name / runs.LR_FIND
-    draw(plot, lrs, losses, smoothed, lr, f"{recipe.name}: {recipe.model}")
     say(f"{stopped} after {len(lrs)} updates; the smoothed loss was lowest ({min(smoothed):.3f}) at lr "
-        f"{lrs[int(np.argmin(smoothed))]:.2e}\nsuggested lr={lr:.2e} ({rule})\nplot: {plot}")
+        f"{lrs[int(np.argmin(smoothed))]:.2e}\n"
+        + (f"suggested lr={lr:.2e} ({rule})" if lr is not None else f"{FLAT} (is the model able to learn: a frozen "
+           f"random backbone, a tiny lr range?); keep lr={recipe.lr:g}"))
+    draw(plot, lrs, losses, smoothed, lr, f"{recipe.name}: {recipe.model}")  # after the line: a full disk loses only the plot
+    guard.wrote(plot)
+    say(f"plot: {plot}")
     return LrFind(lrs, losses, smoothed, lr, rule, plot, stopped)
 
 
@@ -133,14 +151,16 @@ def passes(batches, steps: int):
         epoch += 1
 
 
-def draw(path: Path, lrs: list[float], losses: list[float], smoothed: list[float], lr: float, title: str) -> None:
-    """Smoothed (and raw) loss against lr on a log axis, the suggestion marked; written atomically."""
+def draw(path: Path, lrs: list[float], losses: list[float], smoothed: list[float], lr: float | None,
+         title: str) -> None:
+    """Smoothed (and raw) loss against lr on a log axis, the suggestion (if any) marked; written atomically."""
     fig = Figure(figsize=(7, 4.5))
     ax = fig.subplots()
     ax.plot(lrs, losses, color="0.75", lw=0.8, label="loss")
     ax.plot(lrs, smoothed, color="C0", lw=2, label="smoothed loss")
-    at = int(np.argmin(np.abs(np.log(np.asarray(lrs)) - math.log(lr))))
-    ax.plot([lr], [smoothed[at]], "o", color="C3", ms=9, label=f"suggested lr={lr:.2e}")
+    if lr is not None:
+        at = int(np.argmin(np.abs(np.log(np.asarray(lrs)) - math.log(lr))))
+        ax.plot([lr], [smoothed[at]], "o", color="C3", ms=9, label=f"suggested lr={lr:.2e}")
     ax.set_xscale("log")
     ax.set_xlabel("learning rate (base lr; groups keep their layer_decay / head_lr_scale shares)")
     ax.set_ylabel("training loss")

@@ -104,7 +104,11 @@ def fold_state(fold_dir: Path, recipe: Recipe, classes: list[str]) -> dict | Non
     path = fold_dir / runs.LAST
     if not path.is_file():
         return None
-    state = checkpoint.load_checkpoint(path)
+    try:
+        state = checkpoint.load_checkpoint(path)
+    except UserError as e:  # a truncated copy or a full disk's leftover: name the way on
+        raise UserError(f"{e}; to go on, move {path} away and resume again: fold {fold_dir.name[4:]} then trains "
+                        f"from its start (its best.pt is kept until a better epoch replaces it)") from None
     saved_recipe, saved_classes, _ = checkpoint.saved_base(state)
     saved = from_dict(saved_recipe)
     changed = differing_keys(saved, recipe)

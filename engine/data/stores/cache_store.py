@@ -24,7 +24,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from engine.errors import UserError
-from engine.system import lock
+from engine.system import lock, preemption
 
 FORMAT = 1
 
@@ -170,6 +170,7 @@ class Store:
                     offset = f.tell()
                     f.write(image.numpy().tobytes())
                     index["entries"][path] = [*stamps[path], offset, *image.shape]
+                    preemption.check("caching images")  # no index written: the next run decodes them again
                 f.flush()
                 os.fsync(f.fileno())  # the index must never point at bytes that are not on disk
         except OSError as e:

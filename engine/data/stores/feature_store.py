@@ -31,7 +31,7 @@ import torch
 from engine.data.pixels.background import WHITE
 from engine.data.pixels.images import DECODER
 from engine.data.stores.cache import disk_cache_root
-from engine.system import distributed, lock
+from engine.system import distributed, lock, preemption
 from engine.system.device import autocast
 from engine.system.runlog import progress
 
@@ -226,6 +226,7 @@ def _compute(b: Builder, views: Sequence[str], rows: list[int], out: np.memmap, 
                 f = pooled_features(b.model, x)
             out[v, rows[start:start + len(f)]] = f.float().cpu().numpy().astype(out.dtype)
             start += len(f)
+            preemption.check("building the feature store")  # within a batch of SIGTERM, not after every view
     out.flush()
 
 

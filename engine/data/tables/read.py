@@ -37,6 +37,8 @@ def read_train_table(data_dir: str, csv: str | None) -> pd.DataFrame:
 def read_test_table(test_dir: str, csv: str) -> pd.DataFrame:
     """The unlabelled table for prediction, in the CSV's row order."""
     table = read_csv(csv, required=("image_path",))
+    if table.empty:  # a header-only CSV would give a header-only output without a word
+        raise UserError(f"'{csv}' has no rows (only its header); list the test images in it, one image_path a row")
     blank = table.index[blank_cells(table["image_path"])]
     if len(blank):  # every test row needs its prediction: a row without an image cannot get one
         raise UserError(f"'{csv}' row {blank[0]} has an empty image_path ({len(blank)} such rows); every row "

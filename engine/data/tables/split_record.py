@@ -6,9 +6,11 @@ fold on rows it validated before, end the schedule at another step and mix two s
 """
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import pandas as pd
+import torch
 
 from engine import runs
 from engine.errors import UserError
@@ -39,6 +41,36 @@ def describe_change(recorded: pd.DataFrame, table: pd.DataFrame) -> str | None:
     return f"{', '.join(parts)}; first: {first}"
 
 
+def fingerprint(table: pd.DataFrame) -> str:
+    """A short hash of the split (each row's image_path, target and fold, in any order): what last.pt records
+    it was trained on, so that a split.csv edited since (folds swapped, rows deleted) is caught on --resume."""
+    rows = sorted(zip(table["image_path"].astype(str), table["target"].astype(int), table["fold"].astype(int)))
+    return hashlib.sha256(repr(rows).encode()).hexdigest()[:16]
+
+
+def trained_on(run_dir: Path) -> tuple[Path, str] | None:
+    """(a fold's last.pt, the split fingerprint it recorded), from the first fold that has one; None if none does
+    (no fold started yet, or checkpoints from before the fingerprint was saved)."""
+    for last in sorted(Path(run_dir).glob(f"{runs.FOLD_PREFIX}*/{runs.LAST}")):
+        try:
+            split = torch.load(last, map_location="cpu", weights_only=True, mmap=True).get("split")
+        except Exception:  # noqa: BLE001  a damaged last.pt is reported where it is resumed
+            continue
+        if isinstance(split, str):
+            return last, split
+    return None
+
+
+def check_recorded(path: Path, recorded: pd.DataFrame, run_dir: Path) -> None:
+    """A UserError naming split.csv when it no longer holds the split a fold's last.pt was trained on."""
+    trained = trained_on(run_dir)
+    if trained is not None and trained[1] != fingerprint(recorded):
+        counts = recorded["fold"].value_counts().sort_index()
+        raise UserError(f"{path} changed since {trained[0]} was trained on it (it now holds {len(recorded)} rows, "
+                        f"folds {dict(counts.items())}): resuming would train on rows a fold validated on and mix two "
+                        f"splits in oof.csv; restore {path.name} as the run wrote it, or start a new run (a new --name)")
+
+
 def keep_split(run_dir: Path, table: pd.DataFrame, train_csv: str, d: Dist) -> pd.DataFrame:
     """The table with the folds recorded in run_dir's split.csv (written now if the run has none); a UserError
     if the rows or labels changed since. Rank 0 reads and writes; every rank gets the same folds."""
@@ -50,13 +82,17 @@ def keep_split(run_dir: Path, table: pd.DataFrame, train_csv: str, d: Dist) -> p
             folds = table["fold"].to_numpy()
         else:
             recorded = pd.read_csv(path, dtype={"image_path": str})
-            change = describe_change(recorded, table)
+            try:
+                check_recorded(path, recorded, run_dir)
+            except UserError as e:
+                folds = e
+            change = None if isinstance(folds, UserError) else describe_change(recorded, table)
             if change:
-                folds = UserError(f"the training data changed since run {run_dir} started ({change}): resuming would "
-                                  f"mix two splits; restore {train_csv} as it was, or start a new run (a new --name)")
-            else:  # the same rows: the recorded folds, also where another machine would split them otherwise
+                folds = UserError(f"{train_csv} and {path} no longer hold the same rows ({change}): resuming would "
+                                  f"mix two splits; restore whichever of them changed, or start a new run (a new --name)")
+            elif folds is None:  # the same rows: the recorded folds, also where another machine would split otherwise
                 order = row_keys(table).merge(row_keys(recorded).assign(fold=recorded["fold"].to_numpy()),
-                                            how="left", on=["image_path", "target", "n"])
+                                              how="left", on=["image_path", "target", "n"])
                 folds = order["fold"].to_numpy()
     folds = distributed.broadcast_object(folds)
     if isinstance(folds, UserError):
