@@ -40,3 +40,14 @@ def trained_run(digits_dir, tmp_path_factory) -> Path:
     from engine.train.orchestrator import train
     recipe = digits_recipe(digits_dir, tmp_path_factory.mktemp("runs"))
     return train(recipe, show_progress=False)
+
+
+def stop_after(monkeypatch, n_updates: int) -> None:
+    """Make the loop see a stop request at its n-th update, as if SIGTERM had arrived."""
+    from engine.system import preemption
+    calls = {"n": 0}
+
+    def requested():
+        calls["n"] += 1
+        return calls["n"] >= n_updates
+    monkeypatch.setattr(preemption, "requested", requested)

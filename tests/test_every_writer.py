@@ -36,7 +36,7 @@ WRITERS = {
     "engine/evaluate/predictions.py": "val_predictions.csv / val_probs.npy inside the fold folder",
     "engine/evaluate/ensemble.py": "ensemble files next to predict's output, checked by predict's guard first",
     "engine/evaluate/ensemble_plot.py": "ensemble_per_class.png, checked by predict's guard first",
-    "engine/data/tables/split_record.py": "split.csv inside the run folder",
+    "engine/train/split_record.py": "split.csv inside the run folder",
     "engine/data/tables/near_duplicates.py": "a hash cache in the engine's cache folder",
     "engine/data/tables/demo_digits.py": "the demo data set, built once into its own new folder",
     "engine/explore/facts.py": "a facts cache in the engine's cache folder",

@@ -19,7 +19,7 @@ from engine.system import preemption as preempt
 from engine.train import freezing
 from engine.train.orchestrator import train
 from engine.train.optim import build_optimizer
-from tests.conftest import ROOT
+from tests.conftest import ROOT, stop_after
 
 # three ImageNet-1k WordNet ids and one class ImageNet does not have
 CLASSES = ["n01440764", "n01443537", "not_in_imagenet", "n01484850"]
@@ -216,13 +216,6 @@ def unfreeze_recipe(tiny_dir, tmp_path_factory):
                 layer_decay=0.8, head_lr_scale=5.0, warmup_epochs=0.5), start
 
 
-def stop_after(monkeypatch, n_updates):
-    calls = {"n": 0}
-
-    def requested():
-        calls["n"] += 1
-        return calls["n"] >= n_updates
-    monkeypatch.setattr(preempt, "requested", requested)
 
 
 def test_unfreezing_trains_the_backbone_and_a_stopped_run_resumes_bitwise(tiny_dir, tmp_path, unfreeze_recipe,

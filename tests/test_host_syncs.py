@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import stop_after
 from host_reads import HostReads, mark
 from engine.data.batches.loader import EpochSampler
 from engine.data.batches.resident_source import ResidentBatches
@@ -19,7 +20,6 @@ from engine.data.pixels.transforms import Normalize
 from engine.models import build_model
 from engine.recipe import load_recipe
 from engine.system import device as dev
-from engine.system import preemption
 from engine.train.loop import train_one_epoch
 from engine.train.state import build_train_state
 
@@ -150,11 +150,6 @@ def test_non_finite_updates_never_land_though_their_flag_is_read_late():
 def test_a_stop_lands_one_update_after_the_signal(monkeypatch):
     source = stored(40)
     s = state(source)
-    calls = {"n": 0}
-
-    def requested():
-        calls["n"] += 1
-        return calls["n"] >= 2  # the signal arrives during the second update
-    monkeypatch.setattr(preemption, "requested", requested)
+    stop_after(monkeypatch, 2)  # the signal arrives during the second update
     source.set_epoch(0)
     assert train_one_epoch(s, source, 0, show_progress=False) == {"stopped_at": 3}

@@ -4,6 +4,7 @@ global rank 0 writes; SIGTERM to one node stops both with last.pt written, and -
 finishes the run. Slow: two launches of two torchrun nodes (about 40 s on 2 idle cores)."""
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -38,6 +39,17 @@ def start_nodes(args: list[str], out: Path, tag: str) -> list[subprocess.Popen]:
     return nodes
 
 
+@contextlib.contextmanager
+def reaped(nodes: list[subprocess.Popen]):
+    """The nodes, killed on the way out if still running (a failed assertion must not leave them training)."""
+    try:
+        yield nodes
+    finally:
+        for n in nodes:
+            if n.poll() is None:
+                n.kill()
+
+
 def stores() -> set[str]:
     return {p.name for p in memory_cache_root().glob(f"{MEMORY_PREFIX}{namespace_tag()}-*")}
 
@@ -51,7 +63,7 @@ def test_two_nodes_train_one_run_and_sigterm_to_one_stops_both(digits_dir, tmp_p
     before = stores()
     nodes = start_nodes(args, tmp_path, "first")
     seen: set[str] = set()
-    try:
+    with reaped(nodes):
         metrics = None
         deadline = time.time() + 180
         while time.time() < deadline:
@@ -66,10 +78,6 @@ def test_two_nodes_train_one_run_and_sigterm_to_one_stops_both(digits_dir, tmp_p
         time.sleep(0.5)
         nodes[1].send_signal(signal.SIGTERM)  # the second machine is pre-empted
         codes = [n.wait(timeout=120) for n in nodes]
-    finally:
-        for n in nodes:
-            if n.poll() is None:
-                n.kill()
     log0 = (tmp_path / "first0.log").read_text()
     assert all(c != 0 for c in codes), codes  # both nodes stopped, neither trained on alone
     assert "last.pt written" in log0 and "resume with: python train.py --resume" in log0, log0[-3000:]
@@ -83,13 +91,8 @@ def test_two_nodes_train_one_run_and_sigterm_to_one_stops_both(digits_dir, tmp_p
     assert last["epoch"] == 1 and last["progress"]["step"] > 0, (last["epoch"], last["progress"])
     assert list(pd.read_csv(run / "fold0" / "metrics.csv")["epoch"]) == [1]  # only rank 0 writes rows
 
-    nodes = start_nodes([*args[:1], "--resume", str(run)], tmp_path, "resume")
-    try:
+    with reaped(start_nodes([*args[:1], "--resume", str(run)], tmp_path, "resume")) as nodes:
         codes = [n.wait(timeout=180) for n in nodes]
-    finally:
-        for n in nodes:
-            if n.poll() is None:
-                n.kill()
     log0 = (tmp_path / "resume0.log").read_text()
     assert codes == [0, 0], log0[-3000:] + (tmp_path / "resume1.log").read_text()[-2000:]
     assert list(out.glob("*/*")) == [run]

@@ -11,7 +11,7 @@ import torch
 from engine import checkpoint
 from engine.system import preemption as preempt
 from engine.train.orchestrator import train
-from tests.conftest import ROOT, digits_recipe
+from tests.conftest import ROOT, digits_recipe, stop_after
 
 # mixing, accumulation, EMA, drop-path and a partial accumulation window: everything that carries state
 HARD = dict(model="test_vit", epochs=2, batch_size=32, accumulate_grad_batches=2, mixup_ratio=0.3,
@@ -22,14 +22,6 @@ def weights(run_dir, name="last.pt"):
     return torch.load(run_dir / "fold0" / name, weights_only=True)
 
 
-def stop_after(monkeypatch, n_updates):
-    """Make the loop see a stop request at its n-th update, as if SIGTERM had arrived."""
-    calls = {"n": 0}
-
-    def requested():
-        calls["n"] += 1
-        return calls["n"] >= n_updates
-    monkeypatch.setattr(preempt, "requested", requested)
 
 
 def test_stopped_and_resumed_run_equals_uninterrupted(digits_dir, tmp_path, monkeypatch):

@@ -60,7 +60,7 @@ def test_a_split_csv_edited_since_last_pt_is_named_on_resume(digits_dir, tmp_pat
 
 
 def test_the_recorded_split_wins_over_a_new_assignment(tmp_path):
-    from engine.data.tables.split_record import keep_split
+    from engine.train.split_record import keep_split
     from engine.system.distributed import Dist
     table = pd.DataFrame({"image_path": [f"{i}.png" for i in range(6)], "target": [0, 1] * 3, "fold": [0, 1, 2] * 2})
     d = Dist()

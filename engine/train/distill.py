@@ -21,7 +21,7 @@ from engine.checkpoint import is_finished
 from engine.data.batches.targets import SOFT
 from engine.data.tables.pseudo_labels import add_pseudo_labels, read_pseudo_labels
 from engine.data.tables.read import class_list_difference
-from engine.data.tables.split_record import describe_change, row_keys
+from engine.train.split_record import describe_change, row_keys
 from engine.errors import UserError
 from engine.evaluate.predictions import class_names, read_probs
 from engine.recipe import Recipe

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -13,7 +14,7 @@ import torch
 from engine import checkpoint, runs
 from engine.data.batches.factory import PATH_NAMES, FoldBatches, build_fold_batches
 from engine.data.pixels.background import WHITE, checkpoint_background
-from engine.data.tables.split_record import fingerprint
+from engine.train.split_record import fingerprint
 from engine.errors import UserError
 from engine.evaluate.predictions import write_probs, write_val_predictions
 from engine.model_speed import speed_line
@@ -31,6 +32,32 @@ from engine.train.state import TrainState, build_train_state
 NO_VAL = dict.fromkeys(("loss", "acc", "top5", "f1"), math.nan)  # a refit's validation "result"
 
 
+@dataclass
+class FoldRun:
+    """One fold in training: what its epochs share (built by start_fold, advanced by train_epoch)."""
+    recipe: Recipe
+    fold: int
+    val: pd.DataFrame
+    classes: list[str]
+    fold_dir: Path
+    d: Dist
+    log: RunLog
+    s: TrainState
+    batches: FoldBatches
+    base: dict  # the fields best.pt and last.pt share
+    early: EarlyStopping
+    show_progress: bool = True
+    start_epoch: int = 0
+    start_step: int = 0  # where a resumed epoch goes on
+    reshard: tuple[int, int] | None = None  # a resumed epoch begun on another process count
+    saved_world: int = 1
+    metrics: dict = field(default_factory=dict)
+
+    @property
+    def has_val(self) -> bool:  # no validation rows: a full-data refit, whose best.pt is its last epoch
+        return len(self.val) > 0
+
+
 def fit(recipe: Recipe, fold: int, train: pd.DataFrame, val: pd.DataFrame, classes: list[str], fold_dir: Path,
         d: Dist, log: RunLog, resume: dict | None = None, show_progress: bool = True,
         on_epoch: Callable[[dict], None] | None = None, background: tuple[int, int, int] = WHITE) -> dict:
@@ -39,6 +66,23 @@ def fit(recipe: Recipe, fold: int, train: pd.DataFrame, val: pd.DataFrame, class
     `on_epoch(metrics_row)` is called after each epoch's checkpoints (a sweep's pruner listens here).
     `background`: the paper colour augmentation fills with; checkpoints keep it for predict and cam.
     """
+    run = start_fold(recipe, fold, train, val, classes, fold_dir, d, log, resume, show_progress, background)
+    for epoch in range(run.start_epoch, recipe.epochs):
+        stop = train_epoch(run, epoch)
+        if on_epoch is not None:
+            on_epoch(run.metrics)
+        if stop:
+            log.print(stop)
+            break
+    run.batches.stop()  # its workers end now, while the last checkpoints are written (folds.train waits for them)
+    distributed.barrier()
+    return run.early.result() if run.has_val else {"best_epoch": run.metrics.get("epoch"), recipe.monitor: None}
+
+
+def start_fold(recipe: Recipe, fold: int, train: pd.DataFrame, val: pd.DataFrame, classes: list[str],
+               fold_dir: Path, d: Dist, log: RunLog, resume: dict | None, show_progress: bool,
+               background: tuple[int, int, int]) -> FoldRun:
+    """The fold's model, batch sources and train state, fresh or restored from `resume` (a last.pt)."""
     torch.manual_seed(recipe.seed + fold)
     model = model_from_recipe(recipe, classes)
     check_input_size(model, recipe.model, recipe.image_size)
@@ -54,21 +98,10 @@ def fit(recipe: Recipe, fold: int, train: pd.DataFrame, val: pd.DataFrame, class
     torch.manual_seed(recipe.seed + fold + 1000 * (d.rank + 1))  # same init everywhere, own dropout per rank
     base = checkpoint.base_fields(recipe.to_dict(), classes, data_cfg, fold)
     base["split"] = fingerprint(pd.concat([train, val]))  # --resume checks split.csv against it (issue 32)
-    early = EarlyStopping(recipe.monitor, recipe.early_stopping)
-    start_epoch, start_step, metrics, reshard = 0, 0, {}, None
+    run = FoldRun(recipe, fold, val, classes, fold_dir, d, log, s, batches, base,
+                  EarlyStopping(recipe.monitor, recipe.early_stopping), show_progress, saved_world=d.world)
     if resume is not None:
-        try:
-            start_epoch, start_step, early_state = s.restore(resume)
-        except (RuntimeError, KeyError, ValueError) as e:  # weights of another shape: one line, not 100
-            raise UserError(f"{fold_dir / runs.LAST} does not fit {recipe.model} with {len(classes)} classes "
-                            f"({type(e).__name__}: {str(e).splitlines()[0][:160]}); it belongs to another run") from None
-        early, metrics = EarlyStopping(recipe.monitor, recipe.early_stopping, early_state), resume.get("metrics", {})
-        log.print(f"fold {fold}: resumed at epoch {start_epoch + 1}, step {start_step}")
-        start_step, reshard = resume_point(resume["progress"], recipe.batch_size, s.accumulate, d.world)
-        s.continue_schedule(start_epoch, start_step, resume["progress"].get("updates_per_epoch"))
-        if reshard is None and resume["progress"].get("world", d.world) != d.world:
-            log.print(f"world size changed: {resume['progress']['world']} -> {d.world} process(es); epoch "
-                      f"{start_epoch + 1} starts whole, the schedule goes on in {s.updates_per_epoch} updates per epoch")
+        restore_fold(run, resume)
     else:
         log.print(start_line(recipe, fold, s, batches, d))
         if small_map:
@@ -76,57 +109,79 @@ def fit(recipe: Recipe, fold: int, train: pd.DataFrame, val: pd.DataFrame, class
         if recipe.init_head == "imagenet" and (recipe.pretrained or recipe.pretrained_path) and len(val):  # copied rows
             res = evaluate(s.eval_model, batches.val, s.amp_dtype)
             log.print(f"fold {fold}: the ImageNet-initialised head scores val acc {res['acc']:.3f} before training")
-    has_val = len(val) > 0  # no validation rows: a full-data refit, whose best.pt is its last epoch
     if d.is_main:  # rows of epochs a crash made us redo would be written twice
-        log.trim_metrics(fold_dir / runs.METRICS, start_epoch)
+        log.trim_metrics(fold_dir / runs.METRICS, run.start_epoch)
+    return run
 
-    for epoch in range(start_epoch, recipe.epochs):
-        batches.train.set_epoch(epoch, start_step, reshard if epoch == start_epoch else None)
-        if reshard and epoch == start_epoch:
-            log.print(world_change_line(resume["progress"].get("world", d.world), batches.train.sampler, epoch, d.world))
-        s.continue_schedule(epoch, start_step)  # after a re-sharded epoch: back on this run's update count
-        if s.maybe_unfreeze(epoch):
-            log.print(f"epoch {epoch + 1}: everything trains now ({count_trainable(s.model)[0] / 1e6:.2f}M parameters)")
-        if s.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(s.device)
-        t0 = time.perf_counter()
-        mixing = epoch < recipe.epochs - recipe.mix_off_epochs
-        stats = train_one_epoch(s, batches.train, epoch, start_step, mixing, show_progress and d.is_main)
-        if "stopped_at" in stats:
-            sampler = batches.train.sampler
-            save_last(s, base, epoch, stats["stopped_at"], False, metrics, early, fold_dir, d, position={
-                "world": d.world, "plan_world": sampler.plan_world,
-                "consumed": sampler.consumed(stats["stopped_at"] - start_step)})
-            raise preemption.Preempted(f"stopped at epoch {epoch + 1}, step {stats['stopped_at']}; last.pt written",
-                                       preemption.signal_number())
-        start_step, train_time = 0, time.perf_counter() - t0
-        res = evaluate(s.eval_model, batches.val, s.amp_dtype) if has_val else NO_VAL
-        metrics = epoch_metrics(epoch, stats, res, s, train_time, time.perf_counter() - t0)
-        improved = early.update(metrics) if has_val else True
-        stop = early.stop_reason(metrics) if has_val else None
-        best = []  # best.pt goes to disk with last.pt, in the background
-        if d.is_main:
-            log.metrics(fold_dir / runs.METRICS, metrics, prefix=f"{fold_dir.name}/")
-            log.print(epoch_line(metrics, recipe.epochs, improved))
-            advice = batches.train.wait_advice(recipe, s.device) if metrics["data_wait"] > 0.1 else None
-            if advice:
-                log.print(f"warning: the step waited for data {metrics['data_wait']:.0%} of the epoch; {advice}")
-            if improved:
-                best = [(checkpoint.model_checkpoint(base, s.eval_model.state_dict(), epoch + 1, metrics),
-                         fold_dir / runs.BEST)]
-                if has_val:
-                    write_val_predictions(fold_dir / runs.VAL_PREDICTIONS, val, res["probs"], classes)
-                    write_probs(fold_dir / runs.VAL_PROBS, res["probs"])
-        save_last(s, base, epoch + 1, 0, stop is not None or epoch + 1 == recipe.epochs, metrics, early, fold_dir, d,
-                  best)
-        if on_epoch is not None:
-            on_epoch(metrics)
-        if stop:
-            log.print(stop)
-            break
-    batches.stop()  # its workers end now, while the last checkpoints are written (folds.train waits for them)
-    distributed.barrier()
-    return early.result() if has_val else {"best_epoch": metrics.get("epoch"), recipe.monitor: None}
+
+def restore_fold(run: FoldRun, resume: dict) -> None:
+    """Put a fold back where its last.pt stopped: weights, optimizer, schedule, early stopping, the epoch's place."""
+    recipe, s, d, progress = run.recipe, run.s, run.d, resume["progress"]
+    try:
+        run.start_epoch, start_step, early_state = s.restore(resume)
+    except (RuntimeError, KeyError, ValueError) as e:  # weights of another shape: one line, not 100
+        raise UserError(f"{run.fold_dir / runs.LAST} does not fit {recipe.model} with {len(run.classes)} classes "
+                        f"({type(e).__name__}: {str(e).splitlines()[0][:160]}); it belongs to another run") from None
+    run.early = EarlyStopping(recipe.monitor, recipe.early_stopping, early_state)
+    run.metrics = resume.get("metrics", {})
+    run.log.print(f"fold {run.fold}: resumed at epoch {run.start_epoch + 1}, step {start_step}")
+    run.start_step, run.reshard = resume_point(progress, recipe.batch_size, s.accumulate, d.world)
+    run.saved_world = progress.get("world", d.world)
+    s.continue_schedule(run.start_epoch, run.start_step, progress.get("updates_per_epoch"))
+    if run.reshard is None and run.saved_world != d.world:
+        run.log.print(f"world size changed: {run.saved_world} -> {d.world} process(es); epoch {run.start_epoch + 1} "
+                      f"starts whole, the schedule goes on in {s.updates_per_epoch} updates per epoch")
+
+
+def train_epoch(run: FoldRun, epoch: int) -> str | None:
+    """Train and validate one epoch, keep its checkpoints; returns why to stop early (None: go on)."""
+    recipe, s, d, batches = run.recipe, run.s, run.d, run.batches
+    resharded = run.reshard if epoch == run.start_epoch else None
+    batches.train.set_epoch(epoch, run.start_step, resharded)
+    if resharded:
+        run.log.print(world_change_line(run.saved_world, batches.train.sampler, epoch, d.world))
+    s.continue_schedule(epoch, run.start_step)  # after a re-sharded epoch: back on this run's update count
+    if s.maybe_unfreeze(epoch):
+        run.log.print(f"epoch {epoch + 1}: everything trains now ({count_trainable(s.model)[0] / 1e6:.2f}M parameters)")
+    if s.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(s.device)
+    t0 = time.perf_counter()
+    mixing = epoch < recipe.epochs - recipe.mix_off_epochs
+    stats = train_one_epoch(s, batches.train, epoch, run.start_step, mixing, run.show_progress and d.is_main)
+    if "stopped_at" in stats:
+        sampler = batches.train.sampler
+        save_last(s, run.base, epoch, stats["stopped_at"], False, run.metrics, run.early, run.fold_dir, d, position={
+            "world": d.world, "plan_world": sampler.plan_world,
+            "consumed": sampler.consumed(stats["stopped_at"] - run.start_step)})
+        raise preemption.Preempted(f"stopped at epoch {epoch + 1}, step {stats['stopped_at']}; last.pt written",
+                                   preemption.signal_number())
+    run.start_step, train_time = 0, time.perf_counter() - t0
+    res = evaluate(s.eval_model, batches.val, s.amp_dtype) if run.has_val else NO_VAL
+    run.metrics = metrics = epoch_metrics(epoch, stats, res, s, train_time, time.perf_counter() - t0)
+    improved = run.early.update(metrics) if run.has_val else True
+    stop = run.early.stop_reason(metrics) if run.has_val else None
+    best = keep_epoch(run, epoch, res, improved) if d.is_main else []
+    save_last(s, run.base, epoch + 1, 0, stop is not None or epoch + 1 == recipe.epochs, metrics, run.early,
+              run.fold_dir, d, best)
+    return stop
+
+
+def keep_epoch(run: FoldRun, epoch: int, res: dict, improved: bool) -> list[tuple[dict, Path]]:
+    """Rank 0: the epoch's metrics row, its line, the data-wait advice and, when it improved, the validation
+    predictions and best.pt (returned: it goes to disk with last.pt, in the background)."""
+    metrics, log, fold_dir = run.metrics, run.log, run.fold_dir
+    log.metrics(fold_dir / runs.METRICS, metrics, prefix=f"{fold_dir.name}/")
+    log.print(epoch_line(metrics, run.recipe.epochs, improved))
+    advice = run.batches.train.wait_advice(run.recipe, run.s.device) if metrics["data_wait"] > 0.1 else None
+    if advice:
+        log.print(f"warning: the step waited for data {metrics['data_wait']:.0%} of the epoch; {advice}")
+    if not improved:
+        return []
+    if run.has_val:
+        write_val_predictions(fold_dir / runs.VAL_PREDICTIONS, run.val, res["probs"], run.classes)
+        write_probs(fold_dir / runs.VAL_PROBS, res["probs"])
+    return [(checkpoint.model_checkpoint(run.base, run.s.eval_model.state_dict(), epoch + 1, metrics),
+             fold_dir / runs.BEST)]
 
 
 def save_last(s: TrainState, base: dict, epoch: int, step: int, finished: bool, metrics: dict,

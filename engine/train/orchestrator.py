@@ -10,7 +10,7 @@ from engine import checkpoint, runs
 from engine.checkpoint import finished, is_finished
 from engine.data.batches.loader import stop_workers
 from engine.data.tables.read import class_list_difference
-from engine.data.tables.split_record import keep_split
+from engine.train.split_record import keep_split
 from engine.errors import UserError
 from engine.evaluate.oof import finish_folds
 from engine.recipe import Recipe, differing_keys, from_dict

@@ -3,7 +3,6 @@
 - read: the training CSV or class folders, the test CSV, any CSV with required columns, class-list differences
 - audit: every row training cannot use and why (missing, damaged, unreadable, bad target), and the policy
 - folds: stratified, seeded folds or one validation split; near-duplicate groups kept on one side
-- split_record: split.csv, the split a run used, kept for resumes and other machines
 - near_duplicates: perceptual hashes and groups of near-duplicate images
 - pseudo_labels: confident test predictions added as training rows, audited like the rest
 - demo_digits: the scikit-learn digits written as the demo data set
