@@ -126,6 +126,24 @@ def kernel_table(prof, device: torch.device, rows: int) -> str:
     return "(no table)"
 
 
+def top_kernels(prof, device: torch.device, rows: int) -> str:
+    """A compact markdown table of the ops with the most self time on the device (the CPU's on the CPU)."""
+    def self_time(e) -> float:
+        if device.type != "cuda":
+            return e.self_cpu_time_total
+        return getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0.0)
+
+    events = [e for e in prof.key_averages() if self_time(e) > 0]
+    kernels = [e for e in events if getattr(e, "device_type", None) == DeviceType.CUDA]
+    events = kernels or events  # the kernels themselves: an op's device time counts its kernels again
+    total = sum(self_time(e) for e in events) or 1.0
+    lines = [f"| {'CUDA' if device.type == 'cuda' else 'CPU'} op / kernel | self ms | share | calls |",
+             "|---|---:|---:|---:|"]
+    for e in sorted(events, key=self_time, reverse=True)[:rows]:
+        lines.append(f"| {e.key[:70]} | {self_time(e) / 1000:.1f} | {self_time(e) / total:.1%} | {e.count} |")
+    return "\n".join(lines)
+
+
 def engine_frame(stack: list[traceback.FrameSummary]) -> str:
     """The innermost engine frame of a stack and its engine caller: where in the engine a sync comes from."""
     root = str(Path(__file__).resolve().parent.parent)
@@ -230,8 +248,8 @@ def main(argv: list[str] | None = None) -> None:
     order = {"start": 0, "inside": 1, "end": 2}
     for (phase, where, message), n in sorted(syncs.items(), key=lambda kv: (order[kv[0][0]], -kv[1])):
         print(f"| {phase} | {n} | {where} | {message} |")
-    print(f"\ntop kernels of the resident epoch (self CUDA time; all in {OUT / 'profile_epoch_kernels.txt'}):\n")
-    print("\n".join(kernel_table(prof, device, 15).splitlines()))
+    print(f"\ntop kernels of the resident epoch (self time; profiler's table in {OUT / 'profile_epoch_kernels.txt'}):\n")
+    print(top_kernels(prof, device, 12))
     fold.stop()
 
 
