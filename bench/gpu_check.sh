@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU check: one prepared call of under 8 minutes that a lent GPU runs whole, from a clean checkout.
-# Each step has its own timeout (the budgets below sum to 470 s), writes its table to $OUT (default bench/gpu_out/)
+# Each step has its own timeout (the budgets below sum to 460 s), writes its table to $OUT (default bench/gpu_out/)
 # as it goes (a step cut by its timeout keeps its finished rows), and a failing step does not stop the others:
 #   profile_epoch.md  one resident epoch (resnext50 224 b128 bf16): GPU idle share and data wait vs the ceiling,
 #                     top kernels, every host sync inside the epoch by engine frame (aim: none between steps)
@@ -34,8 +34,8 @@ step() {  # step NAME SECONDS COMMAND...: its table to $OUT/NAME.md, its log to 
   echo "== $name: exit $code in $((SECONDS - t0))s"; cat "$OUT/$name.md"; tail -n 3 "$OUT/$name.log"
 }
 step profile_epoch 40 $PY bench/gpu_profile_epoch.py $tiny
-step feed 105 $PY bench/gpu_feed.py $tiny --steps 16 --workers 1 4 14
-step predict 45 $PY bench/predict_speed.py --gpu-row $tiny
+step feed 100 $PY bench/gpu_feed.py $tiny --steps 16 --workers 1 4 14
+step predict 40 $PY bench/predict_speed.py --gpu-row $tiny
 step recipes 120 $PY bench/gpu_recipes.py $tiny
 step eva 80 $PY bench/gpu_eva.py $tiny
 step eva_compile 80 $PY bench/gpu_eva.py $tiny --compile-only

@@ -2,12 +2,13 @@
 batch 128, bf16 + channels_last, random init, synthetic sketches, through the engine's own build_fold_batches
 (cache="device": images resident, a batch is a gather + a warp) + build_train_state + train_one_epoch:
 
-  - GPU idle share of the epoch (the profiler's kernel timeline) and the data wait (the loop's StepClock: CUDA
-    events), resident vs the ceiling (the same loop on batches already on the GPU), with img/s of each
-  - the top kernels by CUDA time (whole table in $OUT/profile_epoch_kernels.txt)
+  - img/s and data wait (the loop's StepClock: CUDA events), resident vs the ceiling (the same loop on batches
+    already on the GPU)
   - EVERY host sync inside one epoch (torch.cuda.set_sync_debug_mode("warn")), grouped by the innermost engine
     frame of its stack and by where in the epoch it came: before the 2nd step, between the 2nd and the last
-    step (the aim: none), the last step and the epoch's end. Run by bench/gpu_check.sh.
+    step (the aim: none), the last step and the epoch's end
+  - the GPU idle share of one profiled epoch of each (the union of the profiler's kernel intervals)
+  - the top kernels by CUDA time (whole table in $OUT/profile_epoch_kernels.txt). Run by bench/gpu_check.sh.
 
     python bench/gpu_profile_epoch.py          # on the GPU
     python bench/gpu_profile_epoch.py --tiny   # anywhere: test_resnet at 64 px; on the CPU `.item()` stands in
@@ -194,7 +195,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--model", default="resnext50_32x4d")
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--batch", type=int, default=128)
-    p.add_argument("--steps", type=int, default=16, help="steps per epoch")
+    p.add_argument("--steps", type=int, default=12, help="steps per epoch")
     p.add_argument("--workers", type=int, default=14, help="workers decoding the images once")
     p.add_argument("--tiny", action="store_true", help="test_resnet at 64 px, batch 8, 4 steps, fp32")
     args = p.parse_args(argv)
@@ -223,22 +224,17 @@ def main(argv: list[str] | None = None) -> None:
     made = [(torch.randint(0, 256, (args.batch, 3, args.size, args.size), dtype=torch.uint8, generator=g).to(device),
              torch.randint(0, CLASSES, (args.batch,), generator=g).to(device)) for _ in range(args.steps)]
     ceiling = OnDevice(made, device, Normalize(cfg["mean"], cfg["std"], device.type == "cuda").to(device))
-    rows = []
-    for name, batches in (("ceiling: batches on the GPU", ceiling), ("resident", resident)):
-        timed_epoch(s, batches, 0, device)  # warm-up: cuDNN tunes, the allocator settles
-        rate, wait = timed_epoch(s, batches, 1, device)
-        prof, idle = profiled_epoch(s, batches, 2, device)
-        rows.append((name, rate, wait, idle))
-        print(f"{name}: {rate:.0f} img/s", file=sys.stderr, flush=True)
-    (OUT / "profile_epoch_kernels.txt").write_text(kernel_table(prof, device, 40) + "\n")
-    syncs = host_syncs(s, resident, 3, device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"{args.model}, {args.size} px, batch {args.batch}, {precision}, {args.steps} steps per epoch, {name}, "
           f"torch {torch.__version__}\n")
-    print("| feed | img/s | of ceiling | data wait (StepClock) | GPU idle (profiler) |\n|---|---:|---:|---:|---:|")
-    for feed, rate, wait, idle in rows:
-        idle_text = "n/a (CPU)" if idle is None else f"{idle:.1%}"
-        print(f"| {feed} | {rate:.0f} | {rate / rows[0][1]:.2f} | {wait:.1%} | {idle_text} |")
+    print("| feed | img/s | of ceiling | data wait (StepClock) |\n|---|---:|---:|---:|", flush=True)
+    feeds, top = (("ceiling: batches on the GPU", ceiling), ("resident", resident)), 0.0
+    for feed, batches in feeds:  # each part printed as soon as measured: a timeout keeps what came before
+        timed_epoch(s, batches, 0, device)  # warm-up: cuDNN tunes, the allocator settles
+        rate, wait = timed_epoch(s, batches, 1, device)
+        top = top or rate
+        print(f"| {feed} | {rate:.0f} | {rate / top:.2f} | {wait:.1%} |", flush=True)
+    syncs = host_syncs(s, resident, 2, device)
     inside = sum(n for (phase, _, _), n in syncs.items() if phase == "inside")
     per_step = inside / max(1, args.steps - 2)
     print(f"\nhost syncs in one resident epoch: {sum(syncs.values())} in all; between the 2nd and the last step "
@@ -247,9 +243,15 @@ def main(argv: list[str] | None = None) -> None:
     print("\n| where in the epoch | count | engine frame (<- its engine caller) | warning |\n|---|---:|---|---|")
     order = {"start": 0, "inside": 1, "end": 2}
     for (phase, where, message), n in sorted(syncs.items(), key=lambda kv: (order[kv[0][0]], -kv[1])):
-        print(f"| {phase} | {n} | {where} | {message} |")
-    print(f"\ntop kernels of the resident epoch (self time; profiler's table in {OUT / 'profile_epoch_kernels.txt'}):\n")
-    print(top_kernels(prof, device, 12))
+        print(f"| {phase} | {n} | {where} | {message} |", flush=True)
+    print("\nGPU idle share of one profiled epoch (the kernels' timeline; the profiler slows the host a little):")
+    for feed, batches in reversed(feeds):
+        prof, idle = profiled_epoch(s, batches, 3, device)
+        print(f"- {feed}: {'n/a (CPU)' if idle is None else f'{idle:.1%}'}", flush=True)
+        if feed == "resident":
+            (OUT / "profile_epoch_kernels.txt").write_text(kernel_table(prof, device, 40) + "\n")
+            print(f"\ntop kernels of the resident epoch (self time; profiler's table in "
+                  f"{OUT / 'profile_epoch_kernels.txt'}):\n\n{top_kernels(prof, device, 12)}\n", flush=True)
     fold.stop()
 
 
