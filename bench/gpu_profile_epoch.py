@@ -118,7 +118,7 @@ def profiled_epoch(s, batches, epoch: int, device: torch.device):
 
 def kernel_table(prof, device: torch.device, rows: int) -> str:
     """torch.profiler's table sorted by self CUDA time (CPU time on the CPU)."""
-    for key in (("self_cuda_time_total", "self_device_time_total") if device.type == "cuda" else ()) + (
+    for key in (("self_device_time_total", "self_cuda_time_total") if device.type == "cuda" else ()) + (
             "self_cpu_time_total",):
         try:
             return prof.key_averages().table(sort_by=key, row_limit=rows, max_name_column_width=60)

@@ -123,7 +123,8 @@ def main(argv: list[str] | None = None) -> None:
         for feed in args.feeds:
             resident = feed == "resident"
             engine_pass(members, paths, args.batch_size, args.workers, tta, resident)  # warm-up; resident: loads
-            crops = torch.stack(resident_images.eval_crops(args.image_size, m.crop_pct, device, args.workers)
+            on = next(m.model.parameters()).device  # "cuda:0", as the engine keys its resident crops
+            crops = torch.stack(resident_images.eval_crops(args.image_size, m.crop_pct, on, args.workers)
                                 .get(paths, False)) if resident else None  # the crops the engine made resident
             bare_pass(m, paths[:args.batch_size], args.batch_size, 0, views, None if crops is None else crops[:64])
             engine, bare = [], []
