@@ -8,6 +8,7 @@ layout. One row per recipe: the batch path "auto" picked, img/s, peak memory, an
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import tempfile
 import time
@@ -42,6 +43,7 @@ def competition_data(root: Path, classes: int, per_class: int, tests: int) -> No
     pd.DataFrame({"image_path": [Path(p).name for p in test]}).to_csv(root / "test.csv", index=False)
 
 
+COLUMNS = ["recipe", "train", "path", "img/s", "train s", "peak mem", "predict --tta", "cam", "error"]
 STORE_ROW = ("eva02_frozen_mlp-store", "eva02_frozen_mlp", ["feature_views=2", "augment_schedule={}"])  # 1st place
 
 
@@ -85,18 +87,15 @@ def main(argv: list[str] | None = None) -> None:
     work = Path(tempfile.mkdtemp(prefix="sketchbook-recipes-"))
     competition_data(work / "data", 12, 16, 16)
     names = args.recipes or sorted(f.stem for f in (ROOT / "recipes").glob("*.py"))
-    rows = []
-    for name in names:
-        rows.append(run_recipe(name, work / "data", work / "runs", args.tiny))
-        print(rows[-1], file=sys.stderr, flush=True)
-    if not args.recipes:
-        rows.append(run_recipe(STORE_ROW[0], work / "data", work / "runs", args.tiny, *STORE_ROW[1:]))
-    table = pd.DataFrame(rows).fillna("")
-    print(f"\nevery recipe, one epoch on 144 synthetic images, {torch.__version__}, "
+    print(f"every recipe, one epoch on 144 synthetic images, {torch.__version__}, "
           f"{torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU'}")
-    print("| " + " | ".join(table.columns) + " |\n" + "|---" * len(table.columns) + "|")
-    for _, r in table.iterrows():
-        print("| " + " | ".join(str(v) for v in r) + " |")
+    print("| " + " | ".join(COLUMNS) + " |\n" + "|---" * len(COLUMNS) + "|", flush=True)
+    plans = [(name, None, ()) for name in names] + ([STORE_ROW] if not args.recipes else [])
+    for name, recipe, extra in plans:  # each row printed when done: a timeout keeps the rows before it
+        with contextlib.redirect_stdout(sys.stderr):  # the commands' own output to the log, the table alone here
+            row = run_recipe(name, work / "data", work / "runs", args.tiny, recipe, extra)
+        print(row, file=sys.stderr, flush=True)
+        print("| " + " | ".join(str(row.get(c, "")) for c in COLUMNS) + " |", flush=True)
 
 
 if __name__ == "__main__":
