@@ -33,6 +33,7 @@ WRITERS = {
     "engine/recipe/files.py": "recipe.json of a new run folder",
     "engine/runs/__init__.py": "recipe.json of a run folder it has just created",
     "engine/evaluate/oof.py": "oof.csv / oof_metrics.json inside the run folder",
+    "engine/evaluate/label_issues.py": "label_issues.csv inside the run folder",
     "engine/evaluate/predictions.py": "val_predictions.csv / val_probs.npy inside the fold folder",
     "engine/evaluate/ensemble.py": "ensemble files next to predict's output, checked by predict's guard first",
     "engine/evaluate/ensemble_plot.py": "ensemble_per_class.png, checked by predict's guard first",
