@@ -94,4 +94,4 @@ LEGACY_VALUES = {"fold_groups": "none"}
 
 def from_dict(values: dict) -> Recipe:
     """Recipe from a saved dict (recipe.json or a checkpoint); keys unknown to this version are dropped."""
-    return resolve({**LEGACY_VALUES, **{k: v for k, v in values.items() if k in FIELDS}}, {})
+    return resolve({**LEGACY_VALUES, **{k: v for k, v in values.items() if k in FIELDS}}, {}, saved=True)

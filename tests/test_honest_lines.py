@@ -1,0 +1,37 @@
+"""Issue 32, the rest of section 6: keys that could never take effect, files that do not belong, advice that names
+the real fix; each is one line and fails on the code before."""
+from __future__ import annotations
+
+import pytest
+
+from engine.errors import UserError
+from engine.recipe import from_dict, load_recipe
+
+
+@pytest.mark.parametrize("keys, named", [
+    (dict(early_stopping=3, folds=1, val_fraction=0.0), "early_stopping=3 watches val_loss"),
+    (dict(layer_decay=1e-30), "layer_decay=1e-30 gives the lowest"),
+    (dict(layer_decay=0.05), "layer_decay=0.05"),
+    (dict(head="linear", head_hidden=256), 'head_hidden=256 sizes the hidden layer of head="mlp"'),
+    (dict(scheduler="step", step_milestones=(3, 12), epochs=10), r"step_milestones \(3, 12\)"),
+    (dict(scheduler="step", step_milestones=(10,), epochs=10), "once 10 epochs are trained"),
+    (dict(augment_schedule={0: "none", 10: "light"}, epochs=10), "augment_schedule starts 'light' after 10"),
+    (dict(freeze="backbone", unfreeze_epoch=11, epochs=10), "unfreeze_epoch=11 is after the last epoch")])
+def test_a_key_that_could_never_take_effect_is_one_line(keys, named):
+    with pytest.raises(UserError, match=named) as e:
+        load_recipe(None, keys)
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("keys", [
+    dict(early_stopping=3, folds=1, val_fraction=0.2), dict(early_stopping=3, folds=3, val_fraction=0.2),
+    dict(layer_decay=0.65), dict(head="mlp", head_hidden=256), dict(scheduler="step", step_milestones=(6, 9)),
+    dict(augment_schedule={0: "none", 9: "light"}), dict(freeze="backbone", unfreeze_epoch=10)])
+def test_the_same_keys_within_the_run_are_accepted(keys):
+    load_recipe(None, keys)
+
+
+def test_a_saved_recipe_from_before_the_checks_still_loads():
+    """predict, resume and the runs table read recipe.json files written before a check existed."""
+    saved = load_recipe(None, {}).to_dict() | dict(head_hidden=256, early_stopping=2, val_fraction=0.0)
+    assert from_dict(saved).head_hidden == 256
