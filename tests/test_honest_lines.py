@@ -35,3 +35,13 @@ def test_a_saved_recipe_from_before_the_checks_still_loads():
     """predict, resume and the runs table read recipe.json files written before a check existed."""
     saved = load_recipe(None, {}).to_dict() | dict(head_hidden=256, early_stopping=2, val_fraction=0.0)
     assert from_dict(saved).head_hidden == 256
+
+
+@pytest.mark.parametrize("bad", [{"model": 5}, {"epochs": "ten"}, {"head": "conv"}])
+def test_a_bad_value_in_recipe_json_names_the_file_and_the_key(bad, tmp_path):
+    import json
+    from engine import runs
+    (tmp_path / runs.RECIPE).write_text(json.dumps(load_recipe(None, {}).to_dict() | bad))
+    with pytest.raises(UserError, match=rf"{tmp_path / runs.RECIPE}: recipe key '{next(iter(bad))}'") as e:
+        runs.read_recipe(tmp_path)
+    assert "\n" not in str(e.value)

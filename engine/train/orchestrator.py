@@ -110,7 +110,7 @@ def fold_state(fold_dir: Path, recipe: Recipe, classes: list[str]) -> dict | Non
         raise UserError(f"{e}; to go on, move {path} away and resume again: fold {fold_dir.name[4:]} then trains "
                         f"from its start (its best.pt is kept until a better epoch replaces it)") from None
     saved_recipe, saved_classes, _ = checkpoint.saved_base(state)
-    saved = from_dict(saved_recipe)
+    saved = from_dict(saved_recipe, path)
     changed = differing_keys(saved, recipe)
     if changed:
         what = ", ".join(f"{k} {getattr(saved, k)!r} there vs {getattr(recipe, k)!r} here" for k in changed[:3])
