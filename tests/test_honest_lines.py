@@ -45,3 +45,17 @@ def test_a_bad_value_in_recipe_json_names_the_file_and_the_key(bad, tmp_path):
     with pytest.raises(UserError, match=rf"{tmp_path / runs.RECIPE}: recipe key '{next(iter(bad))}'") as e:
         runs.read_recipe(tmp_path)
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("options, size, fix", [
+    ({}, 100, "multiple of its patch size 16: image_size=112 or 96"),  # test_vit takes any multiple of 16
+    ({}, 8, "multiple of its patch size 16: image_size=16$"),
+    (dict(dynamic_img_size=False), 100, "the model's own size, image_size=160")])  # one position grid: one size
+def test_a_vit_that_refuses_a_size_is_told_the_size_it_takes(options, size, fix):
+    import timm
+    from engine.models import check_input_size
+    vit = timm.create_model("test_vit", num_classes=3, **options)
+    with pytest.raises(UserError, match=fix) as e:
+        check_input_size(vit, "test_vit", size)
+    assert "larger" not in str(e.value)
+    check_input_size(vit, "test_vit", int(str(e.value).split("image_size=")[-1].split()[0]))  # the advice works
