@@ -59,3 +59,25 @@ def test_a_vit_that_refuses_a_size_is_told_the_size_it_takes(options, size, fix)
         check_input_size(vit, "test_vit", size)
     assert "larger" not in str(e.value)
     check_input_size(vit, "test_vit", int(str(e.value).split("image_size=")[-1].split()[0]))  # the advice works
+
+
+def _dry_run(tmp_path, **keys) -> list[str]:
+    """The dry run's lines for a recipe checked without its data (num_classes set): the model part only."""
+    from engine.system.distributed import Dist
+    from engine.train.dry_run import describe_dry_run
+    lines = []
+    recipe = load_recipe(None, dict(dict(model="test_resnet", train_csv=str(tmp_path / "absent.csv"), num_classes=3,
+                                         image_size=32, num_workers=0), **keys))
+    describe_dry_run(recipe, Dist(), lines.append, show_progress=False)
+    return lines
+
+
+def test_dry_run_refuses_a_pretrained_path_that_is_not_there(tmp_path):
+    with pytest.raises(UserError, match=f"pretrained_path '{tmp_path / 'gone.pt'}' not found"):
+        _dry_run(tmp_path, pretrained_path=str(tmp_path / "gone.pt"))
+
+
+@pytest.mark.parametrize("size, grid", [(32, "4x4"), (64, "8x8")])
+def test_dry_run_says_the_last_map_small_input_stem_gives(tmp_path, size, grid):
+    lines = _dry_run(tmp_path, small_input_stem=True, image_size=size)
+    assert f"small_input_stem: the last stage sees a {grid} feature map at {size} px" in lines
