@@ -81,3 +81,16 @@ def test_dry_run_refuses_a_pretrained_path_that_is_not_there(tmp_path):
 def test_dry_run_says_the_last_map_small_input_stem_gives(tmp_path, size, grid):
     lines = _dry_run(tmp_path, small_input_stem=True, image_size=size)
     assert f"small_input_stem: the last stage sees a {grid} feature map at {size} px" in lines
+
+
+@pytest.mark.parametrize("groups", [None, "near-duplicate groups"])
+def test_k_fold_with_a_one_row_class_says_one_line_and_no_raw_warning(groups, recwarn):
+    import numpy as np
+    from engine.data.tables.folds import assign_folds, few_rows_warning
+    targets = np.array([0] + [1] * 2 + [2] * 30)
+    ids = np.arange(len(targets)) // 2 if groups else None
+    folds = assign_folds(targets, 3, 0.2, seed=0, groups=ids)
+    assert sorted(set(folds)) == [0, 1, 2] and not [w for w in recwarn if "fold" in str(w.message).lower()]
+    line = few_rows_warning(targets, ["cat", "dog", "eel"], 3)
+    assert line.startswith("warning: 2 class(es) have fewer rows than folds=3: cat (1), dog (2);") and "\n" not in line
+    assert few_rows_warning(targets, ["cat", "dog", "eel"], 1) is None and few_rows_warning(targets[3:] - 2, ["eel"], 3) is None
