@@ -94,3 +94,67 @@ def test_k_fold_with_a_one_row_class_says_one_line_and_no_raw_warning(groups, re
     line = few_rows_warning(targets, ["cat", "dog", "eel"], 3)
     assert line.startswith("warning: 2 class(es) have fewer rows than folds=3: cat (1), dog (2);") and "\n" not in line
     assert few_rows_warning(targets, ["cat", "dog", "eel"], 1) is None and few_rows_warning(targets[3:] - 2, ["eel"], 3) is None
+
+
+def _copy_run(trained_run, tmp_path):
+    import shutil
+    run = tmp_path / trained_run.parent.name / trained_run.name
+    shutil.copytree(trained_run, run)
+    return run
+
+
+@pytest.mark.parametrize("kept_rows", [1, 0])  # the stopped run recorded one epoch, or none (no metrics.csv)
+def test_a_finished_last_pt_copied_into_a_stopped_run_is_refused(trained_run, tmp_path, kept_rows):
+    from engine import runs
+    from engine.train.orchestrator import train
+    run = _copy_run(trained_run, tmp_path)
+    metrics = run / "fold0" / runs.METRICS
+    if kept_rows:
+        metrics.write_text("".join(metrics.read_text().splitlines(keepends=True)[:1 + kept_rows]))
+    else:
+        metrics.unlink()
+    before = sorted(p.name for p in run.rglob("*"))
+    with pytest.raises(UserError, match=rf"{run / 'fold0' / 'last.pt'} says 2 epochs were trained and the fold "
+                                        rf"finished, but .*metrics.csv records {kept_rows}: it was copied") as e:
+        train(None, resume=str(run), show_progress=False)
+    assert "\n" not in str(e.value) and sorted(p.name for p in run.rglob("*")) == before  # nothing written
+
+
+def test_a_last_pt_of_another_split_is_refused_naming_it(trained_run, tmp_path):
+    import pandas as pd
+    from engine import runs
+    from engine.train.orchestrator import check_belongs
+    split = pd.read_csv(trained_run / runs.SPLIT)
+    path = trained_run / "fold0" / "last.pt"
+    state = {"epoch": 1, "split": "0123456789abcdef"}  # what another run's last.pt records
+    with pytest.raises(UserError, match=rf"{path} was trained on another split than this run's split.csv"):
+        check_belongs(path, state, split)
+    from engine.data.tables.split_record import fingerprint
+    check_belongs(path, {"epoch": 1, "split": fingerprint(split)}, split)  # its own: accepted
+
+
+@pytest.mark.parametrize("rows, world, batch, left", [(320, 3, 53, 2), (320, 3, 16, 32), (1222, 1, 64, 6),
+                                                      (320, 2, 32, 0), (5, 3, 8, 0)])  # one short batch each: none
+def test_the_start_line_says_how_many_rows_each_epoch_leaves_out(rows, world, batch, left):
+    from types import SimpleNamespace
+    import torch
+    from engine.data.batches.loader import EpochSampler
+    from engine.data.batches.sources import count_batches
+    from engine.train.fit import start_line
+
+    n_rows = rows
+
+    class Source:  # a training batch source as every kind is: whole batches once a shard holds more than one
+        sampler, rows, workers = EpochSampler(n_rows, batch, True, 0, 0, world), n_rows, 0
+
+        def __len__(self):
+            return count_batches(len(self.sampler), batch, len(self.sampler) > batch)
+
+    s = SimpleNamespace(model=torch.nn.Linear(2, 2), amp_dtype=None, mixer=SimpleNamespace(active=False))
+    batches = SimpleNamespace(train=Source(), val=SimpleNamespace(rows=10), path="workers", why="test")
+    d = SimpleNamespace(world=world, enabled=world > 1, device=torch.device("cpu"))
+    line = start_line(load_recipe(None, dict(batch_size=batch)), 0, s, batches, d)
+    said = [x for x in line.splitlines() if "training rows out" in x]
+    assert said == ([f"each epoch leaves {left} of {rows} training rows out (others each epoch): every process takes "
+                     f"whole batches, {rows // world // batch} x {batch} x {world} process(es) = {rows - left}"]
+                    if left else [])
