@@ -118,6 +118,10 @@ def test_a_finished_last_pt_copied_into_a_stopped_run_is_refused(trained_run, tm
                                         rf"finished, but .*metrics.csv records {kept_rows}: it was copied") as e:
         train(None, resume=str(run), show_progress=False)
     assert "\n" not in str(e.value) and sorted(p.name for p in run.rglob("*")) == before  # nothing written
+    if kept_rows:  # the runs table says the same (was "finished")
+        from engine.run_table.status import read_run
+        row = read_run(run, tmp_path)
+        assert row.status == "damaged" and "records 1: it was copied from another run" in row.detail
 
 
 def test_a_last_pt_of_another_split_is_refused_naming_it(trained_run, tmp_path):
