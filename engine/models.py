@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from engine.errors import UserError
+from engine.input_size import check_input_size  # noqa: F401  (fit.py and dry_run.py import it from here)
 from engine.matmul_padding import pad_mlp_matmuls
 
 
@@ -259,35 +260,3 @@ def small_map_warning(model: torch.nn.Module, image_size: int, name: str) -> str
     return (f"warning: {name} reduces a {image_size} px image to a {grid[0]}x{grid[1]} feature map at its last "
             f"stage, so that stage sees no layout; use image_size >= {3 * reduction} (a 3x3 map or larger: "
             f"small images are upscaled), {stem}or a model made for small inputs (fewer stride-2 stages)")
-
-
-def check_input_size(model: torch.nn.Module, name: str, image_size: int) -> None:
-    """One forward pass of a blank image at image_size: a model that cannot take that size says so in one line
-    (convnext below 32 px, a ViT at other than its own size) instead of failing inside the first step.
-
-    The pass runs on the meta device (shapes only): EVA02-L at 448 px takes milliseconds there, seconds on a CPU.
-    """
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            if _fits_on_meta(model, image_size):
-                return
-            model(torch.zeros(1, 3, image_size, image_size))  # the real pass says what is wrong
-    except (RuntimeError, AssertionError, ValueError) as e:
-        reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
-        raise UserError(f"model '{name}' cannot take image_size={image_size} ({reason}); "
-                        f"use a larger image_size (or the model's own input size)") from None
-    finally:
-        model.train(was_training)
-
-
-def _fits_on_meta(model: torch.nn.Module, image_size: int) -> bool:
-    """Whether a forward at image_size runs with every weight and input on the meta device (no data, no compute);
-    False also when some op has no meta version, so the caller runs the real pass."""
-    shapes = {k: torch.empty_like(v, device="meta") for k, v in (*model.named_parameters(), *model.named_buffers())}
-    try:
-        torch.func.functional_call(model, shapes, (torch.zeros(1, 3, image_size, image_size, device="meta"),))
-    except Exception:
-        return False
-    return True

@@ -92,6 +92,13 @@ def save_json(recipe: Recipe, path: str | Path) -> None:
 LEGACY_VALUES = {"fold_groups": "none"}
 
 
-def from_dict(values: dict) -> Recipe:
-    """Recipe from a saved dict (recipe.json or a checkpoint); keys unknown to this version are dropped."""
-    return resolve({**LEGACY_VALUES, **{k: v for k, v in values.items() if k in FIELDS}}, {})
+def from_dict(values: dict, source: str | Path | None = None) -> Recipe:
+    """Recipe from a saved dict (recipe.json or a checkpoint); keys unknown to this version are dropped. A bad
+    value is named with `source`, the file it came from."""
+    try:
+        return resolve({**LEGACY_VALUES, **{k: v for k, v in values.items() if k in FIELDS}}, {}, saved=True)
+    except UserError as e:
+        if source is None:
+            raise
+        raise UserError(f"{source}: {e}; fix that key in the file, or restore it from a checkpoint (each one "
+                        f"carries its recipe)") from None

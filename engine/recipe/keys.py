@@ -1,5 +1,5 @@
-"""Every recipe key, its default, type, bounds and one-line doc, declared once, and the checks of a resolved
-recipe (types, bounds, choices, keys that go together)."""
+"""Every recipe key, its default, type, bounds and one-line doc, declared once, and the checks of each value
+(types, bounds, choices); the checks of keys that go together are engine/recipe/checks.py's."""
 from __future__ import annotations
 
 import dataclasses
@@ -9,7 +9,9 @@ from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
 from engine.errors import UserError
-from engine.recipe.schedules import AUGMENT_PRESETS, parse_augment_schedule, parse_milestones
+from engine.recipe.checks import check_recipe
+from engine.recipe.schedules import (AUGMENT_PRESETS, augment_at, augment_presets, parse_augment_schedule,  # noqa: F401
+                                     parse_milestones)
 from engine.recipe.several_types import parse_background, parse_teacher
 
 
@@ -211,84 +213,10 @@ def check_value(name: str, value: Any) -> Any:
     return value
 
 
-def _check_recipe(r: Recipe) -> Recipe:
-    """Checks that involve several keys or ranges."""
-    if r.mixup_ratio + r.cutmix_ratio > 1 + 1e-9:
-        raise UserError(f"mixup_ratio + cutmix_ratio must be <= 1 (a batch is mixed one way or the other); "
-                        f"got {r.mixup_ratio} + {r.cutmix_ratio}")
-    if isinstance(r.freeze, str) and r.freeze not in ("none", "backbone"):
-        raise UserError(f'recipe key \'freeze\' must be "none", "backbone" or an int N >= 0; got {r.freeze!r}')
-    if isinstance(r.freeze, int) and r.freeze < 0:
-        raise UserError(f"recipe key 'freeze' must be an int N >= 0 (the last N layer groups train); got {r.freeze}")
-    if r.unfreeze_epoch is not None and r.freeze == "none":
-        raise UserError(f"unfreeze_epoch = {r.unfreeze_epoch} needs something frozen: set freeze "
-                        f'("backbone" or an int N) or unfreeze_epoch=None')
-    if r.init_head == "imagenet" and r.head != "linear":
-        raise UserError('init_head="imagenet" copies rows of a linear ImageNet head; use head="linear" or init_head="random"')
-    if r.feature_views:
-        _check_feature_store(r)
-    worker_only = [p for p in augment_presets(r) if p in ("randaugment", "trivialaugment")]
-    if r.augment_on == "device" and worker_only:
-        raise UserError(f"augment='{worker_only[0]}' runs only in the workers; set augment_on='workers' (or auto), "
-                        f"or augment='light' to augment on the device")
-    if r.cache == "device" and (r.augment_on == "workers" or worker_only):
-        raise UserError(f"cache='device' keeps the images on the device and augments them there, which "
-                        f"augment_on={r.augment_on!r} / augment={(worker_only or [r.augment])[0]!r} cannot; use augment='light' or 'none' "
-                        f"with augment_on='auto', or cache='memory'")
-    if r.scheduler == "step" and not r.step_milestones:
-        raise UserError('scheduler="step" needs step_milestones, the epochs after which the LR drops, '
-                        'e.g. step_milestones=(6, 9)')
-    if r.teacher_test and (not r.teacher or r.pseudo_labels):
-        raise UserError("teacher_test=True needs a teacher and no pseudo_labels (both add the test images); set "
-                        "teacher, or use one of teacher_test and pseudo_labels")
-    if r.folds == 1 and not 0 <= r.val_fraction < 1:
-        raise UserError(f"val_fraction must be in [0, 1) when folds = 1; got {r.val_fraction}")
-    if r.folds > 1 and r.val_fraction == 0:  # folds decide the validation rows: "no validation" would be ignored
-        raise UserError(f"val_fraction=0 (train on every row) needs folds=1; with folds={r.folds} each fold "
-                        f"validates on 1/{r.folds} of the rows: set folds=1 for a full-data refit")
-    return r
-
-
-def _check_feature_store(r: Recipe) -> None:
-    """A feature store holds features computed once: refuse every key that would change them during training."""
-    fix = "; set it so, or feature_views=0 to train through the backbone"
-    if r.freeze != "backbone":
-        raise UserError(f"feature_views={r.feature_views} needs freeze='backbone' (freeze={r.freeze!r} trains backbone "
-                        f"weights, so stored features would go stale){fix}")
-    if r.unfreeze_epoch is not None:
-        raise UserError(f"feature_views={r.feature_views} cannot unfreeze the backbone (unfreeze_epoch="
-                        f"{r.unfreeze_epoch}); set unfreeze_epoch=None or feature_views=0")
-    if r.drop_path > 0:
-        raise UserError(f"feature_views={r.feature_views} needs drop_path=0 (stochastic depth changes the backbone's "
-                        f"features every step; got {r.drop_path}){fix}")
-    if r.sync_bn:
-        raise UserError(f"feature_views={r.feature_views} cannot use sync_bn=True (a train-mode batch-norm changes the "
-                        f"backbone's features); set sync_bn=False or feature_views=0")
-    if r.small_input_stem:  # a store is keyed by the backbone's weights, which the stem's stride leaves alone
-        raise UserError(f"feature_views={r.feature_views} cannot use small_input_stem=True (stored features are "
-                        f"keyed by weights, not by the stem); set small_input_stem=False or feature_views=0")
-    if r.cutmix_ratio > 0:
-        raise UserError(f"cutmix_ratio={r.cutmix_ratio} needs pixels, a feature store has none; use mixup_ratio "
-                        f"(it mixes stored features) or feature_views=0")
-    if r.augment_schedule:
-        raise UserError(f"feature_views={r.feature_views} stores views augmented once with `augment`; an "
-                        f"augment_schedule cannot change them: set augment_schedule={{}} or feature_views=0")
-
-
-def augment_at(recipe: Recipe, epoch: int) -> str:
-    """The augmentation preset of the epoch after `epoch` epochs trained (0: the first): the augment_schedule
-    entry with the largest epoch <= `epoch`, else `augment`."""
-    return next((p for e, p in reversed(recipe.augment_schedule.items()) if e <= epoch), recipe.augment)
-
-
-def augment_presets(recipe: Recipe) -> tuple[str, ...]:
-    """Every preset some epoch of the run uses, in order (where augmentation can run must suit them all)."""
-    return tuple(dict.fromkeys(augment_at(recipe, e) for e in range(recipe.epochs)))
-
-
-def resolve(base: dict, overrides: dict) -> Recipe:
-    """Build a checked Recipe from a dict of keys plus overrides (both checked)."""
+def resolve(base: dict, overrides: dict, saved: bool = False) -> Recipe:
+    """Build a checked Recipe from a dict of keys plus overrides (both checked); `saved`: a recipe a run already
+    trained with (recipe.json, a checkpoint), which skips the checks of a plan still to train."""
     values = {}
     for name, value in {**base, **overrides}.items():
         values[name] = check_value(name, value)
-    return _check_recipe(Recipe(**values))
+    return check_recipe(Recipe(**values), saved)

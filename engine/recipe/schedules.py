@@ -1,8 +1,11 @@
 """The values of the recipe keys that change with the epoch: step-decay milestones and the augmentation schedule
-(checked here; the LR they give is engine/train/schedule.py's, the preset of an epoch keys.augment_at's)."""
+(checked here; the LR they give is engine/train/schedule.py's), and the augmentation preset of each epoch."""
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from engine.recipe.keys import Recipe
 
 AUGMENT_PRESETS = ("none", "light", "randaugment", "trivialaugment")
 
@@ -35,3 +38,12 @@ def parse_augment_schedule(value: Any) -> dict:
     if bad:
         raise ValueError(f"has preset {bad[0]!r}; presets are {', '.join(AUGMENT_PRESETS)}")
     return dict(sorted(schedule.items()))
+def augment_at(recipe: Recipe, epoch: int) -> str:
+    """The augmentation preset of the epoch after `epoch` epochs trained (0: the first): the augment_schedule
+    entry with the largest epoch <= `epoch`, else `augment`."""
+    return next((p for e, p in reversed(recipe.augment_schedule.items()) if e <= epoch), recipe.augment)
+
+
+def augment_presets(recipe: Recipe) -> tuple[str, ...]:
+    """Every preset some epoch of the run uses, in order (where augmentation can run must suit them all)."""
+    return tuple(dict.fromkeys(augment_at(recipe, e) for e in range(recipe.epochs)))

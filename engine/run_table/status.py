@@ -113,6 +113,9 @@ def status_of(run_dir: Path, recipe: Recipe, finished: list[int], curves: dict) 
         who = lock.holder(runs.fold_dir(run_dir, k) / runs.LOCK)
         if who:
             return "training", f"fold {k}: {who}"
+    for k in finished:
+        if copied := copied_in(runs.fold_dir(run_dir, k) / runs.LAST, curves.get(k)):
+            return "damaged", f"{copied}; move it away, then python train.py --resume {run_dir}"
     if len(finished) == recipe.folds:
         return "finished", ""
     started = [k for k in range(recipe.folds) if (runs.fold_dir(run_dir, k) / runs.LAST).is_file()]
@@ -127,3 +130,17 @@ def status_of(run_dir: Path, recipe: Recipe, finished: list[int], curves: dict) 
                           if k not in finished and k in epochs)
         return "stopped", f"{where + ': ' if where else ''}python train.py --resume {run_dir}"
     return "failed", f"no checkpoint was written; see {run_dir / runs.TRAIN_LOG}"
+
+
+def copied_in(last: Path, curve) -> str | None:
+    """Why a finished last.pt is not this fold's own (it says more epochs than metrics.csv records: a row is
+    written before every last.pt of that epoch), else None."""
+    if curve is None or "epoch" not in curve:
+        return None
+    try:
+        epoch = int(torch.load(last, map_location="cpu", weights_only=True, mmap=True).get("epoch", 0))
+        recorded = int(pd.to_numeric(curve["epoch"], errors="coerce").max())
+    except Exception:  # noqa: BLE001  unreadable, or no numbers: said elsewhere, not here
+        return None
+    return (f"{last} says {epoch} epochs were trained, {last.parent / runs.METRICS} records {recorded}: it was "
+            f"copied from another run") if epoch > recorded else None

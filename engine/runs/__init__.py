@@ -45,7 +45,7 @@ def is_run_dir(path: Path) -> bool:
 
 def read_recipe(run_dir: Path) -> Recipe:
     """The recipe a run was trained with (its recipe.json)."""
-    return from_dict(read_recipe_values(run_dir))
+    return from_dict(read_recipe_values(run_dir), Path(run_dir) / RECIPE)
 
 
 def read_recipe_values(run_dir: Path) -> dict:

@@ -2,13 +2,16 @@
 where batches come from and the steps per epoch; nothing trains."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from engine.data.batches.factory import PATH_NAMES, choose_path
 from engine.data.batches.store_source import describe_stores
 from engine.data.stores.cache import cache_summary
 from engine.errors import UserError
-from engine.models import check_input_size, count_parameters, data_config, model_from_recipe, small_map_warning
+from engine.models import (check_input_size, count_parameters, data_config, last_feature_map, model_from_recipe,
+                           small_map_warning)
 from engine.recipe import Recipe
 from engine.system.distributed import Dist
 from engine.train.freezing import apply_freeze, count, trainable_names
@@ -30,12 +33,17 @@ def describe_dry_run(recipe: Recipe, d: Dist, say, show_progress: bool = True) -
             raise
         say(f"data: not checked ({e}); the model below has num_classes = {recipe.num_classes}")
         table, classes = None, [str(i) for i in range(recipe.num_classes)]
+    if recipe.pretrained_path and not Path(recipe.pretrained_path).is_file():  # the run would refuse it at start
+        raise UserError(f"pretrained_path '{recipe.pretrained_path}' not found; give a local weights file "
+                        f"(.pt or .safetensors) or pretrained_path=None")
     model = model_from_recipe(recipe, classes, weights=False)
     check_input_size(model, recipe.model, recipe.image_size)  # what the real run refuses, the dry run refuses
     say(f"model: {recipe.model}, {count_parameters(model) / 1e6:.2f}M parameters, head {recipe.head!r}"
         f"{', gradient checkpointing' if recipe.grad_checkpointing else ''}")
     if small_map := small_map_warning(model, recipe.image_size, recipe.model):
         say(small_map)
+    elif recipe.small_input_stem and (grid := last_feature_map(model, recipe.image_size)):
+        say(f"small_input_stem: the last stage sees a {grid[0]}x{grid[1]} feature map at {recipe.image_size} px")
     n_train = int((table["fold"] != 0).sum()) if table is not None else 0
     per_step = recipe.batch_size * d.world
     updates = -(-(n_train // per_step) // recipe.accumulate_grad_batches)

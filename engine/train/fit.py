@@ -234,6 +234,11 @@ def start_line(recipe: Recipe, fold: int, s: TrainState, batches: FoldBatches, d
             f"\nbatches: {PATH_NAMES[batches.path]} ({batches.why})")
     if not batches.val.rows:
         line += "\nno validation rows (val_fraction = 0): every row trains; best.pt is the last epoch"
+    per_rank = min(len(batches.train.sampler), len(batches.train) * recipe.batch_size)  # whole batches only
+    if (left := batches.train.rows - d.world * per_rank) > 0:  # another `left` rows each epoch: the shuffle differs
+        line += (f"\neach epoch leaves {left} of {batches.train.rows} training rows out (others each epoch): every "
+                 f"process takes whole batches, {len(batches.train)} x {recipe.batch_size} x {d.world} process(es) "
+                 f"= {d.world * per_rank}")
     if s.mixer.active:
         line += "\nnote: under mixup/cutmix, train acc is measured against each sample's dominant label"
     return line

@@ -6,11 +6,12 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Callable
 
+import pandas as pd
+
 from engine import checkpoint, runs
 from engine.checkpoint import finished, is_finished
 from engine.data.batches.loader import stop_workers
 from engine.data.tables.read import class_list_difference
-from engine.train.split_record import keep_split
 from engine.errors import UserError
 from engine.evaluate.oof import finish_folds
 from engine.recipe import Recipe, differing_keys, from_dict
@@ -19,6 +20,7 @@ from engine.system.atomic import DiskFull
 from engine.system.runlog import RunLog
 from engine.train.dry_run import describe_dry_run
 from engine.train.fit import fit
+from engine.train.split_record import fingerprint, keep_split
 from engine.train.training_data import load_data
 
 
@@ -61,7 +63,7 @@ def train(recipe: Recipe, fold: int | None = None, name: str | None = None, resu
             fold_dir.mkdir(parents=True, exist_ok=True)
             if d.is_main and k != folds[0]:
                 locks.enter_context(lock.exclusive(fold_dir / runs.LOCK, f"{run_dir} fold {k}"))
-            state = fold_state(fold_dir, recipe, classes) if resume or name else None
+            state = fold_state(fold_dir, recipe, classes, table) if resume or name else None
             if state and finished(state):
                 log.print(f"fold {k}: already trained (epoch {state['epoch']}), skipping")
                 results[k] = state["metrics"]
@@ -99,8 +101,9 @@ def train(recipe: Recipe, fold: int | None = None, name: str | None = None, resu
     return run_dir
 
 
-def fold_state(fold_dir: Path, recipe: Recipe, classes: list[str]) -> dict | None:
-    """The fold's last.pt, or None if it never started; an error if it belongs to another recipe or classes."""
+def fold_state(fold_dir: Path, recipe: Recipe, classes: list[str], table: pd.DataFrame | None = None) -> dict | None:
+    """The fold's last.pt, or None if it never started; an error if it belongs to another recipe, classes, split
+    (`table`: the run's rows with their folds) or is ahead of the fold's metrics.csv."""
     path = fold_dir / runs.LAST
     if not path.is_file():
         return None
@@ -110,7 +113,7 @@ def fold_state(fold_dir: Path, recipe: Recipe, classes: list[str]) -> dict | Non
         raise UserError(f"{e}; to go on, move {path} away and resume again: fold {fold_dir.name[4:]} then trains "
                         f"from its start (its best.pt is kept until a better epoch replaces it)") from None
     saved_recipe, saved_classes, _ = checkpoint.saved_base(state)
-    saved = from_dict(saved_recipe)
+    saved = from_dict(saved_recipe, path)
     changed = differing_keys(saved, recipe)
     if changed:
         what = ", ".join(f"{k} {getattr(saved, k)!r} there vs {getattr(recipe, k)!r} here" for k in changed[:3])
@@ -119,4 +122,31 @@ def fold_state(fold_dir: Path, recipe: Recipe, classes: list[str]) -> dict | Non
     if where := class_list_difference(saved_classes, classes):
         raise UserError(f"{path} was trained on other classes ({where}, there vs here); the data changed since: "
                         f"restore it or start a new run")
+    check_belongs(path, state, table)
     return state
+
+
+def check_belongs(path: Path, state: dict, table: pd.DataFrame | None) -> None:
+    """A last.pt copied in from another run of the same recipe: trained on another split, or further than this
+    fold's metrics.csv records (a row is written before every last.pt of that epoch), is refused in one line."""
+    move = (f"move it away and resume (fold {path.parent.name[4:]} then trains from its start), or put back this "
+            f"run's own {path.name}")
+    if table is not None and isinstance(state.get("split"), str) and state["split"] != fingerprint(table):
+        raise UserError(f"{path} was trained on another split than this run's {runs.SPLIT}: it belongs to another "
+                        f"run; {move}")
+    metrics = path.parent / runs.METRICS
+    recorded = recorded_epochs(metrics)
+    if recorded is not None and int(state.get("epoch", 0)) > recorded:
+        raise UserError(f"{path} says {state['epoch']} epochs were trained{' and the fold finished' if finished(state) else ''}"
+                        f", but {metrics} records {recorded}: it was copied from another run; {move}")
+
+
+def recorded_epochs(metrics: Path) -> int | None:
+    """The last epoch a metrics.csv records (0: none or no file); None when it cannot be read (then not checked)."""
+    if not metrics.is_file():
+        return 0
+    try:
+        epochs = pd.read_csv(metrics, usecols=["epoch"])["epoch"]
+        return int(epochs.max()) if len(epochs) else 0
+    except (ValueError, KeyError, OSError, pd.errors.ParserError, pd.errors.EmptyDataError):
+        return None

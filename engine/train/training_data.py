@@ -9,7 +9,7 @@ import pandas as pd
 from engine.data.pixels.background import resolve_background
 from engine.data.tables.audit import Audit, apply_audit_policy, audit_table
 from engine.data.tables.demo_digits import ensure_demo_data
-from engine.data.tables.folds import assign_folds
+from engine.data.tables.folds import assign_folds, few_rows_warning
 from engine.data.tables.near_duplicates import group_ids
 from engine.data.tables.pseudo_labels import add_pseudo_labels, read_pseudo_labels
 from engine.data.tables.read import read_train_table
@@ -35,6 +35,8 @@ def load_data(recipe: Recipe, d: Dist, log=print, show_progress: bool = True) ->
         log(audit.background.describe())
         groups = fold_groups(recipe, table, log)
         table["fold"] = assign_folds(table["target"].to_numpy(), recipe.folds, recipe.val_fraction, recipe.seed, groups)
+        if few := few_rows_warning(table["target"].to_numpy(), audit.classes, recipe.folds):
+            log(few)
         if recipe.pseudo_labels:
             rows = read_pseudo_labels(recipe.pseudo_labels, recipe.test_dir or ".", audit.classes, recipe.pseudo_threshold,
                                       recipe.bad_images, log)

@@ -34,14 +34,24 @@ def assign_folds(targets: np.ndarray, folds: int, val_fraction: float, seed: int
         return fold
     if n < folds:
         raise UserError(f"folds = {folds} needs at least {folds} rows; the data has {n}")
-    if stratify is None:
-        warnings.warn(f"some class has fewer than {folds} rows: folds are not stratified")
+    if stratify is None:  # few_rows_warning says so
         splitter = StratifiedKFold(folds, shuffle=True, random_state=seed).split(np.zeros(n), np.zeros(n))
     else:
         splitter = StratifiedKFold(folds, shuffle=True, random_state=seed).split(np.zeros(n), targets)
     for k, (_, val) in enumerate(splitter):
         fold[val] = k
     return fold
+
+
+def few_rows_warning(targets: np.ndarray, classes: list[str], folds: int) -> str | None:
+    """One line naming the classes with fewer rows than folds (k-fold cannot stratify them), else None."""
+    counts = np.bincount(targets, minlength=len(classes))
+    few = [f"{classes[c]} ({counts[c]})" for c in np.flatnonzero((counts > 0) & (counts < folds))]
+    if folds < 2 or not few:
+        return None
+    return (f"warning: {len(few)} class(es) have fewer rows than folds={folds}: {', '.join(few[:5])}"
+            f"{' ...' if len(few) > 5 else ''}; some folds validate on none of their rows, and the folds are not "
+            f"stratified by class (that needs {folds} rows of every class); fewer folds or more rows fix it")
 
 
 def _assign_group_folds(targets: np.ndarray, folds: int, val_fraction: float, seed: int, groups: np.ndarray,

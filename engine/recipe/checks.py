@@ -1,0 +1,112 @@
+"""The checks of a resolved recipe that involve several keys, in one place: combinations that cannot work, and
+(for a recipe still to train) keys that would never take effect or leave part of the model untrained."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from engine.errors import UserError
+from engine.recipe.schedules import augment_presets
+
+if TYPE_CHECKING:
+    from engine.recipe.keys import Recipe
+
+# layer-wise decay below this leaves a 12-group model's lowest group at lr * 1e-12 or less: it never trains
+LOWEST_LAYER_DECAY = 0.1
+DEFAULT_HEAD_HIDDEN = 512  # keys.py's default: any other value was set by the user
+
+
+def check_recipe(r: Recipe, saved: bool = False) -> Recipe:
+    """Every cross-key check; `saved` (a recipe a run already trained with) skips those of a plan still to train,
+    so recipe.json files written before a check existed still load for predict, resume and the runs table."""
+    _check_combinations(r)
+    if not saved:
+        check_training_plan(r)
+    return r
+
+
+def _check_combinations(r: Recipe) -> None:
+    """Checks that involve several keys or ranges."""
+    if r.mixup_ratio + r.cutmix_ratio > 1 + 1e-9:
+        raise UserError(f"mixup_ratio + cutmix_ratio must be <= 1 (a batch is mixed one way or the other); "
+                        f"got {r.mixup_ratio} + {r.cutmix_ratio}")
+    if isinstance(r.freeze, str) and r.freeze not in ("none", "backbone"):
+        raise UserError(f'recipe key \'freeze\' must be "none", "backbone" or an int N >= 0; got {r.freeze!r}')
+    if isinstance(r.freeze, int) and r.freeze < 0:
+        raise UserError(f"recipe key 'freeze' must be an int N >= 0 (the last N layer groups train); got {r.freeze}")
+    if r.unfreeze_epoch is not None and r.freeze == "none":
+        raise UserError(f"unfreeze_epoch = {r.unfreeze_epoch} needs something frozen: set freeze "
+                        f'("backbone" or an int N) or unfreeze_epoch=None')
+    if r.init_head == "imagenet" and r.head != "linear":
+        raise UserError('init_head="imagenet" copies rows of a linear ImageNet head; use head="linear" or init_head="random"')
+    if r.feature_views:
+        _check_feature_store(r)
+    worker_only = [p for p in augment_presets(r) if p in ("randaugment", "trivialaugment")]
+    if r.augment_on == "device" and worker_only:
+        raise UserError(f"augment='{worker_only[0]}' runs only in the workers; set augment_on='workers' (or auto), "
+                        f"or augment='light' to augment on the device")
+    if r.cache == "device" and (r.augment_on == "workers" or worker_only):
+        raise UserError(f"cache='device' keeps the images on the device and augments them there, which "
+                        f"augment_on={r.augment_on!r} / augment={(worker_only or [r.augment])[0]!r} cannot; use augment='light' or 'none' "
+                        f"with augment_on='auto', or cache='memory'")
+    if r.scheduler == "step" and not r.step_milestones:
+        raise UserError('scheduler="step" needs step_milestones, the epochs after which the LR drops, '
+                        'e.g. step_milestones=(6, 9)')
+    if r.teacher_test and (not r.teacher or r.pseudo_labels):
+        raise UserError("teacher_test=True needs a teacher and no pseudo_labels (both add the test images); set "
+                        "teacher, or use one of teacher_test and pseudo_labels")
+    if r.folds == 1 and not 0 <= r.val_fraction < 1:
+        raise UserError(f"val_fraction must be in [0, 1) when folds = 1; got {r.val_fraction}")
+    if r.folds > 1 and r.val_fraction == 0:  # folds decide the validation rows: "no validation" would be ignored
+        raise UserError(f"val_fraction=0 (train on every row) needs folds=1; with folds={r.folds} each fold "
+                        f"validates on 1/{r.folds} of the rows: set folds=1 for a full-data refit")
+
+
+def _check_feature_store(r: Recipe) -> None:
+    """A feature store holds features computed once: refuse every key that would change them during training."""
+    fix = "; set it so, or feature_views=0 to train through the backbone"
+    if r.freeze != "backbone":
+        raise UserError(f"feature_views={r.feature_views} needs freeze='backbone' (freeze={r.freeze!r} trains backbone "
+                        f"weights, so stored features would go stale){fix}")
+    if r.unfreeze_epoch is not None:
+        raise UserError(f"feature_views={r.feature_views} cannot unfreeze the backbone (unfreeze_epoch="
+                        f"{r.unfreeze_epoch}); set unfreeze_epoch=None or feature_views=0")
+    if r.drop_path > 0:
+        raise UserError(f"feature_views={r.feature_views} needs drop_path=0 (stochastic depth changes the backbone's "
+                        f"features every step; got {r.drop_path}){fix}")
+    if r.sync_bn:
+        raise UserError(f"feature_views={r.feature_views} cannot use sync_bn=True (a train-mode batch-norm changes the "
+                        f"backbone's features); set sync_bn=False or feature_views=0")
+    if r.small_input_stem:  # a store is keyed by the backbone's weights, which the stem's stride leaves alone
+        raise UserError(f"feature_views={r.feature_views} cannot use small_input_stem=True (stored features are "
+                        f"keyed by weights, not by the stem); set small_input_stem=False or feature_views=0")
+    if r.cutmix_ratio > 0:
+        raise UserError(f"cutmix_ratio={r.cutmix_ratio} needs pixels, a feature store has none; use mixup_ratio "
+                        f"(it mixes stored features) or feature_views=0")
+    if r.augment_schedule:
+        raise UserError(f"feature_views={r.feature_views} stores views augmented once with `augment`; an "
+                        f"augment_schedule cannot change them: set augment_schedule={{}} or feature_views=0")
+
+
+def check_training_plan(r: Recipe) -> None:
+    """Keys that would never take effect in r.epochs epochs, or that leave part of the model untrained."""
+    if r.early_stopping and r.folds == 1 and r.val_fraction == 0:
+        raise UserError(f"early_stopping={r.early_stopping} watches {r.monitor} on the validation rows, and folds=1 "
+                        f"val_fraction=0 keeps none: set val_fraction (e.g. 0.2) or early_stopping=0")
+    if r.layer_decay is not None and r.layer_decay < LOWEST_LAYER_DECAY:
+        raise UserError(f"layer_decay={r.layer_decay:g} gives the lowest of 12 layer groups lr * "
+                        f"{r.layer_decay ** 12:.0e}: it never trains; layer-wise decay is 0.5-0.9 in practice "
+                        f"(>= {LOWEST_LAYER_DECAY} here); to keep early layers fixed use freeze=N")
+    if r.head == "linear" and r.head_hidden != DEFAULT_HEAD_HIDDEN:
+        raise UserError(f'head_hidden={r.head_hidden} sizes the hidden layer of head="mlp"; head="linear" has none: '
+                        f'set head="mlp" or remove head_hidden')
+    late = [m for m in r.step_milestones if m >= r.epochs]
+    if r.scheduler == "step" and late:
+        raise UserError(f"step_milestones {r.step_milestones}: the LR drops once {late[0]} epochs are trained, and "
+                        f"epochs={r.epochs} trains no epoch after that; use milestones below {r.epochs} or raise epochs")
+    late = [e for e in r.augment_schedule if e >= r.epochs]
+    if late:
+        raise UserError(f"augment_schedule starts {r.augment_schedule[late[0]]!r} after {late[0]} epochs, and "
+                        f"epochs={r.epochs} trains no epoch after that; use epochs below {r.epochs} or raise epochs")
+    if r.unfreeze_epoch is not None and r.unfreeze_epoch > r.epochs:
+        raise UserError(f"unfreeze_epoch={r.unfreeze_epoch} is after the last epoch (epochs={r.epochs}): nothing "
+                        f"would unfreeze; set unfreeze_epoch <= {r.epochs}, raise epochs, or unfreeze_epoch=None")
