@@ -13,7 +13,7 @@ ENGINE = ROOT / "engine"
 CLIS = ["train.py", "predict.py", "sweep.py", "cam.py", "engine/report.py", "engine/explore/__main__.py",
         "engine/runs/__main__.py"]
 # a unit may import only units of a lower rank (or itself): system <- runs, data (neither imports the other) <- evaluate <- train <- the side features
-RANK = {"errors": 0, "run_files": 0, "system": 1, "recipe": 2, "checkpoint": 2, "models": 2, "matmul_padding": 1, "model_speed": 2, "runs": 3, "data": 3, "evaluate": 5,
+RANK = {"errors": 0, "run_files": 0, "system": 1, "recipe": 2, "checkpoint": 2, "models": 2, "matmul_padding": 1, "input_size": 1, "model_speed": 2, "runs": 3, "data": 3, "evaluate": 5,
         "train": 6, "predict": 7, "cam": 8, "explore": 8, "sweep": 8, "report": 9, "run_table": 9}
 # inside data, its rooms import one way too: pixels <- caches and stores <- tables and folds <- batches
 DATA_RANK = {"pixels": 0, "stores": 1, "tables": 2, "batches": 3}

@@ -2,13 +2,8 @@
 (for a recipe still to train) keys that would never take effect or leave part of the model untrained."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from engine.errors import UserError
-from engine.recipe.schedules import augment_presets
-
-if TYPE_CHECKING:
-    from engine.recipe.keys import Recipe
+from engine.recipe.schedules import Recipe, augment_presets
 
 # layer-wise decay below this leaves a 12-group model's lowest group at lr * 1e-12 or less: it never trains
 LOWEST_LAYER_DECAY = 0.1

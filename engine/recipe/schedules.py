@@ -2,10 +2,9 @@
 (checked here; the LR they give is engine/train/schedule.py's), and the augmentation preset of each epoch."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from engine.recipe.keys import Recipe
+Recipe = Any  # engine/recipe/keys.py's Recipe (keys.py imports this module: a name here, not an import)
 
 AUGMENT_PRESETS = ("none", "light", "randaugment", "trivialaugment")
 
