@@ -12,23 +12,32 @@ from engine.recipe import from_dict, load_recipe
     (dict(early_stopping=3, folds=1, val_fraction=0.0), "early_stopping=3 watches val_loss"),
     (dict(layer_decay=1e-30), "layer_decay=1e-30 gives the lowest"),
     (dict(layer_decay=0.05), "layer_decay=0.05"),
-    (dict(head="linear", head_hidden=256), 'head_hidden=256 sizes the hidden layer of head="mlp"'),
-    (dict(scheduler="step", step_milestones=(3, 12), epochs=10), r"step_milestones \(3, 12\)"),
-    (dict(scheduler="step", step_milestones=(10,), epochs=10), "once 10 epochs are trained"),
-    (dict(augment_schedule={0: "none", 10: "light"}, epochs=10), "augment_schedule starts 'light' after 10"),
-    (dict(freeze="backbone", unfreeze_epoch=11, epochs=10), "unfreeze_epoch=11 is after the last epoch")])
-def test_a_key_that_could_never_take_effect_is_one_line(keys, named):
+])
+def test_a_key_that_cannot_work_is_one_line(keys, named):
     with pytest.raises(UserError, match=named) as e:
         load_recipe(None, keys)
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("keys, named", [
+    (dict(head="linear", head_hidden=256), 'head_hidden=256 sizes the hidden layer of head="mlp"'),
+    (dict(scheduler="step", step_milestones=(3, 12), epochs=10), "step_milestones (3, 12)"),
+    (dict(scheduler="step", step_milestones=(10,), epochs=10), "once 10 epochs are trained"),
+    (dict(augment_schedule={0: "none", 10: "light"}, epochs=10), "augment_schedule starts 'light' after 10"),
+    (dict(freeze="backbone", unfreeze_epoch=11, epochs=10), "unfreeze_epoch=11 is after the last epoch")])
+def test_a_key_that_would_never_take_effect_is_one_warning_line(keys, named, capsys):
+    load_recipe(None, keys)  # a smoke test with epochs=1 (or a sweep over head) must still run
+    err = capsys.readouterr().err
+    assert named in err and err.startswith("warning: ") and err.count("\n") == 1
 
 
 @pytest.mark.parametrize("keys", [
     dict(early_stopping=3, folds=1, val_fraction=0.2), dict(early_stopping=3, folds=3, val_fraction=0.2),
     dict(layer_decay=0.65), dict(head="mlp", head_hidden=256), dict(scheduler="step", step_milestones=(6, 9)),
     dict(augment_schedule={0: "none", 9: "light"}), dict(freeze="backbone", unfreeze_epoch=10)])
-def test_the_same_keys_within_the_run_are_accepted(keys):
+def test_the_same_keys_within_the_run_are_accepted(keys, capsys):
     load_recipe(None, keys)
+    assert "warning" not in capsys.readouterr().err
 
 
 def test_a_saved_recipe_from_before_the_checks_still_loads():

@@ -2,6 +2,8 @@
 (for a recipe still to train) keys that would never take effect or leave part of the model untrained."""
 from __future__ import annotations
 
+import sys
+
 from engine.errors import UserError
 from engine.recipe.schedules import Recipe, augment_presets
 
@@ -83,7 +85,8 @@ def _check_feature_store(r: Recipe) -> None:
 
 
 def check_training_plan(r: Recipe) -> None:
-    """Keys that would never take effect in r.epochs epochs, or that leave part of the model untrained."""
+    """Keys that leave part of the model untrained or watch what is not there (errors), and keys that would never
+    take effect in r.epochs epochs (warnings)."""
     if r.early_stopping and r.folds == 1 and r.val_fraction == 0:
         raise UserError(f"early_stopping={r.early_stopping} watches {r.monitor} on the validation rows, and folds=1 "
                         f"val_fraction=0 keeps none: set val_fraction (e.g. 0.2) or early_stopping=0")
@@ -91,17 +94,26 @@ def check_training_plan(r: Recipe) -> None:
         raise UserError(f"layer_decay={r.layer_decay:g} gives the lowest of 12 layer groups lr * "
                         f"{r.layer_decay ** 12:.0e}: it never trains; layer-wise decay is 0.5-0.9 in practice "
                         f"(>= {LOWEST_LAYER_DECAY} here); to keep early layers fixed use freeze=N")
+    for line in never_take_effect(r):
+        print(f"warning: {line}", file=sys.stderr)
+
+
+def never_take_effect(r: Recipe) -> list[str]:
+    """Keys set to act after the run's last epoch, or on a part the model lacks: a warning each, not an error
+    (a smoke test of a shipped recipe with epochs=1, or a sweep over `head`, must still run)."""
+    said = []
     if r.head == "linear" and r.head_hidden != DEFAULT_HEAD_HIDDEN:
-        raise UserError(f'head_hidden={r.head_hidden} sizes the hidden layer of head="mlp"; head="linear" has none: '
-                        f'set head="mlp" or remove head_hidden')
+        said.append(f'head_hidden={r.head_hidden} sizes the hidden layer of head="mlp"; head="linear" has none, so '
+                    f'it is not used')
     late = [m for m in r.step_milestones if m >= r.epochs]
     if r.scheduler == "step" and late:
-        raise UserError(f"step_milestones {r.step_milestones}: the LR drops once {late[0]} epochs are trained, and "
-                        f"epochs={r.epochs} trains no epoch after that; use milestones below {r.epochs} or raise epochs")
+        said.append(f"step_milestones {r.step_milestones}: the LR drops once {late[0]} epochs are trained, and "
+                    f"epochs={r.epochs} trains no epoch after that, so that drop never happens")
     late = [e for e in r.augment_schedule if e >= r.epochs]
     if late:
-        raise UserError(f"augment_schedule starts {r.augment_schedule[late[0]]!r} after {late[0]} epochs, and "
-                        f"epochs={r.epochs} trains no epoch after that; use epochs below {r.epochs} or raise epochs")
+        said.append(f"augment_schedule starts {r.augment_schedule[late[0]]!r} after {late[0]} epochs, and "
+                    f"epochs={r.epochs} trains no epoch after that, so it never starts")
     if r.unfreeze_epoch is not None and r.unfreeze_epoch > r.epochs:
-        raise UserError(f"unfreeze_epoch={r.unfreeze_epoch} is after the last epoch (epochs={r.epochs}): nothing "
-                        f"would unfreeze; set unfreeze_epoch <= {r.epochs}, raise epochs, or unfreeze_epoch=None")
+        said.append(f"unfreeze_epoch={r.unfreeze_epoch} is after the last epoch (epochs={r.epochs}): nothing "
+                    f"unfreezes in this run")
+    return said
