@@ -124,3 +124,10 @@ def test_bad_drop_inputs_are_one_line_and_write_nothing(digits_dir, tmp_path, ca
     assert explore(digits_dir, "--write-clean", digits_dir / "train.csv", "--drop", good) == 2  # the input itself
     assert explore(digits_dir, "--drop", good) == 2  # where would it go?
     assert len(pd.read_csv(digits_dir / "train.csv")) == len(train)
+
+
+def test_a_weak_model_s_suspects_come_with_a_caution():
+    from engine.evaluate.label_issues import summary_line
+    weak, strong = summary_line(662, 1528, oof_accuracy=0.42), summary_line(12, 1528, oof_accuracy=0.96)
+    assert "caution: the out-of-fold accuracy is only 0.42" in weak and weak.startswith("662 rows look mislabelled")
+    assert "caution" not in strong and "\n" not in strong

@@ -71,13 +71,23 @@ def run_summary_line(run_dir: Path) -> str | None:
     path, oof = Path(run_dir) / FILE, Path(run_dir) / runs.OOF
     if not (path.is_file() and oof.is_file()):
         return None
-    return summary_line(len(pd.read_csv(path, usecols=["image_path"])), len(pd.read_csv(oof, usecols=["image_path"])))
+    metrics = Path(run_dir) / runs.OOF_METRICS
+    accuracy = json.loads(metrics.read_text()).get("accuracy") if metrics.is_file() else None
+    return summary_line(len(pd.read_csv(path, usecols=["image_path"])), len(pd.read_csv(oof, usecols=["image_path"])),
+                        accuracy)
 
 
-def summary_line(found: int, rows: int) -> str:
-    """The run summary's line about suspect labels."""
-    return (f"{found} rows look mislabelled ({found / max(rows, 1):.1%} of {rows}), see {FILE} "
+TRUST_ACCURACY = 0.8  # below this out-of-fold accuracy most disagreements are the model's own mistakes
+
+
+def summary_line(found: int, rows: int, oof_accuracy: float | None = None) -> str:
+    """The run summary's line about suspect labels (with a caution when the model is too weak to judge them)."""
+    line = (f"{found} rows look mislabelled ({found / max(rows, 1):.1%} of {rows}), see {FILE} "
             f"(drop them: python -m engine.explore RECIPE --write-clean clean.csv --drop RUN/{FILE})")
+    if oof_accuracy is not None and oof_accuracy < TRUST_ACCURACY:
+        line += (f"\ncaution: the out-of-fold accuracy is only {oof_accuracy:.2f}: most of these rows are likely the "
+                 f"model's own mistakes, not wrong labels; train it better before dropping rows")
+    return line
 
 
 def typical_rows(table: pd.DataFrame, probs: np.ndarray, suspects: set[str]) -> dict[int, str]:
