@@ -6,7 +6,7 @@
 import os
 import sys
 
-from engine.system.launch import launch
+from engine.system.torchrun_exits import launch
 
 if __name__ == "__main__":
     code = launch(sys.argv[1:])

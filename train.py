@@ -11,7 +11,7 @@ import sys
 
 from torch.distributed.elastic.multiprocessing.errors import record
 
-from engine.errors import exit_process, run_command
+from engine.errors import UserError, exit_process, run_command
 from engine.recipe import DEFAULT_RECIPE, describe
 
 
@@ -34,10 +34,26 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return p.parse_intermixed_args(argv)  # flags may stand between KEY=VALUE overrides
 
 
+def run_train(args: argparse.Namespace) -> None:
+    """What `python train.py ARGS` does once its arguments are parsed: the LR range test or the run orchestrator."""
+    if args.resume and args.items:
+        raise UserError("--resume continues the saved recipe exactly; drop the recipe and KEY=VALUE arguments")
+    if args.find_lr and (args.resume or args.fold is not None or args.dry_run or args.name):
+        raise UserError("--find-lr trains no run: drop --resume, --fold, --name and --dry-run")
+    from engine.recipe import load_recipe_args  # late: --help and argument errors answer before torch and timm load
+    from engine.train import lr_find
+    from engine.train.orchestrator import train
+    recipe = None if args.resume else load_recipe_args(args.items, DEFAULT_RECIPE)
+    if args.find_lr:
+        lr_find.find_lr(recipe, args.lr_steps, show_progress=not args.no_progress)
+        return
+    train(recipe, fold=args.fold, name=args.name, resume=args.resume, dry_run=args.dry_run,
+          show_progress=not args.no_progress)
+
+
 @record  # under torchrun, the failing rank's traceback is the one reported
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    from engine.train.command import run_train  # late: --help and argument errors answer before torch and timm load
     return run_command(lambda: run_train(args))
 
 

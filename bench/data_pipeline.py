@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
         t0 = time.perf_counter()
         paths = write_sketches(root, args.images, *args.sides)
         print(f"wrote {len(paths)} synthetic JPEGs in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
-    from engine.data.stores.cache import image_loader
+    from engine.data.stores.image_cache import image_loader
     transform = build_train_transform(args.image_size, args.augment)
     loaders, build_s = {}, {}
     for cache in args.caches:

@@ -21,7 +21,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import predict  # noqa: E402
-from engine import runs  # noqa: E402
+from engine import run_folder  # noqa: E402
 from engine.data.tables.demo_digits import ensure_demo_data  # noqa: E402
 from engine.explore.__main__ import main as explore  # noqa: E402
 from engine.recipe import load_recipe  # noqa: E402
@@ -44,7 +44,7 @@ def test_accuracy(targets: list[str], out: Path, *extra: str) -> float:
 
 def oof_true_accuracy(run_dir: Path, truth: dict[str, int]) -> float:
     """Out-of-fold accuracy against the true labels of the rows the run trained with."""
-    oof = pd.read_csv(run_dir / runs.OOF, dtype={"image_path": str})
+    oof = pd.read_csv(run_dir / run_folder.OOF, dtype={"image_path": str})
     return float((oof["pred"].to_numpy() == oof["image_path"].map(truth).to_numpy()).mean())
 
 
@@ -84,7 +84,7 @@ def noise(shares: list[float], epochs: int) -> None:
                         "--drop", str(noisy_run / "label_issues.csv")]) == 0
         clean_run, s2 = run(clean, f"noise{share:g}-clean", epochs)
         for label, r, secs in (("noisy", noisy_run, s1), ("cleaned", clean_run, s2)):
-            rows.append((f"{share:.0%}", label, len(pd.read_csv(r / runs.OOF)), oof_true_accuracy(r, truth),
+            rows.append((f"{share:.0%}", label, len(pd.read_csv(r / run_folder.OOF)), oof_true_accuracy(r, truth),
                          test_accuracy([str(r), "--kfold"], OUT / f"test-{r.name}.csv"), secs))
         print(rows[-2:], flush=True)
         print(f"noise {share:.0%}: {len(flipped)} flipped, {len(found)} flagged, "
@@ -107,12 +107,12 @@ def distill(per_class: int, epochs: int, weight: float, temperature: float, teac
     student, s2 = run(csv, f"student{per_class}-w{weight:g}-t{temperature:g}{'-test' if teacher_test else ''}",
                       epochs, teacher=str(teacher), teacher_weight=weight, teacher_temperature=temperature,
                       teacher_test=teacher_test)
-    single = test_accuracy([str(runs.fold_dir(teacher, 0) / runs.BEST)], OUT / "test-single.csv")
+    single = test_accuracy([str(run_folder.fold_dir(teacher, 0) / run_folder.BEST)], OUT / "test-single.csv")
     ensemble = test_accuracy([str(teacher), "--kfold"], OUT / "test-ensemble.csv")
-    singles = [test_accuracy([str(runs.fold_dir(r, k) / runs.BEST)], OUT / f"test-{r.parent.name}-{k}.csv")
+    singles = [test_accuracy([str(run_folder.fold_dir(r, k) / run_folder.BEST)], OUT / f"test-{r.parent.name}-{k}.csv")
                for r in (teacher, student) for k in range(5)]
     alone, taught = np.mean(singles[:5]), np.mean(singles[5:])
-    oof = {r: json.loads((r / runs.OOF_METRICS).read_text())["accuracy"] for r in (teacher, student)}
+    oof = {r: json.loads((r / run_folder.OOF_METRICS).read_text())["accuracy"] for r in (teacher, student)}
     print(f"\n{per_class * 10} rows, {epochs} epochs, teacher_weight {weight}, temperature {temperature}, "
           f"teacher_test {teacher_test}; "
           f"teacher {s1:.0f} s, student {s2:.0f} s (5 folds each)")

@@ -19,7 +19,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import predict  # noqa: E402
-from engine import runs  # noqa: E402
+from engine import run_folder  # noqa: E402
 from engine.data.tables.demo_digits import ensure_demo_data  # noqa: E402
 from engine.recipe import load_recipe  # noqa: E402
 from engine.train.orchestrator import train  # noqa: E402
@@ -39,7 +39,7 @@ def test_accuracy(targets: list[str], out: Path, *extra: str) -> float:
 
 
 def oof_accuracy(run_dir: Path) -> float:
-    return json.loads((run_dir / runs.OOF_METRICS).read_text())["accuracy"]
+    return json.loads((run_dir / run_folder.OOF_METRICS).read_text())["accuracy"]
 
 
 def demo_subset(per_class: int) -> str:
@@ -62,7 +62,7 @@ def ensemble(epochs: int, per_class: int) -> None:
         rows.append((model, oof_accuracy(run_dir), test_accuracy([str(run_dir)], OUT / f"test-{model}.csv")))
     equal = test_accuracy(run_dirs, OUT / "test-equal.csv")
     weighted = test_accuracy(run_dirs, OUT / "test-oof.csv", "--weights", "oof")
-    report = json.loads((OUT / runs.ENSEMBLE).read_text())
+    report = json.loads((OUT / run_folder.ENSEMBLE).read_text())
     print(f"\n| member / ensemble | weight | OOF acc | test acc |\n|---|---|---|---|")
     for (model, oof, test), m in zip(rows, report["members"]):
         print(f"| {model} | {m['weight']:.2f} | {oof:.4f} | {test:.4f} |")
@@ -99,7 +99,7 @@ def leak(epochs: int, per_class: int, settings: str = "none,near_duplicates", fo
                                                  **FAST})
         run_dir = train(recipe, show_progress=False)
         test = test_accuracy([str(run_dir)], OUT / f"test-leak{per_class}-{groups}.csv")
-        oof = pd.read_csv(run_dir / runs.OOF)
+        oof = pd.read_csv(run_dir / run_folder.OOF)
         originals = oof[~oof["image_path"].str.contains("copies/")]
         print(f"| fold_groups={groups} | OOF acc {oof_accuracy(run_dir):.4f} | OOF acc on the originals "
               f"{(originals['pred'] == originals['target']).mean():.4f} | test acc {test:.4f} |")

@@ -115,9 +115,9 @@ def bare(data: Path, out: Path, epochs: int, lightning: bool) -> None:
 
 
 # each command line: its entry, and the body module its entry imports only after the arguments parse
-ENTRIES = {"train.py": "engine.train.command", "predict.py": "engine.predict.command", "cam.py": "engine.cam.command",
-           "sweep.py": "engine.sweep.command", "-m engine.explore": "engine.explore.command",
-           "-m engine.report": "engine.evaluate.command"}
+ENTRIES = {"train.py": "engine.train.orchestrator", "predict.py": "engine.predict.command", "cam.py": "engine.cam.command",
+           "sweep.py": "engine.sweep.command", "-m engine.explore": "engine.explore.analysis",
+           "-m engine.report": "engine.evaluate.report_figures"}
 
 
 def startup(rounds: int) -> None:

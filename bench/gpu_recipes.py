@@ -26,7 +26,7 @@ import cam  # noqa: E402
 import predict  # noqa: E402
 import train  # noqa: E402
 from data_pipeline import write_sketches  # noqa: E402
-from engine import runs  # noqa: E402
+from engine import run_folder  # noqa: E402
 
 TINY = {"convnext": "test_convnext", "efficientnet": "test_efficientnet", "eva02_frozen_mlp": "test_vit",
         "eva02_full": "test_vit", "eva02_last_block": "test_vit"}
@@ -61,10 +61,10 @@ def run_recipe(name: str, data: Path, out: Path, tiny: bool, recipe: str | None 
         code = train.main([str(ROOT / "recipes" / f"{recipe or name}.py"), *keys, *extra, "--name", name])
         row["train"] = "ok" if code == 0 else f"exit {code}"
         run_dir = next((out / (recipe or name)).glob(f"*-{name}"))
-        log = (run_dir / runs.TRAIN_LOG).read_text()
+        log = (run_dir / run_folder.TRAIN_LOG).read_text()
         row["path"] = next((line.split("(")[0][len("batches: "):] for line in log.splitlines()
                             if line.startswith("batches: ")), "?")
-        metrics = pd.read_csv(runs.fold_dir(run_dir, 0) / runs.METRICS)
+        metrics = pd.read_csv(run_folder.fold_dir(run_dir, 0) / run_folder.METRICS)
         row["img/s"] = f"{metrics['img_per_s'].iloc[-1]:.0f}"
         row["train s"] = f"{time.perf_counter() - t0:.0f}"
         row["peak mem"] = f"{metrics['gpu_mem_gb'].iloc[-1]:.1f}G"

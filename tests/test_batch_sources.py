@@ -14,13 +14,13 @@ import torch
 import cam
 import predict
 from conftest import ROOT, digits_recipe
-from engine import runs
+from engine import run_folder
 from engine.checkpoint import load_checkpoint
 from engine.data.batches import resident
 from engine.data.batches.loader_source import LoaderBatches
 from engine.data.batches.resident_source import ResidentBatches
 from engine.data.batches.loader import CanvasCollate, EpochSampler, ImageDataset, make_loader
-from engine.data.stores.cache import DecodeEachTime, cache_short_side
+from engine.data.stores.image_cache import DecodeEachTime, cache_short_side
 from engine.data.batches.factory import choose_path, device_augment
 from engine.data.pixels.transforms import Normalize
 from engine.recipe import load_recipe
@@ -99,7 +99,7 @@ def test_auto_resolves_as_on_a_cuda_device(name, digits_dir, tiny_digits, tmp_pa
 
 @pytest.mark.slow
 def test_every_recipe_trains_predicts_and_explains_from_every_source(digits_dir, tiny_digits, tmp_path, monkeypatch):
-    monkeypatch.setattr("engine.evaluate.run_report.make_report", lambda run_dir: [])  # tested elsewhere; slow to draw
+    monkeypatch.setattr("engine.evaluate.report_figures.make_report", lambda run_dir: [])  # tested elsewhere; slow to draw
     rows = matrix(digits_dir, tiny_digits, tmp_path)
     assert {s for _, s in rows} == set(SOURCES) and len(rows) >= 2 * len(RECIPES)
     for name, source in rows:
@@ -107,9 +107,9 @@ def test_every_recipe_trains_predicts_and_explains_from_every_source(digits_dir,
                          train_csv=str(tiny_digits / "train30.csv"),  # 2 steps of 8 per row
                          **({"augment_on": "device"} if source == "store" else {}))  # what CUDA's auto adds
         run_dir = train(recipe, show_progress=False)
-        log = (run_dir / runs.TRAIN_LOG).read_text()
+        log = (run_dir / run_folder.TRAIN_LOG).read_text()
         assert f"batches: {_path_name(source)}" in log, (name, source)
-        metrics = pd.read_csv(runs.fold_dir(run_dir, 0) / runs.METRICS)
+        metrics = pd.read_csv(run_folder.fold_dir(run_dir, 0) / run_folder.METRICS)
         assert len(metrics) == 1 and np.isfinite(metrics["train_loss"]).all(), (name, source)
         out = tmp_path / f"{name}-{source}.csv"
         assert predict.main([str(run_dir), "--tta", "--save-probs", "--out", str(out), *FAST]) == 0, (name, source)
@@ -148,12 +148,12 @@ def test_a_run_stopped_mid_epoch_resumes_bitwise(source, digits_dir, tiny_digits
         train(recipe, show_progress=False)
     monkeypatch.setattr(preemption, "requested", lambda: False)
     stopped = next((tmp_path / "stopped").glob("*/*"))
-    assert load_checkpoint(runs.fold_dir(stopped, 0) / runs.LAST)["progress"]["step"] > 0
+    assert load_checkpoint(run_folder.fold_dir(stopped, 0) / run_folder.LAST)["progress"]["step"] > 0
     train(recipe, resume=str(stopped), show_progress=False)
-    a = load_checkpoint(runs.fold_dir(whole, 0) / runs.LAST)["model"]
-    b = load_checkpoint(runs.fold_dir(stopped, 0) / runs.LAST)["model"]
+    a = load_checkpoint(run_folder.fold_dir(whole, 0) / run_folder.LAST)["model"]
+    b = load_checkpoint(run_folder.fold_dir(stopped, 0) / run_folder.LAST)["model"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), source
-    rows = [pd.read_csv(runs.fold_dir(r, 0) / runs.METRICS) for r in (whole, stopped)]
+    rows = [pd.read_csv(run_folder.fold_dir(r, 0) / run_folder.METRICS) for r in (whole, stopped)]
     assert rows[0]["train_loss"].tolist() == rows[1]["train_loss"].tolist()
 
 
@@ -227,7 +227,7 @@ def test_store_serves_every_view_the_recipes_flip_needs(digits_dir, tiny_digits,
         outs[what] = pd.read_csv(tmp_path / f"{what}_probs.csv").iloc[:, 1:].to_numpy()
     assert "building 4 view(s) x 6 images" in capsys.readouterr().out
     np.testing.assert_allclose(outs["store"], outs["pixels"], rtol=1e-4, atol=1e-5)
-    assert json.loads((run_dir / runs.RECIPE).read_text())["flip"] == "hv"
+    assert json.loads((run_dir / run_folder.RECIPE).read_text())["flip"] == "hv"
 
 
 @pytest.mark.parametrize("source", ["workers", "device", "resident"])

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from engine.data.stores.cache import cache_short_side, image_loader, open_store, cache_folder_name, store_settings
+from engine.data.stores.image_cache import cache_short_side, image_loader, open_store, cache_folder_name, store_settings
 from engine.data.batches.loader import ImageDataset
 from engine.data.batches.loader import build_datasets
 from engine.recipe import load_recipe
@@ -180,12 +180,12 @@ def test_cache_decode_processes_die_on_sigterm_even_when_the_trainer_catches_it(
     """The trainer builds its cache after arming its SIGTERM handler; a forked decoder that kept that handler
     would outlive Pool.terminate (seen as a hung two-node resume), so each decoder restores the default."""
     import signal
-    from engine.data.stores import cache_store
+    from engine.data.stores import image_store
     from engine.system import preemption
     threads = torch.get_num_threads()
     preemption.install()
     try:
-        cache_store._init_worker()  # what each forked decode process runs first
+        image_store._init_worker()  # what each forked decode process runs first
         assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
     finally:
         preemption.uninstall()

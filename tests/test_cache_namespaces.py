@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import engine.data.stores.cache as cache
+import engine.data.stores.image_cache as cache
 
 
 def dead_pid() -> int:

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from conftest import ROOT, digits_recipe
-from engine import runs
+from engine import run_folder
 from engine.data.batches.targets import SOFT, training_targets
 from engine.errors import UserError
 from engine.system import preemption
@@ -31,7 +31,7 @@ def data(digits_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("distill")
     pd.read_csv(digits_dir / "train.csv").groupby("target").head(6).to_csv(out / "train.csv", index=False)
     with pytest.MonkeyPatch.context() as patch:  # the report is tested elsewhere and slow to draw
-        patch.setattr("engine.evaluate.run_report.make_report", lambda run_dir: [])
+        patch.setattr("engine.evaluate.report_figures.make_report", lambda run_dir: [])
         teacher = train(student(digits_dir, out, out, teacher=None), show_progress=False)
     return out, teacher
 
@@ -45,8 +45,8 @@ def student(digits_dir, data_dir, out, **changes):
 def test_targets_are_the_label_and_the_sharpened_out_of_fold_probabilities(digits_dir, data, tmp_path):
     out, teacher = data
     table, classes, _ = load_data(student(digits_dir, out, tmp_path, teacher=str(teacher)), Dist(), print, False)
-    oof = pd.read_csv(teacher / runs.OOF).set_index("image_path")
-    probs = np.load(teacher / runs.OOF_PROBS).astype(np.float64)[oof.index.get_indexer(table["image_path"])]
+    oof = pd.read_csv(teacher / run_folder.OOF).set_index("image_path")
+    probs = np.load(teacher / run_folder.OOF_PROBS).astype(np.float64)[oof.index.get_indexer(table["image_path"])]
     sharp = probs ** 0.5 / (probs ** 0.5).sum(1, keepdims=True)
     hard = np.full_like(sharp, 0.01)
     hard[np.arange(len(table)), table["target"]] += 0.9
@@ -91,7 +91,7 @@ def test_a_distilled_run_stopped_mid_epoch_resumes_bitwise(digits_dir, data, tmp
     monkeypatch.setattr(preemption, "requested", lambda: False)
     stopped = next((tmp_path / "stopped").glob("*/*"))
     train(recipe, fold=0, resume=str(stopped), show_progress=False)
-    a, b = (torch.load(runs.fold_dir(r, 0) / runs.LAST, weights_only=True)["model"] for r in (whole, stopped))
+    a, b = (torch.load(run_folder.fold_dir(r, 0) / run_folder.LAST, weights_only=True)["model"] for r in (whole, stopped))
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -100,18 +100,18 @@ def broken_teacher(teacher, tmp_path, how: str):
     copy = tmp_path / how
     shutil.copytree(teacher, copy)
     if how == "unfinished":
-        (copy / runs.OOF).unlink()
+        (copy / run_folder.OOF).unlink()
     elif how == "no_probs":
-        (copy / runs.OOF_PROBS).unlink()
+        (copy / run_folder.OOF_PROBS).unlink()
     elif how == "classes":
-        oof = pd.read_csv(copy / runs.OOF)
+        oof = pd.read_csv(copy / run_folder.OOF)
         oof.loc[oof["target"] == 3, "class_name"] = "cat"
-        oof.to_csv(copy / runs.OOF, index=False)
+        oof.to_csv(copy / run_folder.OOF, index=False)
     return copy
 
 
 @pytest.mark.parametrize("how, changes, says", [
-    ("unfinished", {}, "unfinished"), ("no_probs", {}, runs.OOF_PROBS), ("classes", {}, "other classes"),
+    ("unfinished", {}, "unfinished"), ("no_probs", {}, run_folder.OOF_PROBS), ("classes", {}, "other classes"),
     ("folds", {"seed": 7}, "other folds"), ("rows", {"train_csv": "fewer"}, "other rows"),
     ("not_a_run", {}, "not a run folder")])
 def test_a_teacher_that_does_not_fit_is_one_line_and_nothing_is_written(how, changes, says, digits_dir, data,

@@ -11,7 +11,7 @@ from PIL import Image, ImageDraw
 import cam
 import predict
 from conftest import digits_recipe
-from engine import runs
+from engine import run_folder
 from engine.data.tables.near_duplicates import group_ids
 from engine.data.tables.folds import assign_folds
 from engine.errors import UserError
@@ -119,11 +119,11 @@ def fake_run(folder, targets, probs, **recipe_changes):
     from engine.evaluate.predictions import write_probs
     from engine.recipe import load_recipe
     folder.mkdir(parents=True)
-    save_json(load_recipe(None, {"folds": 5, **recipe_changes}), folder / runs.RECIPE)
+    save_json(load_recipe(None, {"folds": 5, **recipe_changes}), folder / run_folder.RECIPE)
     pd.DataFrame({"image_path": [f"{i}.png" for i in range(len(targets))], "target": targets,
                   "class_name": [f"k{t}" for t in targets], "pred": probs.argmax(1), "fold": np.arange(len(targets)) % 5}
-                 ).to_csv(folder / runs.OOF, index=False)
-    write_probs(folder / runs.OOF_PROBS, probs)
+                 ).to_csv(folder / run_folder.OOF, index=False)
+    write_probs(folder / run_folder.OOF_PROBS, probs)
     return folder
 
 
@@ -138,7 +138,7 @@ def test_runs_with_other_folds_or_no_oof_probabilities_are_refused(tmp_path):
     assert str(b) in str(e.value) and "\n" not in str(e.value)
     with pytest.raises(UserError, match="fold_groups"):
         plan_ensemble([a, c])
-    (c / runs.OOF_PROBS).unlink()
+    (c / run_folder.OOF_PROBS).unlink()
     with pytest.raises(UserError, match="--weights equal"):
         plan_ensemble([c])
 
@@ -150,14 +150,14 @@ def two_runs(digits_dir, tmp_path_factory):
     pd.read_csv(digits_dir / "train.csv").groupby("target").head(12).to_csv(out / "train.csv", index=False)
     common = dict(folds=2, epochs=1, batch_size=30, train_csv=str(out / "train.csv"))
     with pytest.MonkeyPatch.context() as patch:  # the evaluation report is tested elsewhere and slow to draw
-        patch.setattr("engine.evaluate.run_report.make_report", lambda run_dir: [])
+        patch.setattr("engine.evaluate.report_figures.make_report", lambda run_dir: [])
         return [train(digits_recipe(digits_dir, out, model=m, name=m, **common), show_progress=False)
                 for m in ("test_resnet", "test_efficientnet")]
 
 
 def test_oof_probabilities_follow_oof_csv_row_for_row(two_runs):
     for run_dir in two_runs:
-        oof, probs = pd.read_csv(run_dir / runs.OOF), np.load(run_dir / runs.OOF_PROBS)
+        oof, probs = pd.read_csv(run_dir / run_folder.OOF), np.load(run_dir / run_folder.OOF_PROBS)
         assert probs.shape == (len(oof), 10)
         assert (probs.argmax(1) == oof["pred"].to_numpy()).mean() > 0.97  # float16 may swap near-ties
 
@@ -167,14 +167,14 @@ def test_predict_weights_oof_writes_the_ensemble_report(two_runs, digits_dir, tm
     assert predict.main([*map(str, two_runs), "--kfold", "--weights", "oof", "--out", str(out)] + FAST
                         + few_test_images(digits_dir, tmp_path)) == 0
     assert len(pd.read_csv(out)) == 16
-    report = json.loads((tmp_path / runs.ENSEMBLE).read_text())
+    report = json.loads((tmp_path / run_folder.ENSEMBLE).read_text())
     assert [m["run"] for m in report["members"]] == [str(r) for r in two_runs]
     assert abs(sum(m["weight"] for m in report["members"]) - 1) < 1e-3
     assert report["oof_acc"] >= max(m["oof_acc"] for m in report["members"])
     assert {"oof_f1", "soft_vote_oof_acc", "hard_vote_oof_acc"} <= set(report)
-    table = pd.read_csv(tmp_path / runs.ENSEMBLE_PER_CLASS)
+    table = pd.read_csv(tmp_path / run_folder.ENSEMBLE_PER_CLASS)
     assert table["member_spread"].is_monotonic_decreasing and "ensemble" in table
-    assert (tmp_path / runs.ENSEMBLE_PER_CLASS_PLOT).stat().st_size > 0
+    assert (tmp_path / run_folder.ENSEMBLE_PER_CLASS_PLOT).stat().st_size > 0
 
 
 # ---- pseudo-labels ----------------------------------------------------------------------------------
@@ -211,13 +211,13 @@ def test_refit_trains_every_row_without_validation_and_predicts(digits_dir, tmp_
     rows.to_csv(tmp_path / "train.csv", index=False)
     recipe = digits_recipe(digits_dir, tmp_path, val_fraction=0.0, epochs=2, train_csv=str(tmp_path / "train.csv"))
     run_dir = train(recipe, show_progress=False)
-    log = (run_dir / runs.TRAIN_LOG).read_text()
+    log = (run_dir / run_folder.TRAIN_LOG).read_text()
     assert f"{len(rows)} train / 0 val images" in log and "best.pt is the last epoch" in log
-    metrics = pd.read_csv(runs.fold_dir(run_dir, 0) / runs.METRICS)
+    metrics = pd.read_csv(run_folder.fold_dir(run_dir, 0) / run_folder.METRICS)
     assert metrics["val_acc"].isna().all() and len(metrics) == 2
     from engine.checkpoint import load_checkpoint
-    assert load_checkpoint(runs.fold_dir(run_dir, 0) / runs.BEST)["epoch"] == 2
+    assert load_checkpoint(run_folder.fold_dir(run_dir, 0) / run_folder.BEST)["epoch"] == 2
     assert predict.main([str(run_dir)] + FAST + few_test_images(digits_dir, tmp_path)) == 0
-    assert len(pd.read_csv(run_dir / runs.OUTPUT)) == 16
+    assert len(pd.read_csv(run_dir / run_folder.OUTPUT)) == 16
     image = digits_dir / "test" / pd.read_csv(digits_dir / "test.csv")["image_path"][0]
     assert cam.main([str(image), "--ckpt", str(run_dir), "--out", str(tmp_path / "cams")]) == 0

@@ -13,25 +13,25 @@ import pandas as pd
 import pytest
 
 from conftest import ROOT, digits_recipe
-from engine import runs
+from engine import run_folder
 from engine.errors import run_command
 
 WRITE = re.compile(r"\b(write_text|write_csv|write_atomic|save_atomic|save_json|savefig|to_csv|np\.save|torch\.save)\(")
 # module -> how its writes are kept off what the user owns: "guard" (a command whose OutputGuard checks every
 # target before its writers run) or why the engine alone owns the path it writes
 WRITERS = {
-    "engine/run_table/command.py": "guard",  # runs --html
+    "engine/runs/command.py": "guard",  # runs --html
     "engine/train/lr_find.py": "guard",  # runs/<recipe>/lr_find.png
     "engine/sweep/command.py": "guard",  # runs/sweeps/<name>/ results
     "engine/predict/command.py": "guard",  # --out and the files beside it
     "engine/cam/command.py": "guard",  # --out folder, cams.csv
     "engine/explore/analysis.py": "guard",  # --out folder, --write-clean
-    "engine/evaluate/run_report.py": "guard",  # report files next to the predictions
+    "engine/evaluate/report_figures.py": "guard",  # report files next to the predictions
     "engine/system/outputs.py": "the guard's own ledger",
     "engine/system/atomic.py": "the atomic writer every other module calls",
     "engine/checkpoint.py": "best.pt / last.pt inside the run's fold folder",
     "engine/recipe/files.py": "recipe.json of a new run folder",
-    "engine/runs/__init__.py": "recipe.json of a run folder it has just created",
+    "engine/run_folder.py": "recipe.json of a run folder it has just created",
     "engine/evaluate/oof.py": "oof.csv / oof_metrics.json inside the run folder",
     "engine/evaluate/label_issues.py": "label_issues.csv inside the run folder",
     "engine/evaluate/predictions.py": "val_predictions.csv / val_probs.npy inside the fold folder",
@@ -42,15 +42,15 @@ WRITERS = {
     "engine/data/tables/demo_digits.py": "the demo data set, built once into its own new folder",
     "engine/explore/facts.py": "a facts cache in the engine's cache folder",
     "engine/explore/findings.py": "--write-clean's file, checked by analysis.py's guard",
-    "engine/explore/page.py": "explore's page, checked by analysis.py's guard",
+    "engine/explore/report_page.py": "explore's page, checked by analysis.py's guard",
     "engine/explore/plots.py": "explore's plots, checked by analysis.py's guard",
     "engine/explore/augment_preview.py": "augment.png, checked by explore's guard",
     "engine/cam/figures.py": "cam pages, checked by cam's guard",
     "engine/sweep/results.py": "sweep results, checked by sweep's guard",
-    "engine/run_table/page.py": "the runs page, checked by --html's guard",
-    "engine/data/stores/cache_store.py": "the image cache in the engine's cache folder",
+    "engine/runs/html_page.py": "the runs page, checked by --html's guard",
+    "engine/data/stores/image_store.py": "the image cache in the engine's cache folder",
     "engine/data/stores/feature_store.py": "feature stores in the engine's cache folder",
-    "engine/system/runlog.py": "train.log / the W&B id inside the run folder",
+    "engine/train/run_log.py": "train.log / the W&B id inside the run folder",
 }
 
 
@@ -82,9 +82,9 @@ def run_copy(trained_run, tmp_path_factory) -> Path:
 def place(kind: str, path: Path, run: Path, digits_dir: Path) -> Path:
     """Put a protected `kind` of thing at `path` (or return the real one for a run file / checkpoint)."""
     if kind == "run file":
-        return run / runs.RECIPE if path is None else _copy(run / runs.RECIPE, path)
+        return run / run_folder.RECIPE if path is None else _copy(run / run_folder.RECIPE, path)
     if kind == "checkpoint":
-        return run / "fold0" / runs.LAST if path is None else _copy(run / "fold0" / runs.LAST, path)
+        return run / "fold0" / run_folder.LAST if path is None else _copy(run / "fold0" / run_folder.LAST, path)
     path = path or Path(str(run.parent.parent.parent / "mine") + {"recipe": ".py", "image": ".png",
                                                                      "own file": ".txt", "folder": ""}[kind])
     path.parent.mkdir(parents=True, exist_ok=True)

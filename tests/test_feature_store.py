@@ -14,10 +14,10 @@ import torch
 
 import predict
 from conftest import ROOT, digits_recipe
-from engine import runs
+from engine import run_folder
 from engine.checkpoint import load_checkpoint
 from engine.data.stores import feature_store as fs
-from engine.data.stores.cache import image_loader
+from engine.data.stores.image_cache import image_loader
 from engine.data.batches.loader import EpochSampler, ImageDataset, make_loader
 from engine.data.batches.loader_source import LoaderBatches
 from engine.data.pixels.transforms import Normalize, recipe_train_transform
@@ -101,7 +101,7 @@ def test_head_from_fp32_store_equals_head_trained_through_the_frozen_backbone(st
     for epoch in range(recipe.epochs):  # 3 epochs over 2 views: the third reads view 0 again
         batches.set_epoch(epoch)
         train_one_epoch(s, batches, epoch, show_progress=False)
-    stored = load_checkpoint(runs.fold_dir(run_dir, 0) / runs.LAST)["model"]
+    stored = load_checkpoint(run_folder.fold_dir(run_dir, 0) / run_folder.LAST)["model"]
     head = {id(p) for p in model.get_classifier().parameters()}
     for name, p in model.named_parameters():
         if id(p) in head:

@@ -112,7 +112,7 @@ def test_report_counts_the_most_confused_pairs(split_run, capsys):
 
 def test_mistakes_gallery_shows_each_image_in_order_and_survives_a_missing_one(tmp_path):
     from PIL import Image
-    from engine.evaluate.run_report import CELL, mistake_montage
+    from engine.evaluate.report_figures import CELL, mistake_montage
     colours = [(200, 30, 30), (30, 160, 30), (30, 30, 200)]
     paths = []
     for i, (colour, size) in enumerate(zip(colours, [(40, 20), (10, 30), (64, 64)])):  # wide, tall, square

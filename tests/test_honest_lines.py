@@ -49,10 +49,10 @@ def test_a_saved_recipe_from_before_the_checks_still_loads():
 @pytest.mark.parametrize("bad", [{"model": 5}, {"epochs": "ten"}, {"head": "conv"}])
 def test_a_bad_value_in_recipe_json_names_the_file_and_the_key(bad, tmp_path):
     import json
-    from engine import runs
-    (tmp_path / runs.RECIPE).write_text(json.dumps(load_recipe(None, {}).to_dict() | bad))
-    with pytest.raises(UserError, match=rf"{tmp_path / runs.RECIPE}: recipe key '{next(iter(bad))}'") as e:
-        runs.read_recipe(tmp_path)
+    from engine import run_folder
+    (tmp_path / run_folder.RECIPE).write_text(json.dumps(load_recipe(None, {}).to_dict() | bad))
+    with pytest.raises(UserError, match=rf"{tmp_path / run_folder.RECIPE}: recipe key '{next(iter(bad))}'") as e:
+        run_folder.read_recipe(tmp_path)
     assert "\n" not in str(e.value)
 
 
@@ -114,10 +114,10 @@ def _copy_run(trained_run, tmp_path):
 
 @pytest.mark.parametrize("kept_rows", [1, 0])  # the stopped run recorded one epoch, or none (no metrics.csv)
 def test_a_finished_last_pt_copied_into_a_stopped_run_is_refused(trained_run, tmp_path, kept_rows):
-    from engine import runs
+    from engine import run_folder
     from engine.train.orchestrator import train
     run = _copy_run(trained_run, tmp_path)
-    metrics = run / "fold0" / runs.METRICS
+    metrics = run / "fold0" / run_folder.METRICS
     if kept_rows:
         metrics.write_text("".join(metrics.read_text().splitlines(keepends=True)[:1 + kept_rows]))
     else:
@@ -128,16 +128,16 @@ def test_a_finished_last_pt_copied_into_a_stopped_run_is_refused(trained_run, tm
         train(None, resume=str(run), show_progress=False)
     assert "\n" not in str(e.value) and sorted(p.name for p in run.rglob("*")) == before  # nothing written
     if kept_rows:  # the runs table says the same (was "finished")
-        from engine.run_table.status import read_run
+        from engine.runs.status import read_run
         row = read_run(run, tmp_path)
         assert row.status == "damaged" and "records 1: it was copied from another run" in row.detail
 
 
 def test_a_last_pt_of_another_split_is_refused_naming_it(trained_run, tmp_path):
     import pandas as pd
-    from engine import runs
+    from engine import run_folder
     from engine.train.orchestrator import check_belongs
-    split = pd.read_csv(trained_run / runs.SPLIT)
+    split = pd.read_csv(trained_run / run_folder.SPLIT)
     path = trained_run / "fold0" / "last.pt"
     state = {"epoch": 1, "split": "0123456789abcdef"}  # what another run's last.pt records
     with pytest.raises(UserError, match=rf"{path} was trained on another split than this run's split.csv"):

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from conftest import ROOT, digits_recipe
-from engine import runs
+from engine import run_folder
 from engine.errors import UserError, run_command
 from engine.train.orchestrator import train
 
@@ -114,14 +114,14 @@ def test_a_second_trainer_of_the_same_fold_is_refused_and_another_fold_is_not(di
 
     run = train(recipe, fold=0, name="same", show_progress=False, on_epoch=meanwhile)
     assert seen == [1]
-    assert pd.read_csv(runs.fold_dir(run, 0) / runs.METRICS)["epoch"].tolist() == [1]
-    assert [p.parent.name for p in runs.fold_files(run, runs.BEST)] == ["fold0", "fold1"]  # one run, two folds
+    assert pd.read_csv(run_folder.fold_dir(run, 0) / run_folder.METRICS)["epoch"].tolist() == [1]
+    assert [p.parent.name for p in run_folder.fold_files(run, run_folder.BEST)] == ["fold0", "fold1"]  # one run, two folds
 
 
 # 3. --resume checks that last.pt belongs to the run
 
 def edit_last(run: Path, change) -> None:
-    path = runs.fold_dir(run, 0) / runs.LAST
+    path = run_folder.fold_dir(run, 0) / run_folder.LAST
     ckpt = torch.load(path, weights_only=True)
     change(ckpt)
     ckpt["progress"]["finished"] = False
@@ -187,14 +187,14 @@ def test_disk_full_is_one_line_and_resume_leaves_one_metrics_row_per_epoch(digit
     monkeypatch.setattr(torch, "save", full_disk)
     assert run_command(lambda: train(recipe, fold=0, name="full", show_progress=False)) == 75
     err = one_line(capsys)
-    run = runs.trial_run_dir(recipe, "full")
+    run = run_folder.trial_run_dir(recipe, "full")
     assert "disk full" in err and "MB needed" in err and f"python train.py --resume {run}" in err
-    last = runs.fold_dir(run, 0) / runs.LAST
+    last = run_folder.fold_dir(run, 0) / run_folder.LAST
     assert torch.load(last, weights_only=True)["epoch"] == 1 and not list(last.parent.glob(".*.tmp"))
-    assert pd.read_csv(last.parent / runs.METRICS)["epoch"].tolist() == [1, 2]  # epoch 2 will be redone
+    assert pd.read_csv(last.parent / run_folder.METRICS)["epoch"].tolist() == [1, 2]  # epoch 2 will be redone
     monkeypatch.setattr(torch, "save", real_save)
     train(None, fold=0, resume=str(run), show_progress=False)
-    assert pd.read_csv(last.parent / runs.METRICS)["epoch"].tolist() == [1, 2]
+    assert pd.read_csv(last.parent / run_folder.METRICS)["epoch"].tolist() == [1, 2]
 
 
 # 6. targets that are not 0..K-1
@@ -215,7 +215,7 @@ def test_a_failed_start_is_not_the_newest_run(run_a, digits_dir, small_csv, tmp_
     with pytest.raises(UserError, match="cannot take image_size=16"):
         train(quick(digits_dir, small_csv, tmp_path, model="test_convnext"), show_progress=False)
     assert len(list(tmp_path.glob("*/*/recipe.json"))) == 1  # the failed start left no folder (issue 23)
-    assert runs.newest_run(tmp_path) == trained
+    assert run_folder.newest_run(tmp_path) == trained
 
 
 def test_image_size_below_what_works_is_a_recipe_error():
@@ -256,7 +256,7 @@ def test_cam_skips_an_unreadable_file_in_a_folder(run_a, digits_dir, tmp_path, c
 def test_damaged_recipe_json_is_one_line_for_resume_and_predict(run_a, tmp_path, capsys):
     import train as train_cli
     run = copy_run(run_a, tmp_path)
-    (run / runs.RECIPE).write_text('{"model": "test_resnet", ')
+    (run / run_folder.RECIPE).write_text('{"model": "test_resnet", ')
     assert train_cli.main(["--resume", str(run), "--no-progress"]) == 2
     assert "damaged" in one_line(capsys)
     assert predict([str(run)]) == 2

@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 
 from conftest import digits_recipe
-from engine import runs
+from engine import run_folder
 from engine.evaluate import label_issues
-from engine.evaluate.run_report import make_report
+from engine.evaluate.report_figures import make_report
 from engine.explore.__main__ import main as explore_main
 from engine.recipe import save_json
 
@@ -27,21 +27,21 @@ def fake_kfold_run(tmp_path, digits_dir, noise: float, n: int = 1000, classes: i
     given[flipped] = (truth[flipped] + rng.integers(1, classes, len(flipped))) % classes
     run_dir = tmp_path / "runs" / "digits" / "20260101-000000"
     run_dir.mkdir(parents=True)
-    save_json(digits_recipe(digits_dir, tmp_path, folds=5), run_dir / runs.RECIPE)
+    save_json(digits_recipe(digits_dir, tmp_path, folds=5), run_dir / run_folder.RECIPE)
     paths = [f"c{t}/{i:05d}.png" for i, t in enumerate(given)]
     pd.DataFrame({"image_path": paths, "target": given, "class_name": [f"c{t}" for t in given],
                   "pred": probs.argmax(1), "pred_name": [f"c{p}" for p in probs.argmax(1)],
                   "confidence": probs.max(1), "top5": [" ".join(map(str, np.argsort(-p)[:5])) for p in probs],
-                  "fold": np.arange(n) % 5}).to_csv(run_dir / runs.OOF, index=False)
-    np.save(run_dir / runs.OOF_PROBS, probs.astype(np.float16))
+                  "fold": np.arange(n) % 5}).to_csv(run_dir / run_folder.OOF, index=False)
+    np.save(run_dir / run_folder.OOF_PROBS, probs.astype(np.float16))
     return run_dir, {paths[i] for i in flipped}
 
 
 def test_report_finds_the_flipped_labels_with_high_precision_and_recall(tmp_path, digits_dir):
     run_dir, flipped = fake_kfold_run(tmp_path, digits_dir, noise=0.05)
     written = make_report(run_dir)
-    assert run_dir / label_issues.FILE in written and run_dir / "report_label_issues.png" in written
-    issues = pd.read_csv(run_dir / label_issues.FILE)
+    assert run_dir / run_folder.LABEL_ISSUES in written and run_dir / "report_label_issues.png" in written
+    issues = pd.read_csv(run_dir / run_folder.LABEL_ISSUES)
     found = set(issues["image_path"])
     # (on real digits, bench/label_noise.py measures it; this synthetic model's noise makes recall harder)
     assert len(found & flipped) / len(found) >= 0.9 and len(found & flipped) / len(flipped) >= 0.7
@@ -63,10 +63,10 @@ def kfold_run(digits_dir, tmp_path_factory):
 
 
 def test_a_kfold_run_ends_with_label_issues_and_says_how_many(kfold_run):
-    issues = pd.read_csv(kfold_run / label_issues.FILE)
-    oof = pd.read_csv(kfold_run / runs.OOF)
+    issues = pd.read_csv(kfold_run / run_folder.LABEL_ISSUES)
+    oof = pd.read_csv(kfold_run / run_folder.OOF)
     assert set(issues["image_path"]) <= set(oof["image_path"])
-    assert f"{len(issues)} rows look mislabelled" in (kfold_run / runs.TRAIN_LOG).read_text()
+    assert f"{len(issues)} rows look mislabelled" in (kfold_run / run_folder.TRAIN_LOG).read_text()
     assert (kfold_run / "report_label_issues.png").is_file() or issues.empty
 
 
@@ -97,8 +97,8 @@ def test_drop_writes_the_table_without_the_flagged_rows_and_relabel_swaps_their_
 
 
 def test_a_retrain_on_the_cleaned_table_is_shown_beside_its_original(digits_dir, tmp_path):
-    from engine.run_table.table import cleaned_from
-    (tmp_path / runs.OOF_METRICS).write_text('{"accuracy": 0.9123, "n": 1527}')  # the original run's folder
+    from engine.runs.table import cleaned_from
+    (tmp_path / run_folder.OOF_METRICS).write_text('{"accuracy": 0.9123, "n": 1527}')  # the original run's folder
     issues = issues_file(tmp_path / "label_issues.csv", pd.read_csv(digits_dir / "train.csv").iloc[[3, 50]])
     assert explore(digits_dir, "--write-clean", tmp_path / "clean.csv", "--drop", issues) == 0
     line = label_issues.before_cleaning_line(str(tmp_path / "clean.csv"), 0.95)

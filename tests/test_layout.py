@@ -1,24 +1,26 @@
 """The layout's promises: stages import one way, no import circles, small modules, one owner per run-folder name
-(engine/runs/__init__.py)."""
+(engine/run_folder.py), and a README map that names every module in its own folder."""
 from __future__ import annotations
 
 import ast
 from collections import defaultdict
 from pathlib import Path
 
-from engine import run_files
+from engine import run_folder
 
 ROOT = Path(__file__).resolve().parent.parent
 ENGINE = ROOT / "engine"
 CLIS = ["train.py", "predict.py", "sweep.py", "cam.py", "engine/report.py", "engine/explore/__main__.py",
         "engine/runs/__main__.py"]
-# a unit may import only units of a lower rank (or itself): system <- runs, data (neither imports the other) <- evaluate <- train <- the side features
-RANK = {"errors": 0, "run_files": 0, "system": 1, "recipe": 2, "checkpoint": 2, "models": 2, "matmul_padding": 1, "input_size": 1, "model_speed": 2, "runs": 3, "data": 3, "evaluate": 5,
-        "train": 6, "predict": 7, "cam": 8, "explore": 8, "sweep": 8, "report": 9, "run_table": 9}
+# a unit may import only units of a lower rank (or itself): system <- run_folder, data (neither imports the other)
+# <- evaluate <- train <- predict <- the side features <- the runs table and the report command
+RANK = {"errors": 0, "system": 1, "matmul_padding": 1, "input_size": 1, "recipe": 2, "checkpoint": 2, "models": 2,
+        "model_speed": 2, "run_folder": 3, "data": 3, "evaluate": 5, "train": 6, "predict": 7, "cam": 8, "explore": 8,
+        "sweep": 8, "report": 9, "runs": 9}
 # inside data, its rooms import one way too: pixels <- caches and stores <- tables and folds <- batches
 DATA_RANK = {"pixels": 0, "stores": 1, "tables": 2, "batches": 3}
 COMMAND_RANK = 10  # a package's __main__ is a command line (`python -m engine.runs`): it may import any stage
-RUN_FOLDER_NAMES = tuple(v for k, v in vars(run_files).items()  # every file name the owner holds
+RUN_FOLDER_NAMES = tuple(v for k, v in vars(run_folder).items()  # every file name the owner holds
                          if k.isupper() and isinstance(v, str) and "." in v)
 
 
@@ -95,12 +97,12 @@ def test_modules_and_commands_stay_small():
     assert not big and not long_clis, big + long_clis
 
 
-def test_run_folder_names_are_spelled_only_in_run_files_py():
+def test_run_folder_names_are_spelled_only_in_run_folder_py():
     assert {"recipe.json", "train.log", "last.pt", "split.csv", "_probs.csv"} <= set(RUN_FOLDER_NAMES)
-    assert run_files.WANDB_ID == "wandb_id"  # (also a sweep results column, so not searched for)
+    assert run_folder.WANDB_ID == "wandb_id"  # (also a sweep results column, so not searched for)
     spelled = []
     for path in [*ENGINE.rglob("*.py"), *(ROOT / c for c in CLIS)]:
-        if path == ENGINE / "run_files.py":
+        if path == ENGINE / "run_folder.py":
             continue
         tree = ast.parse(path.read_text())
         docstrings = {id(n.body[0].value) for n in ast.walk(tree)
@@ -113,16 +115,51 @@ def test_run_folder_names_are_spelled_only_in_run_files_py():
     assert not spelled, "\n".join(spelled)
 
 
-def test_every_engine_module_is_on_the_readme_map():
-    """The README's layout tree names every module, so the map cannot go stale."""
-    import re
+def readme_map() -> dict[str, str]:
+    """The README's layout tree as {folder under engine/ ("" for engine/ itself): the text of its entry}; a root
+    module's entry is its `name.py` line. Folders nest by indentation; a line with no name first continues the entry."""
     readme = (ROOT / "README.md").read_text()
-    tree = readme[readme.index("## Layout"):readme.index("Where to change what")]
-    missing = [str(p.relative_to(ROOT)) for p in sorted((ROOT / "engine").rglob("*.py"))
-               if p.stem not in ("__init__", "__main__") and not re.search(rf"\b{re.escape(p.stem)}\b", tree)]
-    missing += [f"{p.parent.relative_to(ROOT)}/" for p in sorted((ROOT / "engine").rglob("__init__.py"))
-                if p.parent != ROOT / "engine" and not re.search(rf"\b{re.escape(p.parent.name)}/", tree)]
-    assert not missing, f"add to the README's layout tree: {missing}"
+    block = readme[readme.index("    engine/\n", readme.index("## Layout")):readme.index("Where to change what")]
+    entries: dict[str, str] = {"": ""}
+    stack: list[tuple[int, str]] = [(4, "")]  # (indent, folder) of the open folders; engine/ is at indent 4
+    current = ""
+    for line in block.splitlines()[1:]:
+        if not line.strip():
+            continue
+        indent, first, rest = len(line) - len(line.lstrip()), line.split()[0], line.strip()[len(line.split()[0]):]
+        if first.endswith("/") and indent - stack[-1][0] <= 2:
+            while indent <= stack[-1][0]:
+                stack.pop()
+            current = f"{stack[-1][1]}{first}"
+            stack.append((indent, current))
+            entries[current] = rest
+        elif first.endswith(".py") and indent == 6:
+            current = ""
+            entries[""] += f" {first} {rest}"
+        else:
+            entries[current] += " " + line.strip()
+    return entries
+
+
+def test_readme_map_names_every_module_in_its_own_folder():
+    """The README's layout tree names every module under its own folder's entry, and every folder it names exists,
+    so the map cannot go stale (a name in another folder's entry does not count)."""
+    import re
+    entries = readme_map()
+    assert entries["data/pixels/"].startswith(" ") and "device_augment" in entries["data/pixels/"]  # the parse works
+    assert "device_augment" not in entries["data/stores/"]
+    missing = []
+    for init in sorted(ENGINE.rglob("__init__.py")):
+        folder = "" if init.parent == ENGINE else f"{init.parent.relative_to(ENGINE)}/"
+        if folder not in entries:
+            missing.append(f"engine/{folder} has no entry")
+            continue
+        stems = [q.stem for q in init.parent.glob("*.py") if q.stem not in ("__init__", "__main__")]
+        names = [f"{s}.py" for s in stems] if folder == "" else stems
+        missing += [f"engine/{folder}{n if n.endswith('.py') else n + '.py'}" for n in names
+                    if not re.search(rf"(?<![\w/]){re.escape(n)}\b", entries[folder])]
+    stale = [f"engine/{f}" for f in entries if f and not (ENGINE / f / "__init__.py").is_file()]
+    assert not missing and not stale, f"the README's layout tree lacks {missing}; names folders that are gone: {stale}"
 
 
 def test_every_package_docstring_names_its_modules():

@@ -8,7 +8,7 @@ import torch
 
 import engine.train.lr_find as lr_find
 import train as train_cli
-from engine import runs
+from engine import run_folder
 from tests.conftest import ROOT
 
 
@@ -47,9 +47,9 @@ def test_suggests_an_lr_where_the_loss_fell_plots_it_and_leaves_no_run(digits_di
     at = r.lrs.index(r.suggestion)
     assert r.lrs[0] < r.suggestion <= r.lrs[low] and r.smoothed[at] < r.smoothed[0]  # where the loss fell
     assert len(r.lrs) <= 100 and ("diverged" in r.stopped or len(r.lrs) == 100)
-    assert r.plot == tmp_path / "demo" / runs.LR_FIND and r.plot.stat().st_size > 10_000
+    assert r.plot == tmp_path / "demo" / run_folder.LR_FIND and r.plot.stat().st_size > 10_000
     assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == ["demo", "demo/.sketchbook_outputs.json",
-                                                                                        f"demo/{runs.LR_FIND}"]
+                                                                                        f"demo/{run_folder.LR_FIND}"]
     model, before = seen["model"], seen["before"]
     frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
     trained = [n for n, p in model.named_parameters() if p.requires_grad]

@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 import torch
 
-from engine.data.stores.cache import MEMORY_PREFIX, memory_cache_root, namespace_tag
+from engine.data.stores.image_cache import MEMORY_PREFIX, memory_cache_root, namespace_tag
 from tests.conftest import ROOT
 
 

@@ -28,9 +28,9 @@ def test_a_cam_page_on_a_full_disk_is_one_line_and_leaves_no_empty_png(tmp_path,
 
 
 def test_a_run_name_too_long_for_a_folder_is_refused():
-    from engine import runs
+    from engine import run_folder
     with pytest.raises(UserError, match="--name is 300 characters"):
-        runs.check_run_name("a" * 300)
+        run_folder.check_run_name("a" * 300)
 
 
 def test_a_journal_in_a_read_only_folder_is_one_line(tmp_path, monkeypatch):

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import digits_recipe
-from engine import runs
+from engine import run_folder
 from engine.errors import UserError
 
 
@@ -27,7 +27,7 @@ def test_resume_and_another_fold_refuse_changed_data(digits_dir, tmp_path, edit)
     table.to_csv(csv, index=False)
     recipe = quick(digits_dir, csv, tmp_path / "runs")
     run = train(recipe, fold=0, name="cv", show_progress=False)
-    recorded = pd.read_csv(run / runs.SPLIT)
+    recorded = pd.read_csv(run / run_folder.SPLIT)
     assert len(recorded) == len(table) and set(recorded["fold"]) == {0, 1, 2}
     if edit == "drop rows":
         table = table.iloc[5:]
@@ -39,7 +39,7 @@ def test_resume_and_another_fold_refuse_changed_data(digits_dir, tmp_path, edit)
         train(recipe, fold=1, name="cv", show_progress=False)  # --fold 1, as on another machine
     with pytest.raises(UserError, match="no longer hold the same rows"):
         train(None, resume=str(run), show_progress=False)
-    assert not runs.fold_dir(run, 1).exists() or not (runs.fold_dir(run, 1) / runs.LAST).exists()
+    assert not run_folder.fold_dir(run, 1).exists() or not (run_folder.fold_dir(run, 1) / run_folder.LAST).exists()
 
 
 @pytest.mark.parametrize("edit", ["swap folds", "delete rows"])
@@ -48,12 +48,12 @@ def test_a_split_csv_edited_since_last_pt_is_named_on_resume(digits_dir, tmp_pat
     csv = tmp_path / "train.csv"
     pd.read_csv(digits_dir / "train.csv").groupby("target").head(8).to_csv(csv, index=False)
     run = train(quick(digits_dir, csv, tmp_path / "runs"), fold=0, name="cv", show_progress=False)
-    split = pd.read_csv(run / runs.SPLIT)
+    split = pd.read_csv(run / run_folder.SPLIT)
     if edit == "swap folds":
         split["fold"] = split["fold"].map({0: 1, 1: 0, 2: 2})
     else:
         split = split.iloc[4:]
-    split.to_csv(run / runs.SPLIT, index=False)
+    split.to_csv(run / run_folder.SPLIT, index=False)
     with pytest.raises(UserError, match=r"split\.csv changed since .*fold0/last\.pt was trained on it") as e:
         train(None, resume=str(run), show_progress=False)
     assert "train.csv" not in str(e.value)  # the file that changed is named, not the one that did not

@@ -47,8 +47,8 @@ def fake_train(monkeypatch) -> list:
 @pytest.fixture
 def no_report(monkeypatch):
     """Trials are normal runs; their per-run evaluation plots are not what these tests check."""
-    import engine.evaluate.run_report
-    monkeypatch.setattr(engine.evaluate.run_report, "make_report", lambda run_dir, *a, **k: [])
+    import engine.evaluate.report_figures
+    monkeypatch.setattr(engine.evaluate.report_figures, "make_report", lambda run_dir, *a, **k: [])
 
 
 def trials(sweep_dir: Path) -> pd.DataFrame:

@@ -14,7 +14,7 @@ from engine.train.losses import SoftTargetCrossEntropy
 from engine.train.mix import Mixer
 from engine.models import build_model
 from engine.train.optim import build_optimizer
-from engine.train.schedule import build_scheduler, lr_factor, step_milestone_updates
+from engine.train.lr_schedule import build_scheduler, lr_factor, step_milestone_updates
 from engine.recipe import from_dict
 from engine.data.tables.read import read_train_table
 from engine.data.pixels.transforms import Normalize, build_eval_transform
@@ -181,7 +181,7 @@ def test_ema_warms_up_so_early_averages_follow_the_model():
 def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path):
     from engine.system.distributed import Dist
     from engine.recipe import load_recipe
-    from engine.runs import make_run_dir
+    from engine.run_folder import make_run_dir
     a = make_run_dir(load_recipe(None, {"output_dir": str(tmp_path), "lr": 1e-3}), None, Dist())
     b = make_run_dir(load_recipe(None, {"output_dir": str(tmp_path), "lr": 3e-3}), None, Dist())
     assert a != b and from_dict(__import__("json").loads((a / "recipe.json").read_text())).lr == 1e-3

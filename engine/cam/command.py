@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from engine import runs
+from engine import run_folder
 from engine.cam.figures import save_mistakes_grid, save_page
 from engine.cam.gradcam import compute_cams, find_target_layer, ink_mass, list_layers, resolve_target
 from engine.data.batches.loader import eval_dataset
@@ -120,7 +120,7 @@ def explain_mistakes(run: Path, out: Path, count: int = 16, method: str = "gradc
         raise UserError(f"no wrong predictions in '{run}': nothing to show")
     cells, classes = {}, []
     for fold, group in wrong.groupby("fold"):
-        member = load_member(runs.resolve_checkpoint(run, runs.BEST, int(fold)), pick_device(device))
+        member = load_member(run_folder.resolve_checkpoint(run, run_folder.BEST, int(fold)), pick_device(device))
         classes, root = member.classes, Path(data_dir or member.recipe.data_dir)
         paths = [root / p for p in group["image_path"]]
         if not paths[0].is_file():
@@ -172,7 +172,7 @@ def run_cam(images: Sequence[str] = (), ckpt: str | None = None, runs_dir: str =
         guard.wrote(explain_mistakes(Path(mistakes), folder, count, method, layer, data_dir, batch_size, device))
         print(f"wrote {folder / 'mistakes.png'}")
         return
-    path = runs.resolve_checkpoint(ckpt or runs.newest_run(runs_dir), runs.BEST)
+    path = run_folder.resolve_checkpoint(ckpt or run_folder.newest_run(runs_dir), run_folder.BEST)
     member = load_member(path, pick_device(device))
     if list_layers:
         print_layers(member)
@@ -180,7 +180,7 @@ def run_cam(images: Sequence[str] = (), ckpt: str | None = None, runs_dir: str =
     paths = readable(image_paths(images))
     guard = output_guard(paths)  # every file is checked before the first map: a refusal costs nothing
     names = [f"{name}{suffix}" for name in page_names(paths) for suffix in ("_cam.png", "_cam.npy")[:1 + save_maps]]
-    folder = guard.folder(out or runs.output_folder_of(path) / "cams", names + ["cams.csv"])
+    folder = guard.folder(out or run_folder.output_folder_of(path) / "cams", names + ["cams.csv"])
     pages = [folder / name for name in names + ["cams.csv"]]
     print(f"{path}: {member.recipe.model}, {len(member.classes)} classes, {method}, ink: what differs from the "
           f"paper {member.background}")

@@ -19,7 +19,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from engine import runs
+from engine import run_folder
 from engine.errors import UserError
 from engine.evaluate.metrics import macro_f1
 from engine.evaluate.predictions import class_names, read_probs
@@ -40,9 +40,10 @@ class Ensemble:
 
 def load_oof(run_dir: Path) -> tuple[pd.DataFrame, np.ndarray]:
     """(oof.csv, its N x C probabilities); folds = 1: the hold-out's val_predictions.csv and probabilities."""
-    folds = int(runs.read_recipe_values(run_dir).get("folds", 1))
-    table_path, probs_path = ((run_dir / runs.OOF, run_dir / runs.OOF_PROBS) if folds > 1 else
-                              (runs.fold_dir(run_dir, 0) / runs.VAL_PREDICTIONS, runs.fold_dir(run_dir, 0) / runs.VAL_PROBS))
+    folds = int(run_folder.read_recipe_values(run_dir).get("folds", 1))
+    table_path, probs_path = ((run_dir / run_folder.OOF, run_dir / run_folder.OOF_PROBS) if folds > 1 else
+                              (run_folder.fold_dir(run_dir, 0) / run_folder.VAL_PREDICTIONS,
+                               run_folder.fold_dir(run_dir, 0) / run_folder.VAL_PROBS))
     if not probs_path.is_file() or not table_path.is_file():
         raise UserError(f"{run_dir} has no {probs_path.name} (trained before out-of-fold probabilities were kept, or a "
                         f"fold has not finished); retrain it, or use --weights equal")
@@ -55,9 +56,9 @@ def load_oof(run_dir: Path) -> tuple[pd.DataFrame, np.ndarray]:
 
 def check_same_folds(run_dirs: Sequence[Path], tables: Sequence[pd.DataFrame]) -> None:
     """Weights fit on OOF rows only make sense when every run validated the same rows in the same folds."""
-    first = runs.read_recipe(run_dirs[0])
+    first = run_folder.read_recipe(run_dirs[0])
     for run_dir, table in zip(run_dirs[1:], tables[1:]):
-        recipe = runs.read_recipe(run_dir)
+        recipe = run_folder.read_recipe(run_dir)
         keys = FOLD_KEYS + (("val_fraction",) if first.folds == 1 else ())
         diff = next((k for k in keys if getattr(recipe, k) != getattr(first, k)), None)
         if diff is None and not tables[0]["image_path"].astype(str).equals(table["image_path"].astype(str)):
@@ -114,7 +115,7 @@ def plan_ensemble(run_dirs: Sequence[str | Path], kfold: bool = True) -> Ensembl
     if not run_dirs or not kfold:
         raise UserError("--weights oof needs run folders and --kfold (each run predicts with all the folds its "
                         "out-of-fold predictions came from): python predict.py RUN_A RUN_B --kfold --weights oof")
-    not_runs = [str(r) for r in run_dirs if not runs.is_run_dir(r)]
+    not_runs = [str(r) for r in run_dirs if not run_folder.is_run_dir(r)]
     if not_runs:
         raise UserError(f"--weights oof weighs run folders by their out-of-fold predictions; '{not_runs[0]}' is not "
                         f"a run folder (pass run folders, or use --weights equal)")
@@ -160,7 +161,8 @@ def per_class_recall(table: pd.DataFrame, targets: np.ndarray, member_preds: Seq
 def write_ensemble_report(ensemble: Ensemble, folder: Path) -> list[Path]:
     """ensemble.json, the per-class recall table and its plot (top classes), next to the output CSV."""
     folder = Path(folder)
-    paths = [folder / runs.ENSEMBLE, folder / runs.ENSEMBLE_PER_CLASS, folder / runs.ENSEMBLE_PER_CLASS_PLOT]
+    paths = [folder / name for name in (run_folder.ENSEMBLE, run_folder.ENSEMBLE_PER_CLASS,
+                                        run_folder.ENSEMBLE_PER_CLASS_PLOT)]
     write_text(paths[0], json.dumps(ensemble.report, indent=2) + "\n")
     write_csv(ensemble.per_class, paths[1], float_format="%.4f")
     from engine.evaluate.ensemble_plot import plot_per_class  # late: matplotlib (~0.4 s) only for --weights oof

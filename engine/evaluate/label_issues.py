@@ -16,20 +16,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from engine import runs
+from engine import run_folder
 from engine.errors import UserError
 from engine.evaluate.predictions import class_names, read_probs
 from engine.system.atomic import write_csv
 from engine.system.outputs import ledger_entry
 
-FILE = "label_issues.csv"
 METHOD = "cleanlab find_label_issues(prune_by_noise_rate), score self_confidence"
 COLUMNS = ["image_path", "fold", "target", "class_name", "suggested", "suggested_name", "label_quality", "method"]
 
 
 def oof_inputs(run_dir: Path) -> tuple[pd.DataFrame, np.ndarray] | None:
     """oof.csv and its probabilities (rows renormalised; float16 rounding), or None when the run has none."""
-    oof, probs = Path(run_dir) / runs.OOF, Path(run_dir) / runs.OOF_PROBS
+    oof, probs = Path(run_dir) / run_folder.OOF, Path(run_dir) / run_folder.OOF_PROBS
     if not (oof.is_file() and probs.is_file()):
         return None
     table, p = pd.read_csv(oof, dtype={"image_path": str}), read_probs(probs).astype(np.float64)
@@ -62,16 +61,16 @@ def find_issues(table: pd.DataFrame, probs: np.ndarray) -> pd.DataFrame:
 def write_label_issues(run_dir: Path, table: pd.DataFrame, probs: np.ndarray) -> pd.DataFrame:
     """label_issues.csv in the run folder, from its out-of-fold table and probabilities."""
     issues = find_issues(table, probs)
-    write_csv(issues, Path(run_dir) / FILE)
+    write_csv(issues, Path(run_dir) / run_folder.LABEL_ISSUES)
     return issues
 
 
 def run_summary_line(run_dir: Path) -> str | None:
     """The summary line of a run's label_issues.csv, or None when it has none."""
-    path, oof = Path(run_dir) / FILE, Path(run_dir) / runs.OOF
+    path, oof = Path(run_dir) / run_folder.LABEL_ISSUES, Path(run_dir) / run_folder.OOF
     if not (path.is_file() and oof.is_file()):
         return None
-    metrics = Path(run_dir) / runs.OOF_METRICS
+    metrics = Path(run_dir) / run_folder.OOF_METRICS
     accuracy = json.loads(metrics.read_text()).get("accuracy") if metrics.is_file() else None
     return summary_line(len(pd.read_csv(path, usecols=["image_path"])), len(pd.read_csv(oof, usecols=["image_path"])),
                         accuracy)
@@ -82,8 +81,8 @@ TRUST_ACCURACY = 0.8  # below this out-of-fold accuracy most disagreements are t
 
 def summary_line(found: int, rows: int, oof_accuracy: float | None = None) -> str:
     """The run summary's line about suspect labels (with a caution when the model is too weak to judge them)."""
-    line = (f"{found} rows look mislabelled ({found / max(rows, 1):.1%} of {rows}), see {FILE} "
-            f"(drop them: python -m engine.explore RECIPE --write-clean clean.csv --drop RUN/{FILE})")
+    line = (f"{found} rows look mislabelled ({found / max(rows, 1):.1%} of {rows}), see {run_folder.LABEL_ISSUES} "
+            f"(drop them: python -m engine.explore RECIPE --write-clean clean.csv --drop RUN/{run_folder.LABEL_ISSUES})")
     if oof_accuracy is not None and oof_accuracy < TRUST_ACCURACY:
         line += (f"\ncaution: the out-of-fold accuracy is only {oof_accuracy:.2f}: most of these rows are likely the "
                  f"model's own mistakes, not wrong labels; train it better before dropping rows")
@@ -108,7 +107,7 @@ def original_run(train_csv: str | None) -> tuple[Path, dict] | None:
     """(run folder, its oof_metrics.json) of the run whose label issues `explore --drop` removed from
     `train_csv`, or None when the table was not made so (or the run is gone)."""
     source = ledger_entry(train_csv).get("label_issues") if train_csv else None
-    metrics = Path(source).parent / runs.OOF_METRICS if source else None
+    metrics = Path(source).parent / run_folder.OOF_METRICS if source else None
     if metrics is None or not metrics.is_file():
         return None
     return metrics.parent, json.loads(metrics.read_text())

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from engine import runs
-from engine.evaluate import label_issues, run_report
+from engine import run_folder
+from engine.evaluate import label_issues, report_figures
 from engine.evaluate.metrics import goal_of, macro_f1, per_class_accuracy
 from engine.evaluate.predictions import class_names, read_fold_predictions, read_probs, write_probs
 from engine.system.atomic import write_csv, write_text
@@ -40,7 +40,7 @@ def oof_metrics(table: pd.DataFrame, num_classes: int) -> dict:
 
 def best_epoch(fold_dir: Path, monitor: str) -> int | None:
     """The epoch best.pt came from: the first epoch with the best monitored value in metrics.csv."""
-    path = fold_dir / runs.METRICS
+    path = fold_dir / run_folder.METRICS
     if not path.is_file():
         return None
     metrics = pd.read_csv(path)
@@ -56,7 +56,7 @@ def fold_table(run_dir: Path, table: pd.DataFrame, num_classes: int, monitor: st
     lines = [f"  {'fold':<6}{'best epoch':>11}{'images':>8}{'acc':>8}{'top5':>8}{'macro-F1':>10}"]
     for k, part in table.groupby("fold"):
         s = score(part, num_classes)
-        epoch = best_epoch(runs.fold_dir(run_dir, k), monitor)
+        epoch = best_epoch(run_folder.fold_dir(run_dir, k), monitor)
         lines.append(f"  {k:<6}{epoch if epoch is not None else '?':>11}{s['n']:>8}{s['accuracy']:>8.4f}"
                      f"{s['top5']:>8.4f}{s['macro_f1']:>10.4f}")
     if table["fold"].nunique() < 2:
@@ -69,13 +69,13 @@ def fold_table(run_dir: Path, table: pd.DataFrame, num_classes: int, monitor: st
 def write_oof(run_dir: Path, folds: int, num_classes: int) -> pd.DataFrame:
     """oof.csv (every training row once, predicted by the fold that did not train on it) and oof_metrics.json."""
     table = read_fold_predictions(run_dir, folds)
-    write_csv(table, run_dir / runs.OOF)
-    fold_probs = [runs.fold_dir(run_dir, k) / runs.VAL_PROBS for k in range(folds)]
+    write_csv(table, run_dir / run_folder.OOF)
+    fold_probs = [run_folder.fold_dir(run_dir, k) / run_folder.VAL_PROBS for k in range(folds)]
     if all(p.is_file() for p in fold_probs):  # runs trained before val_probs.npy existed have none
-        write_probs(run_dir / runs.OOF_PROBS, np.concatenate([read_probs(p) for p in fold_probs]))
+        write_probs(run_dir / run_folder.OOF_PROBS, np.concatenate([read_probs(p) for p in fold_probs]))
     metrics = oof_metrics(table, num_classes)
     metrics["folds"] = {str(k): score(part, num_classes) for k, part in table.groupby("fold")}
-    write_text(run_dir / runs.OOF_METRICS, json.dumps(metrics, indent=2) + "\n")
+    write_text(run_dir / run_folder.OOF_METRICS, json.dumps(metrics, indent=2) + "\n")
     return table
 
 
@@ -89,21 +89,22 @@ def finish_folds(run_dir: Path, recipe, waiting: list[int], log, classes: list[s
     if recipe.folds == 1 and recipe.val_fraction == 0:
         log.print("full-data refit (val_fraction = 0): no validation rows, so no out-of-fold results or report")
         return
-    missing = [k for k in range(recipe.folds) if not (runs.fold_dir(run_dir, k) / runs.VAL_PREDICTIONS).is_file()]
+    missing = [k for k in range(recipe.folds) if not (run_folder.fold_dir(run_dir, k) / run_folder.VAL_PREDICTIONS).is_file()]
     if missing:
-        log.print(f"warning: no {runs.VAL_PREDICTIONS} for fold(s) {', '.join(map(str, missing))}; no out-of-fold results")
+        log.print(f"warning: no {run_folder.VAL_PREDICTIONS} for fold(s) {', '.join(map(str, missing))}; "
+                  f"no out-of-fold results")
         return
     num_classes = len(classes) if classes else infer_num_classes(run_dir, recipe)
     if recipe.folds > 1:
         table = write_oof(run_dir, recipe.folds, num_classes)
-        log.print(f"out-of-fold results ({len(table)} images) -> {run_dir / runs.OOF}, {runs.OOF_METRICS}")
+        log.print(f"out-of-fold results ({len(table)} images) -> {run_dir / run_folder.OOF}, {run_folder.OOF_METRICS}")
         if line := label_issues.before_cleaning_line(recipe.train_csv, score(table, num_classes)["accuracy"]):
             log.print(line)
     else:
         table = read_fold_predictions(run_dir, 1)
     log.print(fold_table(run_dir, table, num_classes, recipe.monitor))
     try:
-        written = run_report.make_report(run_dir)
+        written = report_figures.make_report(run_dir)
         log.print(f"evaluation report: {', '.join(p.name for p in written)} in {run_dir}")
         if line := label_issues.run_summary_line(run_dir):
             log.print(line)
@@ -117,7 +118,7 @@ def infer_num_classes(run_dir: Path, recipe) -> int:
     if recipe.num_classes:
         return int(recipe.num_classes)
     top = 0
-    for path in runs.fold_files(run_dir, runs.VAL_PREDICTIONS):
+    for path in run_folder.fold_files(run_dir, run_folder.VAL_PREDICTIONS):
         t = pd.read_csv(path, usecols=["target", "pred"])
         top = max(top, int(t.to_numpy().max()))
     return top + 1

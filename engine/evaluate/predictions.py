@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from engine import runs
+from engine import run_folder
 from engine.errors import UserError
 from engine.system.atomic import write_atomic, write_csv
 
@@ -48,8 +48,8 @@ def read_predictions_csv(path: Path) -> pd.DataFrame:
         table = pd.read_csv(path)
     except Exception as e:
         raise UserError(f"'{path}' is not a predictions CSV ({type(e).__name__}); pass a run folder, "
-                        f"{runs.OOF} or a {runs.VAL_PREDICTIONS}") from e
-    fold = runs.fold_of(Path(path).parent)
+                        f"{run_folder.OOF} or a {run_folder.VAL_PREDICTIONS}") from e
+    fold = run_folder.fold_of(Path(path).parent)
     if fold is not None:
         table["fold"] = fold
     elif "fold" not in table:
@@ -62,9 +62,9 @@ def read_predictions(source: Path) -> tuple[pd.DataFrame, Path]:
     val_predictions.csv), or the given CSV. Every row carries its fold."""
     source = Path(source)
     if source.is_dir():
-        csvs = runs.prediction_csvs(source)
+        csvs = run_folder.prediction_csvs(source)
         if not csvs:
-            raise UserError(f"'{source}' has no {runs.OOF} or {runs.FOLD_PREFIX}*/{runs.VAL_PREDICTIONS}; "
+            raise UserError(f"'{source}' has no {run_folder.OOF} or {run_folder.FOLD_PREFIX}*/{run_folder.VAL_PREDICTIONS}; "
                             f"train a run first")
         table, folder = pd.concat([read_predictions_csv(c) for c in csvs], ignore_index=True), source
     elif source.is_file():
@@ -73,14 +73,14 @@ def read_predictions(source: Path) -> tuple[pd.DataFrame, Path]:
         raise UserError(f"'{source}' not found; pass a run folder or a predictions CSV")
     missing = [c for c in REQUIRED if c not in table]
     if missing:
-        raise UserError(f"'{source}' lacks column(s) {', '.join(missing)}; expected a {runs.VAL_PREDICTIONS} "
-                        f"or {runs.OOF}")
+        raise UserError(f"'{source}' lacks column(s) {', '.join(missing)}; expected a {run_folder.VAL_PREDICTIONS} "
+                        f"or {run_folder.OOF}")
     return table, folder
 
 
 def read_fold_predictions(run_dir: Path, folds: int) -> pd.DataFrame:
     """Every fold's val_predictions.csv (all must exist), one table with a `fold` column."""
-    return pd.concat([read_predictions_csv(runs.fold_dir(run_dir, k) / runs.VAL_PREDICTIONS) for k in range(folds)],
+    return pd.concat([read_predictions_csv(run_folder.fold_dir(run_dir, k) / run_folder.VAL_PREDICTIONS) for k in range(folds)],
                      ignore_index=True)
 
 

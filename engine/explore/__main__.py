@@ -32,10 +32,37 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return p.parse_intermixed_args(argv)  # flags may stand between KEY=VALUE overrides
 
 
+def explore_command(args: argparse.Namespace) -> None:
+    """The report (or with --augment only the augmentation picture, or with --drop only the cleaned table)."""
+    # late: --help and argument errors answer before torch loads
+    from engine import run_folder
+    from engine.errors import UserError
+    from engine.explore.analysis import default_out_dir, explore
+    from engine.explore.augment_preview import write_augment_preview
+    from engine.explore.label_cleaning import write_without_issues
+    from engine.recipe import load_recipe_args
+    from engine.system.outputs import OutputGuard
+    recipe = load_recipe_args(args.items, DEFAULT_RECIPE)
+    if args.drop or args.relabel:
+        if not (args.drop and args.write_clean):
+            raise UserError("--drop needs --write-clean PATH (where the cleaned train.csv goes), and --relabel needs "
+                            "--drop: python -m engine.explore RECIPE --write-clean clean.csv "
+                            f"--drop RUN/{run_folder.LABEL_ISSUES}")
+        write_without_issues(recipe, args.drop, args.write_clean, args.relabel)
+        return
+    out = args.out or default_out_dir(recipe)
+    if args.augment:
+        folder = OutputGuard("explore --out", example="eda", recognise=lambda p: p.name == "augment.png").folder(
+            out, ["augment.png"])
+        print(f"wrote {write_augment_preview(recipe, folder / 'augment.png')}")
+        return
+    result = explore(recipe, out, args.classes, args.write_clean, args.workers, not args.no_progress)
+    print(f"report: {result.report}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    from engine.explore.command import run_explore  # late: --help and argument errors answer before torch loads
-    return run_command(lambda: run_explore(args))
+    return run_command(lambda: explore_command(args))
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from engine.errors import UserError
 from engine.explore.facts import scan_images
 from engine.explore.findings import Findings, find_problems, write_clean_csv
 from engine.explore.flip_check import check_flips
-from engine.explore.page import write_report
+from engine.explore.report_page import write_report
 from engine.explore.plots import duplicates_plot, write_plots
 from engine.recipe import Recipe
 from engine.system.atomic import write_csv

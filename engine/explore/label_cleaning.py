@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from engine import run_folder
 from engine.data.tables.demo_digits import ensure_demo_data
 from engine.data.tables.read import read_train_table
 from engine.errors import UserError
-from engine.evaluate import label_issues
 from engine.explore.findings import write_clean_csv
 from engine.recipe import Recipe
 from engine.system.outputs import OutputGuard
@@ -23,17 +23,17 @@ def read_issues(path: str | Path) -> pd.DataFrame:
     """A label_issues.csv; one line when the file is missing or is something else."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"--drop {path}: not found; pass a run's {label_issues.FILE} (written after a k-fold run, "
+        raise UserError(f"--drop {path}: not found; pass a run's {run_folder.LABEL_ISSUES} (written after a k-fold run, "
                         f"or by python -m engine.report RUN)")
     try:
         issues = pd.read_csv(path, dtype={"image_path": str})
     except Exception as e:
-        raise UserError(f"--drop {path} is not a {label_issues.FILE} ({type(e).__name__}); pass a run's "
-                        f"{label_issues.FILE}") from e
+        raise UserError(f"--drop {path} is not a {run_folder.LABEL_ISSUES} ({type(e).__name__}); pass a run's "
+                        f"{run_folder.LABEL_ISSUES}") from e
     missing = [c for c in NEEDED if c not in issues]
     if missing:
-        raise UserError(f"--drop {path} is not a {label_issues.FILE} (no column {', '.join(missing)}); pass the "
-                        f"{label_issues.FILE} of a k-fold run on this recipe's data")
+        raise UserError(f"--drop {path} is not a {run_folder.LABEL_ISSUES} (no column {', '.join(missing)}); pass the "
+                        f"{run_folder.LABEL_ISSUES} of a k-fold run on this recipe's data")
     return issues
 
 
@@ -43,12 +43,12 @@ def check_same_data(issues: pd.DataFrame, train: pd.DataFrame, path: Path, train
     unknown = [p for p in issues["image_path"] if p not in given]
     if unknown:
         raise UserError(f"--drop {path} comes from another run's data: {len(unknown)} of its rows are not in "
-                        f"{train_csv or 'the class folders'} (first: {unknown[0]}); use the {label_issues.FILE} of "
+                        f"{train_csv or 'the class folders'} (first: {unknown[0]}); use the {run_folder.LABEL_ISSUES} of "
                         f"a run trained on this table")
     changed = [p for p, t in zip(issues["image_path"], issues["target"]) if given[p] != int(t)]
     if changed:
         raise UserError(f"--drop {path} comes from another run's data: {len(changed)} of its rows have another "
-                        f"label here (first: {changed[0]}); use the {label_issues.FILE} of a run trained on this table")
+                        f"label here (first: {changed[0]}); use the {run_folder.LABEL_ISSUES} of a run trained on this table")
 
 
 def clean_table(train: pd.DataFrame, issues: pd.DataFrame, relabel: bool) -> pd.DataFrame:

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from engine import run_files, runs
+from engine import run_folder
 from engine.data.tables.read import read_test_table
 from engine.errors import UserError
 from engine.evaluate.ensemble import checkpoint_weights, plan_ensemble, run_label, write_ensemble_report
@@ -43,9 +43,9 @@ def check_labels(table: pd.DataFrame, classes: list[str], csv: str) -> None:
 def _predict_wrote(path: Path) -> bool:
     """A CSV predict.py wrote before the output ledger: by its header (and name, for the extra files)."""
     header = csv_header(path)
-    if path.name.endswith(run_files.PROBS_SUFFIX):
+    if path.name.endswith(run_folder.PROBS_SUFFIX):
         return header.startswith("image_path,")
-    if path.name.endswith(run_files.UNREADABLE_SUFFIX):
+    if path.name.endswith(run_folder.UNREADABLE_SUFFIX):
         return header == "image_path,row"
     return header in ("ID,image_path,target", "image_path,target,class_name,pred,pred_name,confidence,top5")
 
@@ -86,29 +86,29 @@ def run_predict(args: argparse.Namespace) -> None:
     if out_path is not None:  # checked before the long part: a refusal costs nothing
         guard.check(out_path)
         if args.save_probs:
-            guard.check(run_files.beside(out_path, run_files.PROBS_SUFFIX))
+            guard.check(run_folder.beside(out_path, run_folder.PROBS_SUFFIX))
     unreadable = [] if args.bad_images == "skip" else None
     probs = inference.predict_probs(members, table["path"].tolist(), args.batch_size, args.tta, scales,
                                     args.workers, not args.no_progress, use_store=not args.no_store, weights=weights,
                                     unreadable=unreadable)
     classes = members[0].classes
     pred = probs.argmax(1).numpy()
-    folder = runs.output_folder_of(paths[0])
+    folder = run_folder.output_folder_of(paths[0])
     if args.val:
         targets = torch.tensor(pd.to_numeric(table["target"]).astype(int).to_numpy())
         print(f"{Path(csv).name}: acc {topk_accuracy(probs, targets, 1):.4f}  top5 {topk_accuracy(probs, targets, 5):.4f}"
               f"  macro-F1 {macro_f1(pred, targets.numpy(), len(classes)):.4f}  ({len(table)} images)")
         out = predictions_frame(table["image_path"].values, targets.tolist(), probs, classes)
-        out_path = out_path or run_files.val_output(folder, csv)
+        out_path = out_path or run_folder.val_output(folder, csv)
     else:
         ids = table["ID"].to_numpy() if "ID" in table else np.arange(len(table))  # the test.csv's own IDs, kept
         out = pd.DataFrame({"ID": ids, "image_path": table["image_path"], "target": pred})
-        out_path = out_path or folder / runs.OUTPUT
+        out_path = out_path or folder / run_folder.OUTPUT
     write_csv(out, guard.check(out_path), float_format="%.6g")
     guard.wrote(out_path)
     print(f"wrote {out_path}")
     if unreadable:
-        listed = guard.check(run_files.beside(out_path, run_files.UNREADABLE_SUFFIX))
+        listed = guard.check(run_folder.beside(out_path, run_folder.UNREADABLE_SUFFIX))
         write_csv(table.iloc[unreadable][["image_path"]].assign(row=unreadable), listed)
         guard.wrote(listed)
         print(f"warning: {len(unreadable)} unreadable image(s) kept with uniform probabilities (first: "
@@ -116,7 +116,7 @@ def run_predict(args: argparse.Namespace) -> None:
     if args.save_probs:
         probs_frame = pd.DataFrame(probs.numpy(), columns=classes)
         probs_frame.insert(0, "image_path", table["image_path"].values)
-        probs_path = guard.check(run_files.beside(out_path, run_files.PROBS_SUFFIX))
+        probs_path = guard.check(run_folder.beside(out_path, run_folder.PROBS_SUFFIX))
         write_csv(probs_frame, probs_path, float_format="%.6g")
         guard.wrote(probs_path)
         print(f"wrote {probs_path}")

@@ -13,7 +13,7 @@ from typing import Sequence
 
 import torch
 
-from engine import checkpoint, runs
+from engine import checkpoint, run_folder
 from engine.data.batches.factory import prediction_batches
 from engine.data.batches.loader import UNREADABLE, ImageDataset, default_num_workers, eval_dataset
 from engine.data.pixels.background import WHITE, checkpoint_background
@@ -26,7 +26,7 @@ from engine.recipe import Recipe, from_dict
 from engine.system.device import (PRECISION_NAMES, autocast, autocast_dtype, device_feed, memory_format,
                                   use_channels_last)
 from engine.system.distributed import Dist
-from engine.system.runlog import progress
+from engine.system.progress import progress
 from engine.train.late_read import LateRead
 
 
@@ -256,26 +256,26 @@ def check_images_exist(paths: Sequence[str], what: str, root_hint: str) -> None:
 
 def fold_checkpoints(run_dir: Path, kfold: bool) -> list[Path]:
     """A run folder's fold0/best.pt, or with `kfold` every fold's best.pt (an error lists missing folds)."""
-    trained_folds = int(runs.read_recipe_values(run_dir).get("folds", 1))
+    trained_folds = int(run_folder.read_recipe_values(run_dir).get("folds", 1))
     folds = trained_folds if kfold else 1
     if trained_folds > 1 and not kfold:
         print(f"note: {run_dir.name} has {trained_folds} folds; using fold0 only (--kfold averages all of them)")
-    paths = [runs.fold_dir(run_dir, k) / runs.BEST for k in range(folds)]
+    paths = [run_folder.fold_dir(run_dir, k) / run_folder.BEST for k in range(folds)]
     missing = [p.parent.name for p in paths if not p.is_file()]
     if missing:
-        raise UserError(f"{run_dir} lacks {runs.BEST} for {', '.join(missing)} of {folds} fold(s); train them with "
+        raise UserError(f"{run_dir} lacks {run_folder.BEST} for {', '.join(missing)} of {folds} fold(s); train them with "
                         f"python train.py --resume {run_dir}  (or --fold K on each machine)")
-    unfinished = [p.parent.name for p in paths if not checkpoint.is_finished(p.parent / runs.LAST)]
+    unfinished = [p.parent.name for p in paths if not checkpoint.is_finished(p.parent / run_folder.LAST)]
     if unfinished:  # a stopped fold's best.pt is an undertrained model: never average it in silently
         raise UserError(f"{run_dir}: {', '.join(unfinished)} did not finish training; resume with "
-                        f"python train.py --resume {run_dir}, or pass a fold's {runs.BEST} explicitly to use it anyway")
+                        f"python train.py --resume {run_dir}, or pass a fold's {run_folder.BEST} explicitly to use it anyway")
     return paths
 
 
 def resolve_targets(targets: Sequence[str], kfold: bool, runs_dir: str | Path = "runs") -> list[Path]:
     """Run folders and/or checkpoint files -> checkpoint paths; none given: the newest run under runs_dir."""
     if not targets:
-        targets = [str(runs.newest_run(runs_dir))]
+        targets = [str(run_folder.newest_run(runs_dir))]
     paths: list[Path] = []
     for t in targets:
         p = Path(t)

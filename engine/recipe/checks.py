@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from engine.errors import UserError
-from engine.recipe.schedules import Recipe, augment_presets
+from engine.recipe.epoch_keys import Recipe, augment_presets
 
 # layer-wise decay below this leaves a 12-group model's lowest group at lr * 1e-12 or less: it never trains
 LOWEST_LAYER_DECAY = 0.1
@@ -60,28 +60,27 @@ def _check_combinations(r: Recipe) -> None:
 
 def _check_feature_store(r: Recipe) -> None:
     """A feature store holds features computed once: refuse every key that would change them during training."""
-    fix = "; set it so, or feature_views=0 to train through the backbone"
-    if r.freeze != "backbone":
-        raise UserError(f"feature_views={r.feature_views} needs freeze='backbone' (freeze={r.freeze!r} trains backbone "
-                        f"weights, so stored features would go stale){fix}")
-    if r.unfreeze_epoch is not None:
-        raise UserError(f"feature_views={r.feature_views} cannot unfreeze the backbone (unfreeze_epoch="
-                        f"{r.unfreeze_epoch}); set unfreeze_epoch=None or feature_views=0")
-    if r.drop_path > 0:
-        raise UserError(f"feature_views={r.feature_views} needs drop_path=0 (stochastic depth changes the backbone's "
-                        f"features every step; got {r.drop_path}){fix}")
-    if r.sync_bn:
-        raise UserError(f"feature_views={r.feature_views} cannot use sync_bn=True (a train-mode batch-norm changes the "
-                        f"backbone's features); set sync_bn=False or feature_views=0")
-    if r.small_input_stem:  # a store is keyed by the backbone's weights, which the stem's stride leaves alone
-        raise UserError(f"feature_views={r.feature_views} cannot use small_input_stem=True (stored features are "
-                        f"keyed by weights, not by the stem); set small_input_stem=False or feature_views=0")
-    if r.cutmix_ratio > 0:
-        raise UserError(f"cutmix_ratio={r.cutmix_ratio} needs pixels, a feature store has none; use mixup_ratio "
-                        f"(it mixes stored features) or feature_views=0")
-    if r.augment_schedule:
-        raise UserError(f"feature_views={r.feature_views} stores views augmented once with `augment`; an "
-                        f"augment_schedule cannot change them: set augment_schedule={{}} or feature_views=0")
+    fv, fix = f"feature_views={r.feature_views}", "; set it so, or feature_views=0 to train through the backbone"
+    refused = [  # (the key is set, why it cannot be)
+        (r.freeze != "backbone", f"{fv} needs freeze='backbone' (freeze={r.freeze!r} trains backbone weights, so "
+                                 f"stored features would go stale){fix}"),
+        (r.unfreeze_epoch is not None, f"{fv} cannot unfreeze the backbone (unfreeze_epoch={r.unfreeze_epoch}); "
+                                       f"set unfreeze_epoch=None or feature_views=0"),
+        (r.drop_path > 0, f"{fv} needs drop_path=0 (stochastic depth changes the backbone's features every step; "
+                          f"got {r.drop_path}){fix}"),
+        (r.sync_bn, f"{fv} cannot use sync_bn=True (a train-mode batch-norm changes the backbone's features); set "
+                    f"sync_bn=False or feature_views=0"),
+        # a store is keyed by the backbone's weights, which the stem's stride leaves alone
+        (r.small_input_stem, f"{fv} cannot use small_input_stem=True (stored features are keyed by weights, not by "
+                             f"the stem); set small_input_stem=False or feature_views=0"),
+        (r.cutmix_ratio > 0, f"cutmix_ratio={r.cutmix_ratio} needs pixels, a feature store has none; use mixup_ratio "
+                             f"(it mixes stored features) or feature_views=0"),
+        (bool(r.augment_schedule), f"{fv} stores views augmented once with `augment`; an augment_schedule cannot "
+                                   f"change them: set augment_schedule={{}} or feature_views=0"),
+    ]
+    for is_set, message in refused:
+        if is_set:
+            raise UserError(message)
 
 
 def check_training_plan(r: Recipe) -> None:

@@ -1,13 +1,13 @@
 """`python -m engine.runs [RUNS_DIR] [--sort COLUMN] [--html FILE]`: every run as one table;
-`python -m engine.runs diff RUN_A RUN_B`: the recipe keys two runs differ in (the body: engine/run_table/command.py)."""
+`python -m engine.runs diff RUN_A RUN_B`: the recipe keys two runs differ in (the body: engine/runs/command.py)."""
 from __future__ import annotations
 
 import argparse
 import sys
 
 from engine.errors import exit_process, run_command
-from engine.run_table.command import run_diff, run_table
-from engine.run_table.table import COLUMNS
+from engine.runs.command import run_diff, run_table
+from engine.runs.table import COLUMNS
 
 
 def parse_table_args(argv: list[str]) -> argparse.Namespace:

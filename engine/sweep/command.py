@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable
 from urllib.parse import urlparse
 
-from engine import runs
+from engine import run_folder
 from engine.errors import UserError
 from engine.recipe import Recipe
 from engine.system.outputs import OutputGuard, csv_header, drawn_by_matplotlib
@@ -76,7 +76,7 @@ def run_sweep(recipe: Recipe, count: int | None = None, backend: str | None = No
     if count is not None and count < 1:  # 0 trials would end in "no trial completed"
         raise UserError(f"--count is the number of trials to add: at least 1, got {count}")
     if name is not None:
-        runs.check_run_name(name)  # one folder under runs/sweeps/: never a path out of it
+        run_folder.check_run_name(name)  # one folder under runs/sweeps/: never a path out of it
     name = name or recipe.name
     sweep_dir = result_guard().folder(sweep_dir_for(recipe, name), RESULT_FILES)  # a refusal before any trial
     count = count if count is not None else spec.grid_size() if spec.method == "grid" else spec.run_cap or DEFAULT_COUNT
@@ -130,7 +130,7 @@ def run_wandb(recipe: Recipe, spec: SweepSpec, name: str, sweep_dir: Path, count
             row.update(state="fail", error=f"{type(e).__name__}: {e}")
             log(f"trial {row['trial']} failed: {row['error']}")
         finally:
-            found = runs.trial_run_dir(recipe, run_name)
+            found = run_folder.trial_run_dir(recipe, run_name)
             row.update(run=str(found) if found else None, duration_s=time.time() - start)
             rows.append(row)
             write_trials_csv(rows, sweep_dir / "trials.csv")

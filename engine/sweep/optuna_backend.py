@@ -17,7 +17,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from engine import runs
+from engine import run_folder
 from engine.errors import UserError
 from engine.recipe import Recipe
 from engine.sweep.config import SweepSpec, first_point, sample_point
@@ -147,7 +147,7 @@ def run_optuna(recipe: Recipe, spec: SweepSpec, name: str, sweep_dir: Path, coun
             trial.set_user_attr("error", f"{type(e).__name__}: {e}")
             raise
         finally:
-            found = runs.trial_run_dir(r, run_name) if r is not None else None
+            found = run_folder.trial_run_dir(r, run_name) if r is not None else None
             trial.set_user_attr("run", str(found) if found else None)
 
     errors: list = []

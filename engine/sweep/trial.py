@@ -17,7 +17,7 @@ from typing import Callable
 
 import pandas as pd
 
-from engine import runs
+from engine import run_folder
 from engine.evaluate.metrics import is_better
 from engine.recipe import Recipe
 from engine.sweep.config import SweepSpec
@@ -84,8 +84,8 @@ def run_torchrun(recipe: Recipe, run_name: str, on_epoch: Callable[[dict], None]
 
 
 def _feed_rows(recipe: Recipe, run_name: str, fold: int, seen: int, on_epoch: Callable[[dict], None]) -> int:
-    run_dir = runs.trial_run_dir(recipe, run_name)
-    path = runs.fold_dir(run_dir, fold) / runs.METRICS if run_dir else None
+    run_dir = run_folder.trial_run_dir(recipe, run_name)
+    path = run_folder.fold_dir(run_dir, fold) / run_folder.METRICS if run_dir else None
     if path is None or not path.is_file():
         return seen
     try:

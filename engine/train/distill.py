@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from engine import runs
+from engine import run_folder
 from engine.checkpoint import is_finished
 from engine.data.batches.targets import SOFT
 from engine.data.tables.pseudo_labels import add_pseudo_labels, read_pseudo_labels
@@ -30,24 +30,24 @@ from engine.recipe import Recipe
 def read_teacher(run: str) -> tuple[pd.DataFrame, np.ndarray]:
     """A finished k-fold run's oof.csv and out-of-fold probabilities; one line for anything else."""
     run_dir = Path(run)
-    values = runs.read_recipe_values(run_dir) if runs.is_run_dir(run_dir) else None
+    values = run_folder.read_recipe_values(run_dir) if run_folder.is_run_dir(run_dir) else None
     if values is None:
-        raise UserError(f"teacher={run}: not a run folder (no {runs.RECIPE}); name a finished k-fold run folder, "
+        raise UserError(f"teacher={run}: not a run folder (no {run_folder.RECIPE}); name a finished k-fold run folder, "
                         f"e.g. runs/<recipe>/<time>")
     folds = int(values.get("folds", 1))
     if folds < 2:
         raise UserError(f"teacher={run} was trained with folds={folds}: only a k-fold run has out-of-fold "
                         f"probabilities for every row; train the teacher with folds=5")
-    if not (run_dir / runs.OOF).is_file():
-        waiting = [k for k in range(folds) if not is_finished(runs.fold_dir(run_dir, k) / runs.LAST)]
+    if not (run_dir / run_folder.OOF).is_file():
+        waiting = [k for k in range(folds) if not is_finished(run_folder.fold_dir(run_dir, k) / run_folder.LAST)]
         raise UserError(f"teacher={run} is unfinished (fold(s) {', '.join(map(str, waiting)) or '?'} of {folds} to "
-                        f"train, no {runs.OOF}); finish it: python train.py --resume {run}")
-    if not (run_dir / runs.OOF_PROBS).is_file():
-        raise UserError(f"teacher={run} has no {runs.OOF_PROBS} (trained before runs kept their probabilities); "
+                        f"train, no {run_folder.OOF}); finish it: python train.py --resume {run}")
+    if not (run_dir / run_folder.OOF_PROBS).is_file():
+        raise UserError(f"teacher={run} has no {run_folder.OOF_PROBS} (trained before runs kept their probabilities); "
                         f"retrain it, or name another teacher")
-    oof, probs = pd.read_csv(run_dir / runs.OOF, dtype={"image_path": str}), read_probs(run_dir / runs.OOF_PROBS)
+    oof, probs = pd.read_csv(run_dir / run_folder.OOF, dtype={"image_path": str}), read_probs(run_dir / run_folder.OOF_PROBS)
     if len(oof) != len(probs):
-        raise UserError(f"teacher={run}: {runs.OOF_PROBS} has {len(probs)} rows, {runs.OOF} {len(oof)}; the run "
+        raise UserError(f"teacher={run}: {run_folder.OOF_PROBS} has {len(probs)} rows, {run_folder.OOF} {len(oof)}; the run "
                         f"folder is damaged: retrain it or name another teacher")
     return oof, probs
 
@@ -81,7 +81,7 @@ def test_probs(recipe: Recipe, classes: list[str], log=print) -> tuple[pd.DataFr
     """teacher_test: the test images (audited as pseudo-label rows) and the teachers' mean sharpened probabilities."""
     found = []
     for run in recipe.teacher:
-        path = Path(run) / (Path(runs.OUTPUT).stem + runs.PROBS_SUFFIX)  # output_probs.csv
+        path = Path(run) / (Path(run_folder.OUTPUT).stem + run_folder.PROBS_SUFFIX)  # output_probs.csv
         if not path.is_file():
             raise UserError(f"teacher_test=True: teacher {run} has no {path.name}; write it with python predict.py "
                             f"{run} --kfold --save-probs (or set teacher_test=False)")

@@ -8,7 +8,7 @@ import numpy as np
 
 from engine.data.batches.factory import PATH_NAMES, choose_path
 from engine.data.batches.store_source import describe_stores
-from engine.data.stores.cache import cache_summary
+from engine.data.stores.image_cache import cache_summary
 from engine.errors import UserError
 from engine.models import (check_input_size, count_parameters, data_config, last_feature_map, model_from_recipe,
                            small_map_warning)
@@ -16,7 +16,7 @@ from engine.recipe import Recipe
 from engine.system.distributed import Dist
 from engine.train.freezing import apply_freeze, count, trainable_names
 from engine.train.optim import build_optimizer, joining_groups
-from engine.train.schedule import join_warmup_updates
+from engine.train.lr_schedule import join_warmup_updates
 from engine.train.training_data import load_data
 
 

@@ -11,7 +11,7 @@ from typing import Callable
 import pandas as pd
 import torch
 
-from engine import checkpoint, runs
+from engine import checkpoint, run_folder
 from engine.data.batches.factory import PATH_NAMES, FoldBatches, build_fold_batches
 from engine.data.pixels.background import WHITE, checkpoint_background
 from engine.train.split_record import fingerprint
@@ -23,7 +23,7 @@ from engine.recipe import Recipe
 from engine.system import distributed, preemption
 from engine.system.device import PRECISION_NAMES
 from engine.system.distributed import Dist
-from engine.system.runlog import RunLog
+from engine.train.run_log import RunLog
 from engine.train.early_stopping import EarlyStopping
 from engine.train.freezing import count as count_trainable
 from engine.train.loop import evaluate, train_one_epoch
@@ -110,7 +110,7 @@ def start_fold(recipe: Recipe, fold: int, train: pd.DataFrame, val: pd.DataFrame
             res = evaluate(s.eval_model, batches.val, s.amp_dtype)
             log.print(f"fold {fold}: the ImageNet-initialised head scores val acc {res['acc']:.3f} before training")
     if d.is_main:  # rows of epochs a crash made us redo would be written twice
-        log.trim_metrics(fold_dir / runs.METRICS, run.start_epoch)
+        log.trim_metrics(fold_dir / run_folder.METRICS, run.start_epoch)
     return run
 
 
@@ -120,7 +120,7 @@ def restore_fold(run: FoldRun, resume: dict) -> None:
     try:
         run.start_epoch, start_step, early_state = s.restore(resume)
     except (RuntimeError, KeyError, ValueError) as e:  # weights of another shape: one line, not 100
-        raise UserError(f"{run.fold_dir / runs.LAST} does not fit {recipe.model} with {len(run.classes)} classes "
+        raise UserError(f"{run.fold_dir / run_folder.LAST} does not fit {recipe.model} with {len(run.classes)} classes "
                         f"({type(e).__name__}: {str(e).splitlines()[0][:160]}); it belongs to another run") from None
     run.early = EarlyStopping(recipe.monitor, recipe.early_stopping, early_state)
     run.metrics = resume.get("metrics", {})
@@ -170,7 +170,7 @@ def keep_epoch(run: FoldRun, epoch: int, res: dict, improved: bool) -> list[tupl
     """Rank 0: the epoch's metrics row, its line, the data-wait advice and, when it improved, the validation
     predictions and best.pt (returned: it goes to disk with last.pt, in the background)."""
     metrics, log, fold_dir = run.metrics, run.log, run.fold_dir
-    log.metrics(fold_dir / runs.METRICS, metrics, prefix=f"{fold_dir.name}/")
+    log.metrics(fold_dir / run_folder.METRICS, metrics, prefix=f"{fold_dir.name}/")
     log.print(epoch_line(metrics, run.recipe.epochs, improved))
     advice = run.batches.train.wait_advice(run.recipe, run.s.device) if metrics["data_wait"] > 0.1 else None
     if advice:
@@ -178,10 +178,10 @@ def keep_epoch(run: FoldRun, epoch: int, res: dict, improved: bool) -> list[tupl
     if not improved:
         return []
     if run.has_val:
-        write_val_predictions(fold_dir / runs.VAL_PREDICTIONS, run.val, res["probs"], run.classes)
-        write_probs(fold_dir / runs.VAL_PROBS, res["probs"])
+        write_val_predictions(fold_dir / run_folder.VAL_PREDICTIONS, run.val, res["probs"], run.classes)
+        write_probs(fold_dir / run_folder.VAL_PROBS, res["probs"])
     return [(checkpoint.model_checkpoint(run.base, run.s.eval_model.state_dict(), epoch + 1, metrics),
-             fold_dir / runs.BEST)]
+             fold_dir / run_folder.BEST)]
 
 
 def save_last(s: TrainState, base: dict, epoch: int, step: int, finished: bool, metrics: dict,
@@ -193,7 +193,7 @@ def save_last(s: TrainState, base: dict, epoch: int, step: int, finished: bool, 
     rng = distributed.all_objects(checkpoint.rng_state())
     if d.is_main:
         last = s.last_checkpoint(base, epoch, step, finished, metrics, early.state, rng, position or {"world": d.world})
-        checkpoint.save_in_background([*also, (last, fold_dir / runs.LAST)])
+        checkpoint.save_in_background([*also, (last, fold_dir / run_folder.LAST)])
         if step:
             checkpoint.wait_for_writes()
     if step:

@@ -15,7 +15,7 @@ from engine.evaluate.metrics import classification_metrics
 from engine.system import distributed
 from engine.system import preemption as preempt
 from engine.system.device import autocast, device_feed
-from engine.system.runlog import progress
+from engine.system.progress import progress
 from engine.train.late_read import LateRead
 from engine.train.optim import step_unless
 from engine.train.state import TrainState

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from engine import runs
+from engine import run_folder
 from engine.data.batches.factory import build_fold_batches
 from engine.errors import UserError
 from engine.models import data_config, model_from_recipe
@@ -75,8 +75,8 @@ def suggest(lrs: list[float], smoothed: list[float]) -> tuple[float | None, str]
 
 def plot_guard() -> OutputGuard:
     """lr_find.png's rule: a new file or one an earlier range test drew; never a folder or the user's own image."""
-    return OutputGuard("train.py --find-lr", example=runs.LR_FIND,
-                       recognise=lambda p: p.name == runs.LR_FIND and drawn_by_matplotlib(p))
+    return OutputGuard("train.py --find-lr", example=run_folder.LR_FIND,
+                       recognise=lambda p: p.name == run_folder.LR_FIND and drawn_by_matplotlib(p))
 
 
 def find_lr(recipe: Recipe, steps: int = 100, start_lr: float = 1e-7, end_lr: float = 10.0,
@@ -89,7 +89,7 @@ def find_lr(recipe: Recipe, steps: int = 100, start_lr: float = 1e-7, end_lr: fl
     if d is None:
         return None
     guard = plot_guard()
-    plot = guard.check(Path(recipe.output_dir) / recipe.name / runs.LR_FIND)  # before the test: a refusal costs nothing
+    plot = guard.check(Path(recipe.output_dir) / recipe.name / run_folder.LR_FIND)  # before the test: a refusal costs nothing
     table, classes, audit = load_data(recipe, d, say, show_progress)
     train, val = table[table["fold"] != 0], table[table["fold"] == 0]
     torch.manual_seed(recipe.seed)

@@ -8,7 +8,7 @@ from typing import Callable
 
 import pandas as pd
 
-from engine import checkpoint, runs
+from engine import checkpoint, run_folder
 from engine.checkpoint import finished, is_finished
 from engine.data.batches.loader import stop_workers
 from engine.data.tables.read import class_list_difference
@@ -17,7 +17,7 @@ from engine.evaluate.oof import finish_folds
 from engine.recipe import Recipe, differing_keys, from_dict
 from engine.system import distributed, lock, preemption
 from engine.system.atomic import DiskFull
-from engine.system.runlog import RunLog
+from engine.train.run_log import RunLog
 from engine.train.dry_run import describe_dry_run
 from engine.train.fit import fit
 from engine.train.split_record import fingerprint, keep_split
@@ -35,22 +35,23 @@ def train(recipe: Recipe, fold: int | None = None, name: str | None = None, resu
     say = print if d.is_main else (lambda *a, **k: None)
     run_dir = None
     if resume:
-        run_dir, recipe = runs.find_resume(resume)
+        run_dir, recipe = run_folder.find_resume(resume)
     if fold is not None and not 0 <= fold < recipe.folds:
         raise UserError(f"--fold {fold} is out of range: the recipe has folds = {recipe.folds} (0..{recipe.folds - 1})")
     folds = list(range(recipe.folds)) if fold is None else [fold]
     if name is not None:
-        runs.check_run_name(name)  # also for --dry-run: it accepts only what the real run does
+        run_folder.check_run_name(name)  # also for --dry-run: it accepts only what the real run does
     if dry_run:
         describe_dry_run(recipe, d, say, show_progress)
         return None
     table, classes, audit = load_data(recipe, d, say, show_progress)
-    fresh = run_dir is None and not (name and runs.named_runs(Path(recipe.output_dir) / recipe.name, name))
-    run_dir = run_dir or runs.make_run_dir(recipe, name, d)
+    fresh = run_dir is None and not (name and run_folder.named_runs(Path(recipe.output_dir) / recipe.name, name))
+    run_dir = run_dir or run_folder.make_run_dir(recipe, name, d)
     table = keep_split(run_dir, table, recipe.train_csv, d)  # a resumed or another machine's fold: the same split
     locks = ExitStack()  # one trainer per fold: a second process on the same run and fold stops here
     if d.is_main:  # the first fold's lock before train.log is touched
-        locks.enter_context(lock.exclusive(runs.fold_dir(run_dir, folds[0]) / runs.LOCK, f"{run_dir} fold {folds[0]}"))
+        locks.enter_context(lock.exclusive(run_folder.fold_dir(run_dir, folds[0]) / run_folder.LOCK,
+                                           f"{run_dir} fold {folds[0]}"))
     log = RunLog(run_dir, d.is_main, recipe.wandb, recipe.wandb_project, recipe.wandb_entity,
                  wandb_name=f"{recipe.name}/{run_dir.name}", config=recipe.to_dict())
     log.print(f"run folder: {run_dir}")
@@ -59,10 +60,10 @@ def train(recipe: Recipe, fold: int | None = None, name: str | None = None, resu
     try:
         results = {}
         for k in folds:
-            fold_dir = runs.fold_dir(run_dir, k)
+            fold_dir = run_folder.fold_dir(run_dir, k)
             fold_dir.mkdir(parents=True, exist_ok=True)
             if d.is_main and k != folds[0]:
-                locks.enter_context(lock.exclusive(fold_dir / runs.LOCK, f"{run_dir} fold {k}"))
+                locks.enter_context(lock.exclusive(fold_dir / run_folder.LOCK, f"{run_dir} fold {k}"))
             state = fold_state(fold_dir, recipe, classes, table) if resume or name else None
             if state and finished(state):
                 log.print(f"fold {k}: already trained (epoch {state['epoch']}), skipping")
@@ -73,10 +74,10 @@ def train(recipe: Recipe, fold: int | None = None, name: str | None = None, resu
                              audit.background.rgb)
         if d.is_main:
             waiting = [k for k in range(recipe.folds) if k not in results
-                       and not is_finished(runs.fold_dir(run_dir, k) / runs.LAST)]
+                       and not is_finished(run_folder.fold_dir(run_dir, k) / run_folder.LAST)]
             finish_folds(run_dir, recipe, waiting, log, classes)
         checkpoint.wait_for_writes()  # the report above was drawn while the last checkpoints were written
-        best = runs.fold_dir(run_dir, folds[0]) / runs.BEST
+        best = run_folder.fold_dir(run_dir, folds[0]) / run_folder.BEST
         log.print(f"done. run folder: {run_dir}\nnext: python predict.py "
                   + (f"{run_dir}{' --kfold' if recipe.folds > 1 else ''}" if len(folds) == recipe.folds
                      else f"{best}  (--kfold once every fold is trained)")
@@ -97,14 +98,14 @@ def train(recipe: Recipe, fold: int | None = None, name: str | None = None, resu
         preemption.uninstall()
         log.close()
         if failed_start:
-            runs.remove_failed_start(run_dir)
+            run_folder.remove_failed_start(run_dir)
     return run_dir
 
 
 def fold_state(fold_dir: Path, recipe: Recipe, classes: list[str], table: pd.DataFrame | None = None) -> dict | None:
     """The fold's last.pt, or None if it never started; an error if it belongs to another recipe, classes, split
     (`table`: the run's rows with their folds) or is ahead of the fold's metrics.csv."""
-    path = fold_dir / runs.LAST
+    path = fold_dir / run_folder.LAST
     if not path.is_file():
         return None
     try:
@@ -132,9 +133,9 @@ def check_belongs(path: Path, state: dict, table: pd.DataFrame | None) -> None:
     move = (f"move it away and resume (fold {path.parent.name[4:]} then trains from its start), or put back this "
             f"run's own {path.name}")
     if table is not None and isinstance(state.get("split"), str) and state["split"] != fingerprint(table):
-        raise UserError(f"{path} was trained on another split than this run's {runs.SPLIT}: it belongs to another "
+        raise UserError(f"{path} was trained on another split than this run's {run_folder.SPLIT}: it belongs to another "
                         f"run; {move}")
-    metrics = path.parent / runs.METRICS
+    metrics = path.parent / run_folder.METRICS
     recorded = recorded_epochs(metrics)
     if recorded is not None and int(state.get("epoch", 0)) > recorded:
         raise UserError(f"{path} says {state['epoch']} epochs were trained{' and the fold finished' if finished(state) else ''}"

@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from engine import runs
+from engine import run_folder
 from engine.errors import UserError
 from engine.system import distributed
 from engine.system.atomic import write_csv
@@ -51,7 +51,7 @@ def fingerprint(table: pd.DataFrame) -> str:
 def trained_on(run_dir: Path) -> tuple[Path, str] | None:
     """(a fold's last.pt, the split fingerprint it recorded), from the first fold that has one; None if none does
     (no fold started yet, or checkpoints from before the fingerprint was saved)."""
-    for last in sorted(Path(run_dir).glob(f"{runs.FOLD_PREFIX}*/{runs.LAST}")):
+    for last in sorted(Path(run_dir).glob(f"{run_folder.FOLD_PREFIX}*/{run_folder.LAST}")):
         try:
             split = torch.load(last, map_location="cpu", weights_only=True, mmap=True).get("split")
         except Exception:  # noqa: BLE001  a damaged last.pt is reported where it is resumed
@@ -76,7 +76,7 @@ def keep_split(run_dir: Path, table: pd.DataFrame, train_csv: str, d: Dist) -> p
     if the rows or labels changed since. Rank 0 reads and writes; every rank gets the same folds."""
     folds = None
     if d.is_main:
-        path = Path(run_dir) / runs.SPLIT
+        path = Path(run_dir) / run_folder.SPLIT
         if not path.is_file():
             write_csv(table[COLUMNS], path)
             folds = table["fold"].to_numpy()

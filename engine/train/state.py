@@ -17,7 +17,7 @@ from engine.train.freezing import apply_freeze, set_train_mode, trainable_names,
 from engine.train.losses import build_loss
 from engine.train.mix import Mixer
 from engine.train.optim import add_groups, build_optimizer, joining_groups, load_optimizer_state
-from engine.train.schedule import build_scheduler, join_warmup_updates, step_milestone_updates
+from engine.train.lr_schedule import build_scheduler, join_warmup_updates, step_milestone_updates
 from engine.train.sync_bn import convert_sync_batchnorm
 
 

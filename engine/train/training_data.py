@@ -16,7 +16,7 @@ from engine.data.tables.read import read_train_table
 from engine.recipe import Recipe
 from engine.system import distributed
 from engine.system.distributed import Dist
-from engine.system.runlog import progress
+from engine.system.progress import progress
 from engine.train.distill import add_teacher_targets
 
 

@@ -21,7 +21,7 @@ from engine.data.pixels.background import WHITE
 from engine.data.pixels.device_augment import Canvas, pad_to_canvas
 from engine.data.pixels.images import load_image
 from engine.data.pixels.transforms import build_eval_transform, recipe_train_transform
-from engine.data.stores.cache import DecodeEachTime, cache_short_side, image_loader
+from engine.data.stores.image_cache import DecodeEachTime, cache_short_side, image_loader
 from engine.errors import UserError
 from engine.system.device import cpu_count
 
@@ -147,7 +147,7 @@ class MarkedDataset(ImageDataset):
 
 def eval_dataset(paths: Sequence[str], image_size: int, crop_pct: float, as_validated: bool = True) -> ImageDataset:
     """Image files through the eval transform; `as_validated`: first pre-resized exactly as training's validation
-    images are (engine.data.stores.cache.pre_resize), so a checkpoint sees what its validation score was measured on."""
+    images are (engine.data.stores.image_cache.pre_resize), so a checkpoint sees what its validation score was measured on."""
     loader = DecodeEachTime(paths, cache_short_side(image_size, crop_pct)) if as_validated else None
     return MarkedDataset(paths, None, build_eval_transform(image_size, crop_pct), loader=loader)
 

@@ -1,6 +1,6 @@
 """Images resident on the device (recipe value cache="device"): decoded once, kept on the GPU as uint8.
 
-Training images are kept pre-resized exactly as the host cache keeps them (engine.data.stores.cache.pre_resize),
+Training images are kept pre-resized exactly as the host cache keeps them (engine.data.stores.image_cache.pre_resize),
 each at its true size, so every batch is laid on a canvas, warped and erased on the device with the
 same draws as augment_on="device" (engine/data/pixels/device_augment.py): no per-step CPU work, no pinning and
 no host-to-device copy. Validation images are kept as their eval crops. Each process holds every image
@@ -17,10 +17,10 @@ import torch
 from engine.data.batches.loader import ImageDataset
 from engine.data.pixels.device_augment import CANVAS_MULTIPLE
 from engine.data.pixels.transforms import build_eval_transform
-from engine.data.stores.cache import DecodeEachTime, cache_short_side
-from engine.data.stores.cache_store import estimate_bytes
+from engine.data.stores.image_cache import DecodeEachTime, cache_short_side
+from engine.data.stores.image_store import estimate_bytes
 from engine.errors import UserError
-from engine.system.runlog import progress
+from engine.system.progress import progress
 
 FIT_SHARE = 0.5  # the images may take this share of the device's free memory; the rest is the model's
 

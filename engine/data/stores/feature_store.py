@@ -30,10 +30,10 @@ import torch
 
 from engine.data.pixels.background import WHITE
 from engine.data.pixels.images import DECODER
-from engine.data.stores.cache import disk_cache_root
+from engine.data.stores.image_cache import disk_cache_root
 from engine.system import distributed, lock, preemption
 from engine.system.device import autocast
-from engine.system.runlog import progress
+from engine.system.progress import progress
 
 FORMAT = 2  # 2: training views with the recipe's flips and fill, eval flips per `flip`, content hashes
 DTYPES = {"fp16": np.float16, "fp32": np.float32}

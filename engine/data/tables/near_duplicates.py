@@ -20,7 +20,7 @@ from scipy.sparse.csgraph import connected_components
 from tqdm import tqdm
 
 from engine.data.pixels.images import load_image
-from engine.data.stores.cache import disk_cache_root
+from engine.data.stores.image_cache import disk_cache_root
 from engine.system.atomic import write_csv
 from engine.system.device import cpu_count
 

@@ -17,7 +17,7 @@ from matplotlib.figure import Figure  # figures without pyplot: no GUI backend, 
 from matplotlib.ticker import MaxNLocator
 from PIL import Image, ImageOps
 
-from engine import runs
+from engine import run_folder
 from engine.data.pixels.images import load_image
 from engine.errors import UserError
 from engine.evaluate import label_issues
@@ -26,7 +26,7 @@ from engine.system.atomic import write_atomic, write_csv
 from engine.system.outputs import OutputGuard, csv_header
 
 REPORT_FILES = ("confused_pairs.csv", "report_confusion.png", "report_per_class.png", "report_curves.png",
-                "report_mistakes.png", label_issues.FILE, "report_label_issues.png")  # next to the predictions it reads
+                "report_mistakes.png", run_folder.LABEL_ISSUES, "report_label_issues.png")  # next to the predictions it reads
 
 WORST = 20  # classes in the heat map rows
 MISTAKES = 24  # images in the gallery
@@ -110,7 +110,7 @@ def plot_per_class(conf: np.ndarray, names: list[str], path: Path, k: int = 30) 
 
 def plot_curves(run_dir: Path, path: Path) -> Path | None:
     """Loss and accuracy per epoch for every fold (train dashed, validation solid)."""
-    files = runs.fold_files(run_dir, runs.METRICS)
+    files = run_folder.fold_files(run_dir, run_folder.METRICS)
     if not files:
         return None
     fig = Figure(figsize=(13, 4.5), layout="constrained")
@@ -214,8 +214,8 @@ def make_report(source: str | Path, data_dir: str | None = None) -> list[Path]:
     """Write the report's files next to the predictions; returns their paths."""
     source = Path(source)
     table, out_dir = read_predictions(source)
-    run_dir = runs.find_run_dir(source)
-    recipe = runs.read_recipe_values(run_dir) if run_dir else {}
+    run_dir = run_folder.find_run_dir(source)
+    recipe = run_folder.read_recipe_values(run_dir) if run_dir else {}
     n = max(int(table[["target", "pred"]].to_numpy().max()) + 1, int(recipe.get("num_classes") or 0))
     names = class_names(table, n)
     conf = confusion(table, n)
@@ -247,4 +247,4 @@ def write_issue_gallery(run_dir: Path, image_root: Path | None, path: Path) -> l
     table, probs = inputs
     issues = label_issues.write_label_issues(run_dir, table, probs)
     typical = label_issues.typical_rows(table, probs, set(issues["image_path"]))
-    return [run_dir / label_issues.FILE, plot_label_issues(issues, typical, image_root, path)]
+    return [run_dir / run_folder.LABEL_ISSUES, plot_label_issues(issues, typical, image_root, path)]

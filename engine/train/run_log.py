@@ -8,12 +8,9 @@ import csv
 import os
 import secrets
 import string
-import sys
 from pathlib import Path
 
-from tqdm import tqdm
-
-from engine import run_files
+from engine import run_folder
 from engine.system.atomic import write_atomic
 
 
@@ -25,14 +22,14 @@ class RunLog:
                  wandb_name: str | None = None, config: dict | None = None):
         self.enabled = enabled
         self.run_dir = run_dir
-        self.log_file = open(run_dir / run_files.TRAIN_LOG, "a") if enabled and run_dir else None
+        self.log_file = open(run_dir / run_folder.TRAIN_LOG, "a") if enabled and run_dir else None
         self.wandb = None
         if enabled and wandb_mode != "disabled":
             import wandb  # late: optional (GPU machines may lack it), ~0.8 s to import
             os.environ.setdefault("WANDB_SILENT", "true")
             run_id = None
             if run_dir:  # a resumed run continues the same W&B run
-                id_file = run_dir / run_files.WANDB_ID
+                id_file = run_dir / run_folder.WANDB_ID
                 if not id_file.exists():
                     id_file.write_text(new_wandb_id())
                 run_id = id_file.read_text().strip()
@@ -91,11 +88,3 @@ class RunLog:
 def new_wandb_id() -> str:
     """A W&B run id: 8 lowercase letters and digits, as W&B makes them (its own helper moved between versions)."""
     return "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
-
-
-def progress(iterable, total: int, desc: str, enabled: bool):
-    """A tqdm bar on rank 0 (refreshing at most twice a second so it costs nothing); the bare iterable elsewhere."""
-    if not enabled or not sys.stderr.isatty():  # a bar in a log file is noise: the epoch line says it all
-        return iterable
-    return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True, mininterval=0.5,
-                file=sys.stderr)

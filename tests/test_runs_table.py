@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from engine import runs
+from engine import run_folder
 from engine.errors import UserError
 from engine.recipe import save_json
-from engine.run_table.command import recipe_diff
-from engine.run_table.table import collect, sort_rows
+from engine.runs.command import recipe_diff
+from engine.runs.table import collect, sort_rows
 from engine.system import lock
 from engine.system import preemption as preempt
 from engine.train.orchestrator import train
@@ -35,15 +35,16 @@ def runs_dir(trained_run, digits_dir, tmp_path_factory) -> Path:
         train(digits_recipe(digits_dir, out, lr=1e-2, mixup_ratio=0.2), name="stopped", show_progress=False)
     cv2 = out / "digits" / "20260101-000001-cv2"  # two finished folds and their out-of-fold score
     for k in (0, 1):
-        shutil.copytree(runs.fold_dir(trained_run, 0), runs.fold_dir(cv2, k))
-    save_json(runs.read_recipe(trained_run).replace(folds=2), cv2 / runs.RECIPE)
-    (cv2 / runs.OOF_METRICS).write_text('{"n": 600, "accuracy": 0.625}')
+        shutil.copytree(run_folder.fold_dir(trained_run, 0), run_folder.fold_dir(cv2, k))
+    save_json(run_folder.read_recipe(trained_run).replace(folds=2), cv2 / run_folder.RECIPE)
+    (cv2 / run_folder.OOF_METRICS).write_text('{"n": 600, "accuracy": 0.625}')
     failed = out / "digits" / "20260101-000002-failed"
     failed.mkdir()
-    save_json(runs.read_recipe(trained_run).replace(epochs=5), failed / runs.RECIPE)  # what a start that crashed leaves
+    # what a start that crashed leaves
+    save_json(run_folder.read_recipe(trained_run).replace(epochs=5), failed / run_folder.RECIPE)
     damaged = out / "digits" / "20260101-000003-damaged"
     damaged.mkdir()
-    (damaged / runs.RECIPE).write_text("{ half written")
+    (damaged / run_folder.RECIPE).write_text("{ half written")
     shutil.copytree(FIXTURE_RUN, out / "fixture" / FIXTURE_RUN.name)
     return out
 
@@ -74,7 +75,7 @@ def test_every_state_is_listed_with_its_status(runs_dir):
 
 def test_a_fold_being_trained_shows_its_lock_holder(runs_dir):
     stopped = next(runs_dir.glob("digits/*-stopped"))
-    with lock.exclusive(runs.fold_dir(stopped, 0) / runs.LOCK, "test"):
+    with lock.exclusive(run_folder.fold_dir(stopped, 0) / run_folder.LOCK, "test"):
         row = by_name(collect(runs_dir)[1])["stopped"]
     assert row["status"] == "training" and row["detail"] == f"fold 0: pid {os.getpid()} on {socket.gethostname()}"
     assert by_name(collect(runs_dir)[1])["stopped"]["status"] == "stopped"  # released: stopped again
@@ -121,10 +122,10 @@ def odd_runs(trained_run, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("odd") / "runs"
     for name in ("good", "edited", "norecipe", "truncated"):
         shutil.copytree(trained_run, out / "digits" / f"20260101-00000{len(name) % 10}-{name}")
-    edited = next(out.glob("digits/*-edited")) / "fold0" / runs.METRICS
+    edited = next(out.glob("digits/*-edited")) / "fold0" / run_folder.METRICS
     edited.write_text(edited.read_text().replace("\n1,", "\nn/a,", 1).replace(",0.", ",oops,", 3))
-    (next(out.glob("digits/*-norecipe")) / runs.RECIPE).unlink()
-    last = next(out.glob("digits/*-truncated")) / "fold0" / runs.LAST
+    (next(out.glob("digits/*-norecipe")) / run_folder.RECIPE).unlink()
+    last = next(out.glob("digits/*-truncated")) / "fold0" / run_folder.LAST
     last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
     return out
 

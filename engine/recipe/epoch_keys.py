@@ -1,5 +1,5 @@
 """The values of the recipe keys that change with the epoch: step-decay milestones and the augmentation schedule
-(checked here; the LR they give is engine/train/schedule.py's), and the augmentation preset of each epoch."""
+(checked here; the LR they give is engine/train/lr_schedule.py's), and the augmentation preset of each epoch."""
 from __future__ import annotations
 
 from typing import Any

@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from engine import runs
+from engine import run_folder
 from engine.errors import UserError
 from engine.recipe import FIELDS, differing_keys
 from engine.recipe.files import HARDWARE_KEYS
-from engine.run_table.table import collect, format_table, sort_rows
+from engine.runs.table import collect, format_table, sort_rows
 from engine.system.outputs import OutputGuard
 
 PAGE_START = "<!doctype html><html><head><meta charset='utf-8'><title>runs under "
@@ -36,7 +36,7 @@ def run_table(args: argparse.Namespace) -> None:
     states, rows = collect(Path(args.folder))
     rows = sort_rows(rows, args.sort)
     if page is not None:
-        from engine.run_table.page import write_page  # matplotlib only when a page is asked for
+        from engine.runs.html_page import write_page  # matplotlib only when a page is asked for
         write_page(page, Path(args.folder), states, rows)
         guard.wrote(page)
     print(format_table(rows))
@@ -44,17 +44,17 @@ def run_table(args: argparse.Namespace) -> None:
         print(f"wrote {page}")
 
 
-def run_folder(path: str) -> Path:
+def run_folder_of(path: str) -> Path:
     """A run folder given as itself or as a file inside it (a checkpoint, metrics.csv)."""
-    found = runs.find_run_dir(Path(path))
+    found = run_folder.find_run_dir(Path(path))
     if found is None:
-        raise UserError(f"'{path}' is not a run folder (no {runs.RECIPE} there); pass runs/<recipe>/<time>")
+        raise UserError(f"'{path}' is not a run folder (no {run_folder.RECIPE} there); pass runs/<recipe>/<time>")
     return found
 
 
 def recipe_diff(a: Path, b: Path) -> str:
     """The keys two runs' recipes differ in, `key: A -> B`, the keys that do not change the result apart."""
-    ra, rb = runs.read_recipe(a), runs.read_recipe(b)
+    ra, rb = run_folder.read_recipe(a), run_folder.read_recipe(b)
     changed = differing_keys(ra, rb)
     speed = [k for k in FIELDS if k in HARDWARE_KEYS and getattr(ra, k) != getattr(rb, k)]
     lines = [f"{a} -> {b}:"]
@@ -67,4 +67,4 @@ def recipe_diff(a: Path, b: Path) -> str:
 
 def run_diff(args: argparse.Namespace) -> None:
     """Print the recipe keys two runs differ in."""
-    print(recipe_diff(run_folder(args.run_a), run_folder(args.run_b)))
+    print(recipe_diff(run_folder_of(args.run_a), run_folder_of(args.run_b)))

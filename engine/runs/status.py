@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from engine import runs
+from engine import run_folder
 from engine.checkpoint import is_finished
 from engine.errors import UserError
 from engine.recipe import Recipe
@@ -70,7 +70,7 @@ def readable(last_pt: Path) -> bool:
 
 def read_oof_accuracy(run_dir: Path) -> float | None:
     """oof_metrics.json's accuracy (written once every fold finished), else None."""
-    path = run_dir / runs.OOF_METRICS
+    path = run_dir / run_folder.OOF_METRICS
     try:
         value = json.loads(path.read_text()).get("accuracy") if path.is_file() else None
     except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
@@ -91,16 +91,16 @@ def read_run(run_dir: Path, listed: Path) -> RunState:
 
 
 def _read_run(run_dir: Path, name: str) -> RunState:
-    if not runs.is_run_dir(run_dir):
-        raise UserError(f"{runs.RECIPE} is missing; every checkpoint also carries its recipe: restore it from "
-                        f"{next(run_dir.glob('fold*/*.pt'), run_dir / 'fold0' / runs.LAST)}")
-    recipe = runs.read_recipe(run_dir)
+    if not run_folder.is_run_dir(run_dir):
+        raise UserError(f"{run_folder.RECIPE} is missing; every checkpoint also carries its recipe: restore it from "
+                        f"{next(run_dir.glob('fold*/*.pt'), run_dir / 'fold0' / run_folder.LAST)}")
+    recipe = run_folder.read_recipe(run_dir)
     state = RunState(run_dir, name, recipe, "", "")
     for k in range(recipe.folds):
-        curve = read_curve(runs.fold_dir(run_dir, k) / runs.METRICS)
+        curve = read_curve(run_folder.fold_dir(run_dir, k) / run_folder.METRICS)
         if curve is not None and not curve.empty:
             state.curves[k] = curve
-    finished = [k for k in range(recipe.folds) if is_finished(runs.fold_dir(run_dir, k) / runs.LAST)]
+    finished = [k for k in range(recipe.folds) if is_finished(run_folder.fold_dir(run_dir, k) / run_folder.LAST)]
     state.folds_done = len(finished)
     state.oof_acc = read_oof_accuracy(run_dir) if len(finished) == recipe.folds else None
     state.status, state.detail = status_of(run_dir, recipe, finished, state.curves)
@@ -110,18 +110,18 @@ def _read_run(run_dir: Path, name: str) -> RunState:
 def status_of(run_dir: Path, recipe: Recipe, finished: list[int], curves: dict) -> tuple[str, str]:
     """(status, detail): a held fold lock wins, then every fold finished, then any checkpoint to resume from."""
     for k in range(recipe.folds):
-        who = lock.holder(runs.fold_dir(run_dir, k) / runs.LOCK)
+        who = lock.holder(run_folder.fold_dir(run_dir, k) / run_folder.LOCK)
         if who:
             return "training", f"fold {k}: {who}"
     for k in finished:
-        if copied := copied_in(runs.fold_dir(run_dir, k) / runs.LAST, curves.get(k)):
+        if copied := copied_in(run_folder.fold_dir(run_dir, k) / run_folder.LAST, curves.get(k)):
             return "damaged", f"{copied}; move it away, then python train.py --resume {run_dir}"
     if len(finished) == recipe.folds:
         return "finished", ""
-    started = [k for k in range(recipe.folds) if (runs.fold_dir(run_dir, k) / runs.LAST).is_file()]
-    broken = [k for k in started if k not in finished and not readable(runs.fold_dir(run_dir, k) / runs.LAST)]
+    started = [k for k in range(recipe.folds) if (run_folder.fold_dir(run_dir, k) / run_folder.LAST).is_file()]
+    broken = [k for k in started if k not in finished and not readable(run_folder.fold_dir(run_dir, k) / run_folder.LAST)]
     if broken:
-        last = runs.fold_dir(run_dir, broken[0]) / runs.LAST
+        last = run_folder.fold_dir(run_dir, broken[0]) / run_folder.LAST
         return "damaged", (f"{last} is damaged (truncated?) and cannot be resumed: move it away, then "
                            f"python train.py --resume {run_dir} trains fold {broken[0]} again from its start")
     if started:
@@ -129,7 +129,7 @@ def status_of(run_dir: Path, recipe: Recipe, finished: list[int], curves: dict) 
         where = ", ".join(f"fold {k} at epoch {epochs[k]}/{recipe.epochs}" for k in started
                           if k not in finished and k in epochs)
         return "stopped", f"{where + ': ' if where else ''}python train.py --resume {run_dir}"
-    return "failed", f"no checkpoint was written; see {run_dir / runs.TRAIN_LOG}"
+    return "failed", f"no checkpoint was written; see {run_dir / run_folder.TRAIN_LOG}"
 
 
 def copied_in(last: Path, curve) -> str | None:
@@ -142,5 +142,5 @@ def copied_in(last: Path, curve) -> str | None:
         recorded = int(pd.to_numeric(curve["epoch"], errors="coerce").max())
     except Exception:  # noqa: BLE001  unreadable, or no numbers: said elsewhere, not here
         return None
-    return (f"{last} says {epoch} epochs were trained, {last.parent / runs.METRICS} records {recorded}: it was "
+    return (f"{last} says {epoch} epochs were trained, {last.parent / run_folder.METRICS} records {recorded}: it was "
             f"copied from another run") if epoch > recorded else None

@@ -9,8 +9,8 @@ from pathlib import Path
 from matplotlib.figure import Figure  # figures without pyplot: no GUI backend, no global state
 from matplotlib.ticker import MaxNLocator
 
-from engine.run_table.status import RunState
-from engine.run_table.table import COLUMNS, NUMERIC, cell
+from engine.runs.status import RunState
+from engine.runs.table import COLUMNS, NUMERIC, cell
 from engine.system.atomic import write_text
 
 STYLE = """body{font-family:system-ui,sans-serif;margin:2em;color:#222}table{border-collapse:collapse;font-size:13px}

@@ -7,7 +7,7 @@ every epoch from uint8 bytes that all dataloader workers (and DDP ranks on one m
                     runs, folds and sweep trials; one folder per data folder and resize setting
 
 The pre-resize (`pre_resize`) is the one step both paths share, so cached and uncached runs see
-identical tensors for the same seed. Store format and invalidation: engine/cache_store.py.
+identical tensors for the same seed. Store format and invalidation: engine/data/stores/image_store.py.
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from torchvision.transforms.v2 import functional as F
 
 from engine.data.pixels.images import DECODER, load_image
 from engine.data.pixels.transforms import DEFAULT_CROP_PCT, eval_resize
-from engine.data.stores.cache_store import Store, estimate_bytes
+from engine.data.stores.image_store import Store, estimate_bytes
 from engine.system.atomic import pid_alive
 from engine.system.device import cpu_count
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from engine import runs
+from engine import run_folder
 from engine.errors import UserError
 from engine.evaluate import label_issues
 from engine.recipe import Recipe, differing_keys
-from engine.run_table.status import RunState, read_run
+from engine.runs.status import RunState, read_run
 
 # column -> heading; scores sort best first, everything else smallest (A) first, an empty cell always last
 COLUMNS = {"run": "run", "model": "model", "image_size": "size", "folds": "folds", "status": "status",
@@ -26,13 +26,13 @@ def find_runs(folder: Path) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise UserError(f"'{folder}' is not a folder; pass the runs folder (default: runs)")
-    found = {p.parent for p in folder.rglob(runs.RECIPE) if runs.is_run_dir(p.parent)}
-    found |= {p.parent.parent for p in [*folder.rglob(f"{runs.FOLD_PREFIX}*/{runs.LAST}"),
-                                        *folder.rglob(f"{runs.FOLD_PREFIX}*/{runs.METRICS}")]
-              if runs.fold_of(p.parent) is not None}  # a run whose recipe.json went: a damaged row, not missing
+    found = {p.parent for p in folder.rglob(run_folder.RECIPE) if run_folder.is_run_dir(p.parent)}
+    found |= {p.parent.parent for p in [*folder.rglob(f"{run_folder.FOLD_PREFIX}*/{run_folder.LAST}"),
+                                        *folder.rglob(f"{run_folder.FOLD_PREFIX}*/{run_folder.METRICS}")]
+              if run_folder.fold_of(p.parent) is not None}  # a run whose recipe.json went: a damaged row, not missing
     found = sorted(found)
     if not found:
-        raise UserError(f"no run folders under '{folder}' (folders holding {runs.RECIPE}); train one: python train.py")
+        raise UserError(f"no run folders under '{folder}' (folders holding {run_folder.RECIPE}); train one: python train.py")
     return found
 
 

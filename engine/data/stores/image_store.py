@@ -67,7 +67,7 @@ def _file_stamp(path: str) -> tuple[int, int]:
 
 
 def resized_shape(height: int, width: int, short_side: int) -> tuple[int, int]:
-    """The (H, W) `engine.data.stores.cache.pre_resize` gives: the shorter side down to short_side, never up."""
+    """The (H, W) `engine.data.stores.image_cache.pre_resize` gives: the shorter side down to short_side, never up."""
     short, long = min(height, width), max(height, width)
     if short <= short_side:
         return height, width
