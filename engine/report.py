@@ -19,15 +19,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def report(args: argparse.Namespace) -> None:
     """Draw the report, then print the headline numbers, the most confused pairs and the label-issues line."""
-    # late: --help and argument errors answer before torch and matplotlib load
+    # late: --help and argument errors answer before torch loads
     from engine import run_folder
-    from engine.evaluate import label_issues
-    from engine.evaluate.predictions import class_names, read_predictions
-    from engine.evaluate.report_figures import confused_pairs, confusion, make_report
-    written = make_report(args.source, args.data_dir)
-    table, _ = read_predictions(Path(args.source))
+    from engine.evaluate import label_issues, predictions, report_figures
+    written = report_figures.make_report(args.source, args.data_dir)
+    table, _ = predictions.read_predictions(Path(args.source))
     n = int(table[["target", "pred"]].to_numpy().max()) + 1
-    pairs = confused_pairs(confusion(table, n), class_names(table, n), 10)
+    pairs = report_figures.confused_pairs(report_figures.confusion(table, n), predictions.class_names(table, n), 10)
     print(f"{len(table)} predictions, accuracy {(table['pred'] == table['target']).mean():.4f}")
     if len(pairs):
         print("most confused (true -> predicted):\n" + pairs.to_string(index=False))

@@ -123,6 +123,8 @@ def test_bad_drop_inputs_are_one_line_and_write_nothing(digits_dir, tmp_path, ca
     good = issues_file(tmp_path / "good.csv", train.head(2))
     assert explore(digits_dir, "--write-clean", digits_dir / "train.csv", "--drop", good) == 2  # the input itself
     assert explore(digits_dir, "--drop", good) == 2  # where would it go?
+    assert explore(digits_dir, "--write-clean", tmp_path / "out.csv", "--relabel") == 2  # relabel which rows?
+    assert "--relabel needs --drop" in capsys.readouterr().err
     assert len(pd.read_csv(digits_dir / "train.csv")) == len(train)
 
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from engine.errors import exit_process, run_command
-from engine.recipe import DEFAULT_RECIPE
+from engine.errors import UserError, exit_process, run_command
+from engine.recipe import DEFAULT_RECIPE, load_recipe_args
+from engine.system.outputs import OutputGuard
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -34,29 +35,22 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def explore_command(args: argparse.Namespace) -> None:
     """The report (or with --augment only the augmentation picture, or with --drop only the cleaned table)."""
-    # late: --help and argument errors answer before torch loads
-    from engine import run_folder
-    from engine.errors import UserError
-    from engine.explore.analysis import default_out_dir, explore
-    from engine.explore.augment_preview import write_augment_preview
-    from engine.explore.label_cleaning import write_without_issues
-    from engine.recipe import load_recipe_args
-    from engine.system.outputs import OutputGuard
+    if (args.drop or args.relabel) and not (args.drop and args.write_clean):
+        raise UserError("--drop needs --write-clean PATH (where the cleaned train.csv goes), and --relabel needs "
+                        "--drop: python -m engine.explore RECIPE --write-clean clean.csv --drop LABEL_ISSUES_CSV "
+                        "(the label_issues.csv of a k-fold run)")
+    from engine.explore import analysis, augment_preview, label_cleaning  # late: argument errors answer before torch
     recipe = load_recipe_args(args.items, DEFAULT_RECIPE)
-    if args.drop or args.relabel:
-        if not (args.drop and args.write_clean):
-            raise UserError("--drop needs --write-clean PATH (where the cleaned train.csv goes), and --relabel needs "
-                            "--drop: python -m engine.explore RECIPE --write-clean clean.csv "
-                            f"--drop RUN/{run_folder.LABEL_ISSUES}")
-        write_without_issues(recipe, args.drop, args.write_clean, args.relabel)
+    if args.drop:
+        label_cleaning.write_without_issues(recipe, args.drop, args.write_clean, args.relabel)
         return
-    out = args.out or default_out_dir(recipe)
+    out = args.out or analysis.default_out_dir(recipe)
     if args.augment:
         folder = OutputGuard("explore --out", example="eda", recognise=lambda p: p.name == "augment.png").folder(
             out, ["augment.png"])
-        print(f"wrote {write_augment_preview(recipe, folder / 'augment.png')}")
+        print(f"wrote {augment_preview.write_augment_preview(recipe, folder / 'augment.png')}")
         return
-    result = explore(recipe, out, args.classes, args.write_clean, args.workers, not args.no_progress)
+    result = analysis.explore(recipe, out, args.classes, args.write_clean, args.workers, not args.no_progress)
     print(f"report: {result.report}")
 
 

@@ -16,6 +16,7 @@ from engine.errors import UserError
 from engine.evaluate.oof import finish_folds
 from engine.recipe import Recipe, differing_keys, from_dict
 from engine.system import distributed, lock, preemption
+from engine.system.distributed import Dist
 from engine.system.atomic import DiskFull
 from engine.train.run_log import RunLog
 from engine.train.dry_run import describe_dry_run
@@ -58,30 +59,14 @@ def train(recipe: Recipe, fold: int | None = None, name: str | None = None, resu
     preemption.install()
     failed_start = False
     try:
-        results = {}
-        for k in folds:
-            fold_dir = run_folder.fold_dir(run_dir, k)
-            fold_dir.mkdir(parents=True, exist_ok=True)
-            if d.is_main and k != folds[0]:
-                locks.enter_context(lock.exclusive(fold_dir / run_folder.LOCK, f"{run_dir} fold {k}"))
-            state = fold_state(fold_dir, recipe, classes, table) if resume or name else None
-            if state and finished(state):
-                log.print(f"fold {k}: already trained (epoch {state['epoch']}), skipping")
-                results[k] = state["metrics"]
-                continue
-            train_rows, val_rows = table[table["fold"] != k], table[table["fold"] == k]
-            results[k] = fit(recipe, k, train_rows, val_rows, classes, fold_dir, d, log, state, show_progress, on_epoch,
-                             audit.background.rgb)
+        trained = train_folds(recipe, folds, run_dir, table, classes, audit.background.rgb, d, log, locks,
+                              saved=bool(resume or name), show_progress=show_progress, on_epoch=on_epoch)
         if d.is_main:
-            waiting = [k for k in range(recipe.folds) if k not in results
+            waiting = [k for k in range(recipe.folds) if k not in trained
                        and not is_finished(run_folder.fold_dir(run_dir, k) / run_folder.LAST)]
             finish_folds(run_dir, recipe, waiting, log, classes)
         checkpoint.wait_for_writes()  # the report above was drawn while the last checkpoints were written
-        best = run_folder.fold_dir(run_dir, folds[0]) / run_folder.BEST
-        log.print(f"done. run folder: {run_dir}\nnext: python predict.py "
-                  + (f"{run_dir}{' --kfold' if recipe.folds > 1 else ''}" if len(folds) == recipe.folds
-                     else f"{best}  (--kfold once every fold is trained)")
-                  + f"   |   python cam.py IMAGE --ckpt {best}")
+        log.print(done_line(run_dir, recipe, folds))
         distributed.cleanup()
     except preemption.Preempted as e:
         log.print(f"{e}\nresume with: python train.py --resume {run_dir}")
@@ -100,6 +85,35 @@ def train(recipe: Recipe, fold: int | None = None, name: str | None = None, resu
         if failed_start:
             run_folder.remove_failed_start(run_dir)
     return run_dir
+
+
+def train_folds(recipe: Recipe, folds: list[int], run_dir: Path, table: pd.DataFrame, classes: list[str],
+                background: tuple[int, int, int], d: Dist, log: RunLog, locks: ExitStack, saved: bool,
+                show_progress: bool, on_epoch: Callable[[dict], None] | None) -> dict[int, dict]:
+    """`fit` each fold in turn (a finished one is skipped when the run folder already has it); {fold: metrics}."""
+    results = {}
+    for k in folds:
+        fold_dir = run_folder.fold_dir(run_dir, k)
+        fold_dir.mkdir(parents=True, exist_ok=True)
+        if d.is_main and k != folds[0]:
+            locks.enter_context(lock.exclusive(fold_dir / run_folder.LOCK, f"{run_dir} fold {k}"))
+        state = fold_state(fold_dir, recipe, classes, table) if saved else None
+        if state and finished(state):
+            log.print(f"fold {k}: already trained (epoch {state['epoch']}), skipping")
+            results[k] = state["metrics"]
+            continue
+        train_rows, val_rows = table[table["fold"] != k], table[table["fold"] == k]
+        results[k] = fit(recipe, k, train_rows, val_rows, classes, fold_dir, d, log, state, show_progress, on_epoch,
+                         background)
+    return results
+
+
+def done_line(run_dir: Path, recipe: Recipe, folds: list[int]) -> str:
+    """The run's last line: where it is and the commands that use it next."""
+    best = run_folder.fold_dir(run_dir, folds[0]) / run_folder.BEST
+    predict_args = (f"{run_dir}{' --kfold' if recipe.folds > 1 else ''}" if len(folds) == recipe.folds
+                    else f"{best}  (--kfold once every fold is trained)")
+    return f"done. run folder: {run_dir}\nnext: python predict.py {predict_args}   |   python cam.py IMAGE --ckpt {best}"
 
 
 def fold_state(fold_dir: Path, recipe: Recipe, classes: list[str], table: pd.DataFrame | None = None) -> dict | None:
