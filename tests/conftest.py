@@ -11,10 +11,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ["WANDB_MODE"] = "disabled"  # never the network in tests
 os.environ.setdefault("WANDB_SILENT", "true")
+# one thread here and in the processes tests start: on 2 shared cores a second one spin-waits (a step 0.1 s -> 2.3 s)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import torch  # noqa: E402
 
-torch.set_num_threads(min(2, torch.get_num_threads()))
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

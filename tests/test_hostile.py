@@ -27,15 +27,6 @@ def one_line(capsys) -> str:
     return err
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from a second thread, and on a shared machine spin-waiting threads cost 4x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def small_csv(digits_dir, tmp_path_factory) -> Path:
     """12 digits of each class: enough for a 1-epoch run in a second or two."""

@@ -47,7 +47,9 @@ def test_init_head_imagenet_without_pretrained_weights_warns(capsys):
 
 
 def test_pretrained_without_the_network_says_what_to_do(monkeypatch):
+    import huggingface_hub.constants
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # read at import: else 45 s of retries
     with pytest.raises(UserError) as e:
         build_model("test_resnet", 3, pretrained=True)
     assert "set pretrained_path to a local weights file or pretrained=False" in str(e.value)
