@@ -171,12 +171,18 @@ def finished(ckpt: dict) -> bool:
     return bool(ckpt.get("progress", {}).get("finished"))
 
 
-def is_finished(last_pt: Path) -> bool:
-    """Whether a last.pt says its fold finished (memory-mapped: the weights are not read)."""
-    if not Path(last_pt).is_file():
-        return False
+def peek(path: Path) -> dict | None:
+    """A checkpoint's fields, memory-mapped (the weights are not read); None when it is missing or cannot be read
+    (being written by another machine, or damaged)."""
+    if not Path(path).is_file():
+        return None
     try:
-        state = torch.load(last_pt, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:
-        return False  # being written by another machine, or damaged: not finished as far as we know
-    return finished(state)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001  whatever a damaged file raises, the callers only need "unreadable"
+        return None
+
+
+def is_finished(last_pt: Path) -> bool:
+    """Whether a last.pt says its fold finished (not finished as far as we know when it cannot be read)."""
+    state = peek(last_pt)
+    return state is not None and finished(state)

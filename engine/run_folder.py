@@ -14,6 +14,7 @@ import shutil
 import time
 from pathlib import Path
 
+from engine.checkpoint import finished
 from engine.errors import UserError
 from engine.recipe import Recipe, differing_keys, from_dict, save_json
 from engine.system import distributed
@@ -202,3 +203,14 @@ def prediction_csvs(run_dir: Path) -> list[Path]:
     """A run's validation predictions: oof.csv once every fold finished, else each fold's val_predictions.csv."""
     oof = Path(run_dir) / OOF
     return [oof] if oof.is_file() else fold_files(run_dir, VAL_PREDICTIONS)
+
+
+def copied_in(last: Path, state: dict, recorded: int | None) -> str | None:
+    """Why a fold's last.pt (its fields `state`) is not its own: it says more epochs than the fold's metrics.csv
+    records (`recorded`; a row is written before every last.pt of that epoch); None when not (or not known)."""
+    epoch = int(state.get("epoch", 0))
+    if recorded is None or epoch <= recorded:
+        return None
+    done = " and the fold finished" if finished(state) else ""
+    return (f"{last} says {epoch} epochs were trained{done}, but {last.parent / METRICS} records {recorded}: it was "
+            f"copied from another run")

@@ -137,9 +137,10 @@ def predict_probs(members: Sequence[Member], image_paths: Sequence[str], batch_s
     weight = {id(m): None if weights is None else float(w) / ((1 + len(scales)) * member_views(m))
               for m, w in zip(members, weights if weights is not None else members)}  # w over the member's views
     for (size, crop_pct, at_trained_size), group in groups.items():
-        dataset = eval_dataset(image_paths, size, crop_pct, as_validated=at_trained_size)  # other scales: raw decode
         stored = [m for m in group if use_store and trained_from_store(m.recipe)]
         views += sum(member_views(m) for m in stored)
+        # the images the stores were built from (other scales: a raw decode)
+        dataset = eval_dataset(image_paths, size, crop_pct, as_validated=at_trained_size) if stored else None
         for part in ([stored] if weights is None else [[m] for m in stored]) if stored else []:
             summed = stored_probs(part, dataset, size, crop_pct, at_trained_size, flip, amp, batch_size, workers,
                                   show_progress)
@@ -167,7 +168,7 @@ def predict_probs(members: Sequence[Member], image_paths: Sequence[str], batch_s
         if bad_rows.any() and unreadable is None:
             stop_at_unreadable(marks, image_paths)
         bad.update(bad_rows.nonzero()[:, 0].tolist())
-        views += sum(len(tta_flips(m, flip)) for m in group)
+        views += sum(member_views(m) for m in group)
     probs = (total / views if weights is None else total).cpu()
     if bad:
         probs[sorted(bad)] = 1.0 / num_classes

@@ -2,6 +2,7 @@
 (for a recipe still to train) keys that would never take effect or leave part of the model untrained."""
 from __future__ import annotations
 
+import dataclasses
 import sys
 
 from engine.errors import UserError
@@ -9,7 +10,6 @@ from engine.recipe.epoch_keys import Recipe, augment_presets
 
 # layer-wise decay below this leaves a 12-group model's lowest group at lr * 1e-12 or less: it never trains
 LOWEST_LAYER_DECAY = 0.1
-DEFAULT_HEAD_HIDDEN = 512  # keys.py's default: any other value was set by the user
 
 
 def check_recipe(r: Recipe, saved: bool = False) -> Recipe:
@@ -101,7 +101,7 @@ def never_take_effect(r: Recipe) -> list[str]:
     """Keys set to act after the run's last epoch, or on a part the model lacks: a warning each, not an error
     (a smoke test of a shipped recipe with epochs=1, or a sweep over `head`, must still run)."""
     said = []
-    if r.head == "linear" and r.head_hidden != DEFAULT_HEAD_HIDDEN:
+    if r.head == "linear" and r.head_hidden != default_of(r, "head_hidden"):  # another value was set by the user
         said.append(f'head_hidden={r.head_hidden} sizes the hidden layer of head="mlp"; head="linear" has none, so '
                     f'it is not used')
     late = [m for m in r.step_milestones if m >= r.epochs]
@@ -116,3 +116,8 @@ def never_take_effect(r: Recipe) -> list[str]:
         said.append(f"unfreeze_epoch={r.unfreeze_epoch} is after the last epoch (epochs={r.epochs}): nothing "
                     f"unfreezes in this run")
     return said
+
+
+def default_of(r: Recipe, name: str):
+    """A key's default, as keys.py declares it (read from the recipe's own fields: no import of keys.py)."""
+    return next(f.default for f in dataclasses.fields(r) if f.name == name)

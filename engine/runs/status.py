@@ -8,10 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
-import torch
 
 from engine import run_folder
-from engine.checkpoint import is_finished
+from engine.checkpoint import is_finished, peek
 from engine.errors import UserError
 from engine.recipe import Recipe
 from engine.system import lock
@@ -57,15 +56,6 @@ def read_curve(path: Path) -> pd.DataFrame | None:
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError):
         return None
     return None if frame is None else frame.apply(pd.to_numeric, errors="coerce")
-
-
-def readable(last_pt: Path) -> bool:
-    """Whether a last.pt opens as a checkpoint (memory-mapped: the weights are not read)."""
-    try:
-        torch.load(last_pt, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:
-        return False
-    return True
 
 
 def read_oof_accuracy(run_dir: Path) -> float | None:
@@ -114,12 +104,14 @@ def status_of(run_dir: Path, recipe: Recipe, finished: list[int], curves: dict) 
         if who:
             return "training", f"fold {k}: {who}"
     for k in finished:
-        if copied := copied_in(run_folder.fold_dir(run_dir, k) / run_folder.LAST, curves.get(k)):
+        last, epochs = run_folder.fold_dir(run_dir, k) / run_folder.LAST, curves.get(k, {}).get("epoch")
+        recorded = int(epochs.max()) if epochs is not None and epochs.notna().any() else None
+        if (state := peek(last)) is not None and (copied := run_folder.copied_in(last, state, recorded)):
             return "damaged", f"{copied}; move it away, then python train.py --resume {run_dir}"
     if len(finished) == recipe.folds:
         return "finished", ""
     started = [k for k in range(recipe.folds) if (run_folder.fold_dir(run_dir, k) / run_folder.LAST).is_file()]
-    broken = [k for k in started if k not in finished and not readable(run_folder.fold_dir(run_dir, k) / run_folder.LAST)]
+    broken = [k for k in started if k not in finished and peek(run_folder.fold_dir(run_dir, k) / run_folder.LAST) is None]
     if broken:
         last = run_folder.fold_dir(run_dir, broken[0]) / run_folder.LAST
         return "damaged", (f"{last} is damaged (truncated?) and cannot be resumed: move it away, then "
@@ -130,17 +122,3 @@ def status_of(run_dir: Path, recipe: Recipe, finished: list[int], curves: dict) 
                           if k not in finished and k in epochs)
         return "stopped", f"{where + ': ' if where else ''}python train.py --resume {run_dir}"
     return "failed", f"no checkpoint was written; see {run_dir / run_folder.TRAIN_LOG}"
-
-
-def copied_in(last: Path, curve) -> str | None:
-    """Why a finished last.pt is not this fold's own (it says more epochs than metrics.csv records: a row is
-    written before every last.pt of that epoch), else None."""
-    if curve is None or "epoch" not in curve:
-        return None
-    try:
-        epoch = int(torch.load(last, map_location="cpu", weights_only=True, mmap=True).get("epoch", 0))
-        recorded = int(pd.to_numeric(curve["epoch"], errors="coerce").max())
-    except Exception:  # noqa: BLE001  unreadable, or no numbers: said elsewhere, not here
-        return None
-    return (f"{last} says {epoch} epochs were trained, {last.parent / run_folder.METRICS} records {recorded}: it was "
-            f"copied from another run") if epoch > recorded else None

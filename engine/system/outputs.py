@@ -89,9 +89,7 @@ class OutputGuard:
         return folder
 
     def _in_ledger(self, path: Path) -> bool:
-        entry = _ledger(path.parent).get(path.name)
-        return bool(entry) and entry.get("by") == self.command.split()[0] and {
-            k: entry.get(k) for k in ("size", "mtime_ns")} == _stamp(path)
+        return ledger_entry(path).get("by") == self.command.split()[0]
 
     def wrote(self, *paths: str | Path, note: dict | None = None) -> None:
         """Note in each file's folder that this command wrote it, so that its next run may replace it (`note`:
@@ -123,7 +121,6 @@ def csv_header(path: Path) -> str:
             return f.readline().strip()
     except OSError:
         return ""
-
 
 
 def drawn_by_matplotlib(path: Path) -> bool:

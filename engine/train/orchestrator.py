@@ -125,7 +125,7 @@ def fold_state(fold_dir: Path, recipe: Recipe, classes: list[str], table: pd.Dat
     try:
         state = checkpoint.load_checkpoint(path)
     except UserError as e:  # a truncated copy or a full disk's leftover: name the way on
-        raise UserError(f"{e}; to go on, move {path} away and resume again: fold {fold_dir.name[4:]} then trains "
+        raise UserError(f"{e}; to go on, move {path} away and resume again: fold {run_folder.fold_of(fold_dir)} then trains "
                         f"from its start (its best.pt is kept until a better epoch replaces it)") from None
     saved_recipe, saved_classes, _ = checkpoint.saved_base(state)
     saved = from_dict(saved_recipe, path)
@@ -144,16 +144,13 @@ def fold_state(fold_dir: Path, recipe: Recipe, classes: list[str], table: pd.Dat
 def check_belongs(path: Path, state: dict, table: pd.DataFrame | None) -> None:
     """A last.pt copied in from another run of the same recipe: trained on another split, or further than this
     fold's metrics.csv records (a row is written before every last.pt of that epoch), is refused in one line."""
-    move = (f"move it away and resume (fold {path.parent.name[4:]} then trains from its start), or put back this "
+    move = (f"move it away and resume (fold {run_folder.fold_of(path.parent)} then trains from its start), or put back this "
             f"run's own {path.name}")
     if table is not None and isinstance(state.get("split"), str) and state["split"] != fingerprint(table):
         raise UserError(f"{path} was trained on another split than this run's {run_folder.SPLIT}: it belongs to another "
                         f"run; {move}")
-    metrics = path.parent / run_folder.METRICS
-    recorded = recorded_epochs(metrics)
-    if recorded is not None and int(state.get("epoch", 0)) > recorded:
-        raise UserError(f"{path} says {state['epoch']} epochs were trained{' and the fold finished' if finished(state) else ''}"
-                        f", but {metrics} records {recorded}: it was copied from another run; {move}")
+    if copied := run_folder.copied_in(path, state, recorded_epochs(path.parent / run_folder.METRICS)):
+        raise UserError(f"{copied}; {move}")
 
 
 def recorded_epochs(metrics: Path) -> int | None:

@@ -9,10 +9,11 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
-import torch
 
 from engine import run_folder
+from engine.checkpoint import peek
 from engine.errors import UserError
 from engine.system import distributed
 from engine.system.atomic import write_csv
@@ -51,11 +52,8 @@ def fingerprint(table: pd.DataFrame) -> str:
 def trained_on(run_dir: Path) -> tuple[Path, str] | None:
     """(a fold's last.pt, the split fingerprint it recorded), from the first fold that has one; None if none does
     (no fold started yet, or checkpoints from before the fingerprint was saved)."""
-    for last in sorted(Path(run_dir).glob(f"{run_folder.FOLD_PREFIX}*/{run_folder.LAST}")):
-        try:
-            split = torch.load(last, map_location="cpu", weights_only=True, mmap=True).get("split")
-        except Exception:  # noqa: BLE001  a damaged last.pt is reported where it is resumed
-            continue
+    for last in run_folder.fold_files(run_dir, run_folder.LAST):
+        split = (peek(last) or {}).get("split")  # a damaged last.pt is reported where it is resumed
         if isinstance(split, str):
             return last, split
     return None
@@ -71,6 +69,19 @@ def check_recorded(path: Path, recorded: pd.DataFrame, run_dir: Path) -> None:
                         f"splits in oof.csv; restore {path.name} as the run wrote it, or start a new run (a new --name)")
 
 
+def recorded_folds(path: Path, table: pd.DataFrame, train_csv: str, run_dir: Path) -> np.ndarray:
+    """The folds split.csv records for the table's rows (also where another machine would split otherwise); a
+    UserError when split.csv changed since a fold trained on it, or no longer holds the table's rows."""
+    recorded = pd.read_csv(path, dtype={"image_path": str})
+    check_recorded(path, recorded, run_dir)
+    if change := describe_change(recorded, table):
+        raise UserError(f"{train_csv} and {path} no longer hold the same rows ({change}): resuming would mix two "
+                        f"splits; restore whichever of them changed, or start a new run (a new --name)")
+    order = row_keys(table).merge(row_keys(recorded).assign(fold=recorded["fold"].to_numpy()),
+                                  how="left", on=["image_path", "target", "n"])
+    return order["fold"].to_numpy()
+
+
 def keep_split(run_dir: Path, table: pd.DataFrame, train_csv: str, d: Dist) -> pd.DataFrame:
     """The table with the folds recorded in run_dir's split.csv (written now if the run has none); a UserError
     if the rows or labels changed since. Rank 0 reads and writes; every rank gets the same folds."""
@@ -81,19 +92,10 @@ def keep_split(run_dir: Path, table: pd.DataFrame, train_csv: str, d: Dist) -> p
             write_csv(table[COLUMNS], path)
             folds = table["fold"].to_numpy()
         else:
-            recorded = pd.read_csv(path, dtype={"image_path": str})
             try:
-                check_recorded(path, recorded, run_dir)
-            except UserError as e:
+                folds = recorded_folds(path, table, train_csv, run_dir)
+            except UserError as e:  # every rank raises it, after the broadcast
                 folds = e
-            change = None if isinstance(folds, UserError) else describe_change(recorded, table)
-            if change:
-                folds = UserError(f"{train_csv} and {path} no longer hold the same rows ({change}): resuming would "
-                                  f"mix two splits; restore whichever of them changed, or start a new run (a new --name)")
-            elif folds is None:  # the same rows: the recorded folds, also where another machine would split otherwise
-                order = row_keys(table).merge(row_keys(recorded).assign(fold=recorded["fold"].to_numpy()),
-                                              how="left", on=["image_path", "target", "n"])
-                folds = order["fold"].to_numpy()
     folds = distributed.broadcast_object(folds)
     if isinstance(folds, UserError):
         raise folds

@@ -17,12 +17,8 @@ import torch
 
 from engine.data.batches.loader import EpochSampler
 from engine.data.batches.sources import BatchSource, count_batches
-from engine.data.pixels.device_augment import CANVAS_MULTIPLE, Canvas, DeviceAugment, device_fill
+from engine.data.pixels.device_augment import Canvas, DeviceAugment, canvas_side, device_fill
 from engine.system.device import device_feed
-
-
-def _round_up(v: np.ndarray) -> np.ndarray:
-    return -(-v // CANVAS_MULTIPLE) * CANVAS_MULTIPLE
 
 
 class PackedImages:
@@ -33,7 +29,7 @@ class PackedImages:
         self.extents = torch.tensor([tuple(img.shape[-2:]) for img in images], dtype=torch.int64).view(-1, 2)
         self.transposed = self.extents[:, 0] > self.extents[:, 1]
         laid = torch.stack([self.extents.min(1).values, self.extents.max(1).values], 1).numpy()
-        self.shape_of = _round_up(laid)  # each image's canvas shape (h, w)
+        self.shape_of = canvas_side(laid)  # each image's canvas shape (h, w), as pad_to_canvas rounds it
         shapes, self.group = np.unique(self.shape_of, axis=0, return_inverse=True)
         self.group = self.group.reshape(-1)
         self.slot = np.zeros(len(images), dtype=np.int64)

@@ -48,6 +48,11 @@ class Canvas:
         return Canvas(self.images.to(device, non_blocking=non_blocking), self.extents, self.transposed)
 
 
+def canvas_side(side):
+    """A canvas side for images up to `side` pixels: rounded up to CANVAS_MULTIPLE (an int or an int array)."""
+    return -(-side // CANVAS_MULTIPLE) * CANVAS_MULTIPLE
+
+
 def pad_to_canvas(images: list[torch.Tensor], fill: tuple[int, int, int] = WHITE,
                   shared: bool = False) -> Canvas:
     """Pad 3 x h x w uint8 images (portrait ones transposed) onto one canvas filled with `fill`, sides
@@ -57,7 +62,7 @@ def pad_to_canvas(images: list[torch.Tensor], fill: tuple[int, int, int] = WHITE
     extents = torch.tensor([tuple(img.shape[-2:]) for img in images], dtype=torch.int64)
     transposed = extents[:, 0] > extents[:, 1]
     laid = torch.stack([extents.min(1).values, extents.max(1).values], 1)  # (h, w) as laid on the canvas
-    height, width = (-(-int(laid[:, k].max()) // CANVAS_MULTIPLE) * CANVAS_MULTIPLE for k in (0, 1))
+    height, width = (canvas_side(int(laid[:, k].max())) for k in (0, 1))
     shape = (len(images), 3, height, width)
     if shared:  # what torch's default_collate does in workers
         storage = images[0]._typed_storage()._new_shared(math.prod(shape), device=images[0].device)
