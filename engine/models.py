@@ -11,7 +11,6 @@ import torch
 from safetensors.torch import load_file
 
 from engine.errors import UserError
-from engine.input_size import check_input_size  # noqa: F401  (fit.py and dry_run.py import it from here)
 from engine.matmul_padding import pad_mlp_matmuls
 
 

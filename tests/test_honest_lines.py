@@ -62,7 +62,7 @@ def test_a_bad_value_in_recipe_json_names_the_file_and_the_key(bad, tmp_path):
     (dict(dynamic_img_size=False), 100, "the model's own size, image_size=160")])  # one position grid: one size
 def test_a_vit_that_refuses_a_size_is_told_the_size_it_takes(options, size, fix):
     import timm
-    from engine.models import check_input_size
+    from engine.input_size import check_input_size
     vit = timm.create_model("test_vit", num_classes=3, **options)
     with pytest.raises(UserError, match=fix) as e:
         check_input_size(vit, "test_vit", size)

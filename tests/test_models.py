@@ -69,7 +69,7 @@ def test_drop_path_reaches_the_model_and_data_config_has_the_model_norm():
 
 
 def test_input_size_check_computes_on_shapes_only_and_still_refuses_a_wrong_size():
-    from engine.models import check_input_size
+    from engine.input_size import check_input_size
     vit = build_model("test_vit", 3)  # a ViT takes only multiples of its patch size
     seen = []
     vit.patch_embed.register_forward_pre_hook(lambda m, args: seen.append(args[0].device.type))
@@ -81,7 +81,7 @@ def test_input_size_check_computes_on_shapes_only_and_still_refuses_a_wrong_size
 
 
 def test_input_size_check_falls_back_to_a_real_pass_when_an_op_cannot_run_on_meta():
-    from engine.models import check_input_size
+    from engine.input_size import check_input_size
 
     class ReadsAValue(torch.nn.Module):  # .item() needs real data: meta tensors have none
         def forward(self, x):

@@ -37,6 +37,8 @@ def parse_augment_schedule(value: Any) -> dict:
     if bad:
         raise ValueError(f"has preset {bad[0]!r}; presets are {', '.join(AUGMENT_PRESETS)}")
     return dict(sorted(schedule.items()))
+
+
 def augment_at(recipe: Recipe, epoch: int) -> str:
     """The augmentation preset of the epoch after `epoch` epochs trained (0: the first): the augment_schedule
     entry with the largest epoch <= `epoch`, else `augment`."""

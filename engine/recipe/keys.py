@@ -10,8 +10,7 @@ from typing import Any, Optional, Union
 
 from engine.errors import UserError
 from engine.recipe.checks import check_recipe
-from engine.recipe.epoch_keys import (AUGMENT_PRESETS, augment_at, augment_presets, parse_augment_schedule,  # noqa: F401
-                                     parse_milestones)
+from engine.recipe.epoch_keys import AUGMENT_PRESETS, parse_augment_schedule, parse_milestones
 from engine.recipe.several_types import parse_background, parse_teacher
 
 

@@ -10,8 +10,8 @@ from engine.data.batches.factory import PATH_NAMES, choose_path
 from engine.data.batches.store_source import describe_stores
 from engine.data.stores.image_cache import cache_summary
 from engine.errors import UserError
-from engine.models import (check_input_size, count_parameters, data_config, last_feature_map, model_from_recipe,
-                           small_map_warning)
+from engine.input_size import check_input_size
+from engine.models import count_parameters, data_config, last_feature_map, model_from_recipe, small_map_warning
 from engine.recipe import Recipe
 from engine.system.distributed import Dist
 from engine.train.freezing import apply_freeze, count, trainable_names

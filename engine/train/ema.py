@@ -31,7 +31,11 @@ class ModelEma:
         self.count.fill_(n)
 
     def current_decay(self) -> float:
-        return min(self.decay, (1 + self.updates) / (10 + self.updates))
+        return float(self._decay())
+
+    def _decay(self) -> torch.Tensor:
+        """min(decay, (1 + t) / (10 + t)) on the device."""
+        return torch.clamp_max((1 + self.count) / (10 + self.count), self.decay)
 
     @torch.no_grad()
     def update(self, model: torch.nn.Module, applied: torch.Tensor | None = None) -> None:
@@ -40,7 +44,7 @@ class ModelEma:
         live = list(model.state_dict().values())
         floats = [(e, w) for e, w in zip(ema, live) if e.is_floating_point()]
         on = torch.ones_like(self.count) if applied is None else applied.to(self.count.dtype)
-        weight = (1 - torch.clamp_max((1 + self.count) / (10 + self.count), self.decay)) * on
+        weight = (1 - self._decay()) * on
         # a weight of zero (a skipped step) leaves the average bitwise as it was
         torch._foreach_lerp_([e for e, _ in floats], [w for _, w in floats], [weight] * len(floats))
         self.count += on

@@ -18,7 +18,8 @@ from engine.train.split_record import fingerprint
 from engine.errors import UserError
 from engine.evaluate.predictions import write_probs, write_val_predictions
 from engine.model_speed import speed_line
-from engine.models import check_input_size, count_parameters, data_config, model_from_recipe, small_map_warning
+from engine.input_size import check_input_size
+from engine.models import count_parameters, data_config, model_from_recipe, small_map_warning
 from engine.recipe import Recipe
 from engine.system import distributed, preemption
 from engine.system.device import PRECISION_NAMES

@@ -27,13 +27,12 @@ def optimizer_update(s: TrainState, bad_loss: torch.Tensor | None = None) -> tor
     step. Nothing here reads a device value: the skip happens on the device (optim.step_unless)."""
     s.scaler.unscale_(s.optimizer)
     found = torch.zeros((), dtype=torch.bool, device=s.device) if bad_loss is None else bad_loss.bool()
-    grads = [p.grad for g in s.optimizer.param_groups for p in g["params"] if p.grad is not None]
+    params = [p for g in s.optimizer.param_groups for p in g["params"] if p.grad is not None]
     norm = None
     if s.clip_grad_norm is not None:  # the norm also tells a non-finite gradient (no norm: the loss check only)
-        params = [p for g in s.optimizer.param_groups for p in g["params"] if p.grad is not None]
         norm = torch.nn.utils.clip_grad_norm_(params, s.clip_grad_norm, foreach=True)
     elif s.scaler.is_enabled():  # fp16: the scaler's own overflow check, made here so its flag stays on the device
-        norm = torch.nn.utils.get_total_norm(grads, foreach=True)
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params], foreach=True)
     if norm is not None:
         found = found | ~torch.isfinite(norm)  # grads are all-reduced, so every rank agrees
     step_unless(s.optimizer, found)
