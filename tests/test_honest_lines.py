@@ -171,3 +171,26 @@ def test_the_start_line_says_how_many_rows_each_epoch_leaves_out(rows, world, ba
     assert said == ([f"each epoch leaves {left} of {rows} training rows out (others each epoch): every process takes "
                      f"whole batches, {rows // world // batch} x {batch} x {world} process(es) = {rows - left}"]
                     if left else [])
+
+
+def test_an_oof_table_and_probabilities_of_different_lengths_are_one_line_for_every_reader(tmp_path):
+    """Label issues, ensemble weights and distillation read the same pair (oof.csv, oof_probs.npy): a pair cut
+    short is one line naming both files and the reader's own fix, never a shape error further on."""
+    import numpy as np
+    import pandas as pd
+
+    from engine import run_folder
+    from engine.evaluate.ensemble import load_oof
+    from engine.evaluate.label_issues import oof_inputs
+    from engine.recipe import save_json
+    from engine.train.distill import read_teacher
+    save_json(load_recipe(None, ["folds=2"]), tmp_path / run_folder.RECIPE)
+    pd.DataFrame({"image_path": ["a.png", "b.png", "c.png"], "target": [0, 1, 0], "fold": [0, 1, 0],
+                  "pred": [0, 1, 1]}).to_csv(tmp_path / run_folder.OOF, index=False)
+    np.save(tmp_path / run_folder.OOF_PROBS, np.full((2, 2), 0.5, dtype=np.float16))  # one row short
+    for read, fix in [(oof_inputs, "python -m engine.report"), (load_oof, "--weights equal"),
+                      (lambda r: read_teacher(str(r)), "name another teacher")]:
+        with pytest.raises(UserError) as e:
+            read(tmp_path)
+        message = str(e.value)
+        assert "has 2 rows but" in message and run_folder.OOF in message and fix in message and "\n" not in message

@@ -22,7 +22,7 @@ import pandas as pd
 from engine import run_folder
 from engine.errors import UserError
 from engine.evaluate.metrics import macro_f1
-from engine.evaluate.predictions import class_names, read_probs
+from engine.evaluate.predictions import class_names, read_rows_and_probs
 from engine.system.atomic import write_csv, write_text
 
 SELECTION_STEPS = 50
@@ -47,11 +47,8 @@ def load_oof(run_dir: Path) -> tuple[pd.DataFrame, np.ndarray]:
     if not probs_path.is_file() or not table_path.is_file():
         raise UserError(f"{run_dir} has no {probs_path.name} (trained before out-of-fold probabilities were kept, or a "
                         f"fold has not finished); retrain it, or use --weights equal")
-    table, probs = pd.read_csv(table_path), read_probs(probs_path)
-    if len(table) != len(probs):
-        raise UserError(f"{run_dir}: {probs_path.name} has {len(probs)} rows but {table_path.name} {len(table)}; "
-                        f"the run folder was changed by hand: retrain it, or use --weights equal")
-    return table, probs
+    return read_rows_and_probs(table_path, probs_path, "the run folder was changed by hand: retrain it, or use "
+                                                       "--weights equal")
 
 
 def check_same_folds(run_dirs: Sequence[Path], tables: Sequence[pd.DataFrame]) -> None:

@@ -17,8 +17,7 @@ import numpy as np
 import pandas as pd
 
 from engine import run_folder
-from engine.errors import UserError
-from engine.evaluate.predictions import class_names, read_probs
+from engine.evaluate.predictions import class_names, read_rows_and_probs
 from engine.system.atomic import write_csv
 from engine.system.outputs import ledger_entry
 
@@ -31,10 +30,8 @@ def oof_inputs(run_dir: Path) -> tuple[pd.DataFrame, np.ndarray] | None:
     oof, probs = Path(run_dir) / run_folder.OOF, Path(run_dir) / run_folder.OOF_PROBS
     if not (oof.is_file() and probs.is_file()):
         return None
-    table, p = pd.read_csv(oof, dtype={"image_path": str}), read_probs(probs).astype(np.float64)
-    if len(table) != len(p):
-        raise UserError(f"{probs} has {len(p)} rows but {oof} has {len(table)}; remake them with "
-                        f"python -m engine.report {run_dir}")
+    table, p = read_rows_and_probs(oof, probs, f"remake them with python -m engine.report {run_dir}")
+    p = p.astype(np.float64)
     return table, p / np.clip(p.sum(1, keepdims=True), 1e-12, None)
 
 

@@ -42,6 +42,15 @@ def read_probs(path: Path) -> np.ndarray:
     return np.load(path).astype(np.float32)
 
 
+def read_rows_and_probs(table_path: Path, probs_path: Path, fix: str) -> tuple[pd.DataFrame, np.ndarray]:
+    """A predictions table (oof.csv, val_predictions.csv) and its probabilities, row for row; a UserError ending
+    in `fix` when their row counts differ (a file of the pair replaced or cut short)."""
+    table, probs = pd.read_csv(table_path, dtype={"image_path": str}), read_probs(probs_path)
+    if len(table) != len(probs):
+        raise UserError(f"{probs_path} has {len(probs)} rows but {table_path} has {len(table)}; {fix}")
+    return table, probs
+
+
 def read_predictions_csv(path: Path) -> pd.DataFrame:
     """One predictions CSV, with a `fold` column (from its fold<k> folder, else 0 where it has none)."""
     try:

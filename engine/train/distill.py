@@ -21,10 +21,10 @@ from engine.checkpoint import is_finished
 from engine.data.batches.targets import SOFT
 from engine.data.tables.pseudo_labels import add_pseudo_labels, read_pseudo_labels
 from engine.data.tables.read import class_list_difference
-from engine.train.split_record import describe_change, row_keys
 from engine.errors import UserError
-from engine.evaluate.predictions import class_names, read_probs
+from engine.evaluate.predictions import class_names, read_rows_and_probs
 from engine.recipe import Recipe
+from engine.train.split_record import describe_change, row_keys
 
 
 def read_teacher(run: str) -> tuple[pd.DataFrame, np.ndarray]:
@@ -45,11 +45,8 @@ def read_teacher(run: str) -> tuple[pd.DataFrame, np.ndarray]:
     if not (run_dir / run_folder.OOF_PROBS).is_file():
         raise UserError(f"teacher={run} has no {run_folder.OOF_PROBS} (trained before runs kept their probabilities); "
                         f"retrain it, or name another teacher")
-    oof, probs = pd.read_csv(run_dir / run_folder.OOF, dtype={"image_path": str}), read_probs(run_dir / run_folder.OOF_PROBS)
-    if len(oof) != len(probs):
-        raise UserError(f"teacher={run}: {run_folder.OOF_PROBS} has {len(probs)} rows, {run_folder.OOF} {len(oof)}; the run "
-                        f"folder is damaged: retrain it or name another teacher")
-    return oof, probs
+    return read_rows_and_probs(run_dir / run_folder.OOF, run_dir / run_folder.OOF_PROBS,
+                               f"teacher={run} is damaged: retrain it or name another teacher")
 
 
 def align(run: str, oof: pd.DataFrame, probs: np.ndarray, table: pd.DataFrame, classes: list[str]) -> np.ndarray:
