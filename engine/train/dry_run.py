@@ -15,8 +15,8 @@ from engine.models import count_parameters, data_config, last_feature_map, model
 from engine.recipe import Recipe
 from engine.system.distributed import Dist
 from engine.train.freezing import apply_freeze, count, trainable_names
-from engine.train.optim import build_optimizer, joining_groups
 from engine.train.lr_schedule import join_warmup_updates
+from engine.train.optim import build_optimizer, joining_groups
 from engine.train.training_data import load_data
 
 

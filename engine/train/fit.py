@@ -14,20 +14,20 @@ import torch
 from engine import checkpoint, run_folder
 from engine.data.batches.factory import PATH_NAMES, FoldBatches, build_fold_batches
 from engine.data.pixels.background import WHITE, checkpoint_background
-from engine.train.split_record import fingerprint
 from engine.errors import UserError
 from engine.evaluate.predictions import write_probs, write_val_predictions
-from engine.model_speed import speed_line
 from engine.input_size import check_input_size
+from engine.model_speed import speed_line
 from engine.models import count_parameters, data_config, model_from_recipe, small_map_warning
 from engine.recipe import Recipe
 from engine.system import distributed, preemption
 from engine.system.device import PRECISION_NAMES
 from engine.system.distributed import Dist
-from engine.train.run_log import RunLog
 from engine.train.early_stopping import EarlyStopping
 from engine.train.freezing import count as count_trainable
 from engine.train.loop import evaluate, train_one_epoch
+from engine.train.run_log import RunLog
+from engine.train.split_record import fingerprint
 from engine.train.state import TrainState, build_train_state
 
 NO_VAL = dict.fromkeys(("loss", "acc", "top5", "f1"), math.nan)  # a refit's validation "result"

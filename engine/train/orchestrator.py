@@ -16,11 +16,11 @@ from engine.errors import UserError
 from engine.evaluate.oof import finish_folds
 from engine.recipe import Recipe, differing_keys, from_dict
 from engine.system import distributed, lock, preemption
-from engine.system.distributed import Dist
 from engine.system.atomic import DiskFull
-from engine.train.run_log import RunLog
+from engine.system.distributed import Dist
 from engine.train.dry_run import describe_dry_run
 from engine.train.fit import fit
+from engine.train.run_log import RunLog
 from engine.train.split_record import fingerprint, keep_split
 from engine.train.training_data import load_data
 

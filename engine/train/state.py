@@ -15,9 +15,9 @@ from engine.system import device as dev
 from engine.train.ema import ModelEma
 from engine.train.freezing import apply_freeze, set_train_mode, trainable_names, unfreeze_index
 from engine.train.losses import build_loss
+from engine.train.lr_schedule import build_scheduler, join_warmup_updates, step_milestone_updates
 from engine.train.mix import Mixer
 from engine.train.optim import add_groups, build_optimizer, joining_groups, load_optimizer_state
-from engine.train.lr_schedule import build_scheduler, join_warmup_updates, step_milestone_updates
 from engine.train.sync_bn import convert_sync_batchnorm
 
 
